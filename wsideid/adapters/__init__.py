@@ -1,0 +1,24 @@
+"""Format detection: one adapter per format, chosen by content, never by file extension."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SlideError
+from ..tiff.reader import TiffFile
+from .svs import SvsSlide, is_aperio
+from .tiffbase import TiffSlide
+
+
+def open_slide(path: Path) -> TiffSlide:
+    path = Path(path)
+    if path.is_dir():
+        raise SlideError("is a folder, not a slide file")
+    tiff = TiffFile(path)
+    try:
+        if is_aperio(tiff):
+            return SvsSlide(path, tiff)
+        raise SlideError("unknown vendor: a TIFF that is not Aperio SVS (other TIFF formats "
+                         "are not supported yet)")
+    except Exception:
+        tiff.close()
+        raise

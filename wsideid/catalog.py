@@ -1,0 +1,52 @@
+"""Field catalogs: `formats/*.toml`, one per format, every known field with its action."""
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+CATALOG_DIR = Path(__file__).resolve().parent.parent / "formats"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    action: str
+    why: str
+    type: str = "text"
+
+
+UNKNOWN = Entry("?", "remove", "not in the catalog: only fields known to be safe are kept")
+
+
+class Catalog:
+    def __init__(self, path: Path):
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        self.path = path
+        self.meta = data.get("catalog", {})
+        self.exact: dict[str, Entry] = {}
+        self.patterns: list[tuple[str, Entry]] = []
+        section = data.get("fields") or data.get("tags") or {}
+        for key, spec in section.items():
+            name = spec.get("name", key)
+            entry = Entry(name, spec["action"], spec.get("why", ""), spec.get("type", "text"))
+            if "*" in key:
+                self.patterns.append((key, entry))
+            else:
+                self.exact[key] = entry
+
+    def lookup(self, key: str | int) -> Entry:
+        key = str(key)
+        if key in self.exact:
+            return self.exact[key]
+        for pattern, entry in self.patterns:
+            if fnmatch.fnmatchcase(key, pattern):
+                return entry
+        return UNKNOWN
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> Catalog:
+    return Catalog(CATALOG_DIR / f"{name}.toml")

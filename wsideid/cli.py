@@ -1,0 +1,287 @@
+"""The `wsideid` command: thin; parses options, calls the pipeline, prints."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import needles as needle_search
+from . import report as audit
+from .errors import SlideError, VerificationError
+from .pipeline import Result, deidentify, plan_slide
+from .policy import DATE_MODES, Policy
+from .pseudonym import Keyring, load_key
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="De-identify whole-slide images.")
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+EXIT_FINDINGS = 1
+EXIT_INPUT = 2
+
+
+def fail(message: str, code: int = EXIT_INPUT) -> None:
+    err.print(f"wsideid: error: {message}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def looks_like_slide(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def collect(inputs: List[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files as given; folders walked (files that do not start like a slide are skipped)."""
+    files: list[Path] = []
+    missing: list[tuple[Path, str]] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*")
+                            if p.is_file() and not p.is_symlink() and looks_like_slide(p))
+        elif item.is_file():
+            files.append(item)
+        else:
+            missing.append((item, "no such file or folder"))
+    return files, missing
+
+
+def make_policy(dates: str, keep_device_id: bool, label: str, macro: str,
+                keyring: Keyring | None = None) -> Policy:
+    try:
+        return Policy(dates=dates, keep_device_id=keep_device_id, label=label, macro=macro,
+                      date_shift_days=keyring.date_shift_days() if keyring else 0)
+    except ValueError as exc:
+        fail(str(exc))
+        raise
+
+
+DatesOpt = typer.Option("remove", "--dates", help=f"Dates: {' | '.join(DATE_MODES)}.")
+DeviceOpt = typer.Option(False, "--keep-device-id", help="Keep scanner serial numbers.")
+LabelOpt = typer.Option("drop", "--label", help="Label image: keep | drop.")
+MacroOpt = typer.Option("drop", "--macro", help="Macro (overview) image: keep | drop.")
+
+
+@app.command()
+def deid(
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders."),
+    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder."),
+    in_place: bool = typer.Option(False, "--in-place", help="Edit the inputs themselves."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
+    dates: str = DatesOpt,
+    keep_device_id: bool = DeviceOpt,
+    label: str = LabelOpt,
+    macro: str = MacroOpt,
+    map_file: Optional[Path] = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR)."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms and date shifts (created if missing)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json)."),
+) -> None:
+    """De-identify slides into OUTDIR (or in place)."""
+    if in_place and outdir is not None:
+        fail("use either -o OUTDIR or --in-place, not both")
+    if not dry_run and not in_place and outdir is None:
+        fail("missing -o OUTDIR (or --in-place)")
+    try:
+        keyring = Keyring(load_key(key_file))
+    except (OSError, ValueError) as exc:
+        fail(f"key: {exc}")
+    policy = make_policy(dates, keep_device_id, label, macro, keyring)
+    if outdir is not None and not dry_run:
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"{outdir}: cannot create output folder: {exc.strerror}")
+    if map_file is not None and outdir is not None:
+        if _inside(map_file, outdir):
+            fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
+    files, missing = collect(inputs)
+    for path, why in missing:
+        err.print(f"wsideid: error: {path}: {why}", markup=False, highlight=False)
+    if not files and not missing:
+        fail("no slides found in the given inputs")
+
+    if dry_run:
+        code = EXIT_INPUT if missing else 0
+        for path in files:
+            try:
+                plan = plan_slide(path, policy)
+            except SlideError as exc:
+                err.print(f"wsideid: error: {path}: {exc}", markup=False, highlight=False)
+                code = EXIT_INPUT
+                continue
+            print_plan(path, plan, show_values=False)
+        raise typer.Exit(code)
+
+    results: list[Result] = []
+    seen: dict[str, Path] = {}
+    for path in files:
+        result = _run_one(path, policy, keyring, outdir, in_place, seen)
+        results.append(result)
+    _summarise(results)
+    if map_file is not None:
+        _write_map(map_file, results)
+    report_path = report_file or ((outdir / "wsideid-report.json") if outdir else None)
+    if report_path is not None:
+        audit.write(report_path, audit.build(results, {**policy.options(), "in_place": in_place}))
+    if missing or any(r.status == "error" for r in results):
+        raise typer.Exit(EXIT_INPUT)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def _run_one(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None,
+             in_place: bool, seen: dict[str, Path]) -> Result:
+    try:
+        result = deidentify(path, policy, keyring, outdir, in_place)
+        if result.pseudonym in seen:
+            result.status, result.message = "error", "same content as another input"
+        seen[result.pseudonym] = path
+    except SlideError as exc:
+        result = Result(path, status="error", message=str(exc))
+    except VerificationError as exc:
+        result = Result(path, status="failed", message=f"verification failed: {exc}")
+    except OSError as exc:
+        result = Result(path, status="error", message=f"{exc.strerror or exc}")
+    if result.status != "ok":
+        err.print(f"wsideid: error: {path}: {result.message}", markup=False, highlight=False)
+    return result
+
+
+def _summarise(results: list[Result]) -> None:
+    table = Table(title="wsideid deid")
+    for col in ("input", "output", "removed", "dates", "images dropped", "status"):
+        table.add_column(col)
+    for r in results:
+        counts = r.plan.counts() if r.plan else {}
+        dropped = sum(1 for i in r.plan.images if i.action == "drop") if r.plan else 0
+        table.add_row(r.source.name, r.output.name if r.output else "-",
+                      str(counts.get("remove", 0) + counts.get("clean", 0)),
+                      str(counts.get("date", 0)), str(dropped), r.status)
+    out.print(table)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _write_map(map_file: Path, results: list[Result]) -> None:
+    new = not map_file.exists()
+    with open(map_file, "a", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(["source", "pseudonym", "output", "status"])
+        for r in results:
+            writer.writerow([str(r.source.resolve()), r.pseudonym, str(r.output or ""), r.status])
+
+
+def print_plan(path: Path, plan, show_values: bool) -> None:
+    table = Table(title=f"{path.name} ({plan.format})")
+    for col in ("image", "role", "size", "codec", "action"):
+        table.add_column(col)
+    for img in plan.images:
+        table.add_row(img.index, img.role, f"{img.width}x{img.height}", img.compression, img.action)
+    out.print(table)
+    fields = Table()
+    cols = ("field", "location") + (("value",) if show_values else ()) + ("action", "new value" if show_values else "why")
+    for col in cols:
+        fields.add_column(col, overflow="fold")
+    for f in plan.fields:
+        row = [f.name, f.location]
+        if show_values:
+            row += [_short(f.value), f.action, _short(f.new_value or "")]
+        else:
+            row += [f.action, f.why]
+        fields.add_row(*row)
+    out.print(fields)
+    for w in plan.warnings:
+        out.print(f"warning: {w}", markup=False)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="A slide file."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    dates: str = DatesOpt,
+    keep_device_id: bool = DeviceOpt,
+    label: str = LabelOpt,
+    macro: str = MacroOpt,
+) -> None:
+    """Every image with its role, every field with its value, location and planned action."""
+    policy = make_policy(dates, keep_device_id, label, macro)
+    try:
+        plan = plan_slide(file, policy)
+    except SlideError as exc:
+        fail(f"{file}: {exc}")
+    if as_json:
+        doc = {"file": str(file), "format": plan.format,
+               "images": [i.public() for i in plan.images],
+               "fields": [{**f.public(), "value": f.value, "new_value": f.new_value} for f in plan.fields],
+               "warnings": plan.warnings}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        print_plan(file, plan, show_values=True)
+
+
+@app.command()
+def scan(
+    paths: List[Path] = typer.Argument(..., help="Slide files or folders."),
+    needles_file: Optional[Path] = typer.Option(None, "--needles", help="File with one identifier string per line to search for."),
+) -> None:
+    """Residual check: unsafe fields, associated images, given identifiers in the raw bytes."""
+    targets: list[str] = []
+    if needles_file is not None:
+        try:
+            targets = [line.strip() for line in needles_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as exc:
+            fail(f"{needles_file}: {exc.strerror}")
+    files, missing = collect(paths)
+    for path, why in missing:
+        err.print(f"wsideid: error: {path}: {why}", markup=False, highlight=False)
+    findings = 0
+    unreadable = bool(missing)
+    for path in files:
+        try:
+            plan = plan_slide(path, Policy())
+        except SlideError as exc:
+            err.print(f"wsideid: error: {path}: {exc}", markup=False, highlight=False)
+            unreadable = True
+            continue
+        lines = [f"{f.location}: {f.name} ({f.action})" for f in plan.fields if f.action != "keep"]
+        lines += [f"{i.index}: {i.role} image present" for i in plan.images if i.action != "keep"]
+        lines += [f"identifier {n!r} found in the raw bytes" for n in needle_search.find_in_file(path, targets)]
+        for line in lines:
+            out.print(f"{path}: {line}", markup=False, highlight=False)
+        if not lines:
+            out.print(f"{path}: clean", markup=False, highlight=False)
+        findings += len(lines)
+    if unreadable and not findings:
+        raise typer.Exit(EXIT_INPUT)
+    if findings:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Find and remove text-bearing segments inside JPEG and JPEG 2000 codestreams.
+
+JPEG (ITU T.81 B.1): after SOI, marker segments `FF xx LL LL ...` up to SOS. APPn (FFE0-FFEF)
+and COM (FFFE) can carry free text; APP0 "JFIF"/"JFXX" and APP14 "Adobe" carry only colour
+facts decoders need and are kept. JPEG 2000 (ITU T.800 A.4-A.9): COM (FF64) in the main
+header or in a tile-part header (between SOT and SOD).
+
+Scanning every tile of a large slide in Python would be slow, so `screen_*` walks the marker
+chains of all tiles at once with numpy and only flags streams that need a closer look.
+"""
+from __future__ import annotations
+
+import re
+import struct
+
+import numpy as np
+
+KEEP_APP = {0xE0: (b"JFIF\x00", b"JFXX\x00"), 0xEE: (b"Adobe",)}
+# Encoder comments that are known to hold nothing but the encoder's name or its rate-control
+# statistics (Kakadu writes one per codestream in Aperio J2K slides). Matched whole, so nothing
+# else can ride along; every other comment is removed.
+SAFE_J2K_COMMENTS = (
+    re.compile(rb"Kdu-Layer-Info: log_2\{Delta-D\(MSE\)/\[2\^16\*Delta-L\(bytes\)\]\}, L\(bytes\)"
+               rb"(\n *-?[0-9.]+, *[0-9.]+(e[+-]?[0-9]+)?)+\n?\x00?"),
+    re.compile(rb"Kakadu-v[0-9.]+\x00?"),
+    re.compile(rb"Created by OpenJPEG version [0-9.]+\x00?"),
+)
+MAX_HEADER_SEGMENTS = 64
+
+
+def segment_name(marker: int) -> str:
+    if marker == 0xFE:
+        return "COM"
+    if 0xE0 <= marker <= 0xEF:
+        return f"APP{marker - 0xE0}"
+    if marker == 0x64:
+        return "COM"
+    return f"FF{marker:02X}"
+
+
+def _removable_jpeg(marker: int, payload: bytes) -> bool:
+    if marker == 0xFE:
+        return True
+    if 0xE0 <= marker <= 0xEF:
+        return not any(payload.startswith(sig) for sig in KEEP_APP.get(marker, ()))
+    return False
+
+
+class MalformedStream(ValueError):
+    pass
+
+
+def clean_jpeg(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Remove APPn/COM segments before SOS and non-zero bytes after the last EOI."""
+    if data[:2] != b"\xff\xd8":
+        raise MalformedStream("JPEG stream does not start with SOI")
+    out = bytearray(b"\xff\xd8")
+    removed: list[tuple[str, bytes]] = []
+    pos = 2
+    n = len(data)
+    while True:
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes (T.81 B.1.1.2)
+        if pos + 2 > n or data[pos] != 0xFF:
+            raise MalformedStream(f"JPEG marker expected at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xD9:  # EOI of an abbreviated table stream
+            out += data[pos:pos + 2]
+            pos += 2
+            break
+        if pos + 4 > n:
+            raise MalformedStream("JPEG segment truncated")
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if length < 2 or pos + 2 + length > n:
+            raise MalformedStream("JPEG segment length out of range")
+        segment = data[pos:pos + 2 + length]
+        if _removable_jpeg(marker, segment[4:]):
+            removed.append((segment_name(marker), segment[4:]))
+        else:
+            out += segment
+        pos += 2 + length
+        if marker == 0xDA:  # SOS: entropy-coded data follows up to EOI
+            out += data[pos:]
+            pos = n
+            break
+    body = bytes(out)
+    eoi = body.rfind(b"\xff\xd9")
+    if eoi >= 0 and eoi + 2 < len(body) and any(body[eoi + 2:]):
+        removed.append(("trailing data", body[eoi + 2:]))
+        body = body[:eoi + 2]
+    return body, removed
+
+
+def clean_j2k(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Remove COM segments from the main and tile-part headers of a J2K codestream."""
+    if data[:2] != b"\xff\x4f":
+        raise MalformedStream("JPEG 2000 codestream does not start with SOC")
+    out = bytearray(b"\xff\x4f")
+    removed: list[tuple[str, bytes]] = []
+    pos = 2
+    n = len(data)
+
+    def header_segments(pos: int, stop: int, sink: bytearray) -> int:
+        while True:
+            if pos + 4 > n or data[pos] != 0xFF:
+                raise MalformedStream(f"JPEG 2000 marker expected at byte {pos}")
+            marker = data[pos + 1]
+            if marker == stop:
+                return pos
+            length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+            if length < 2 or pos + 2 + length > n:
+                raise MalformedStream("JPEG 2000 segment length out of range")
+            comment = data[pos + 6:pos + 2 + length]
+            if marker == 0x64 and not any(p.fullmatch(comment) for p in SAFE_J2K_COMMENTS):
+                removed.append(("COM", comment))
+            else:
+                sink += data[pos:pos + 2 + length]
+            pos += 2 + length
+
+    pos = header_segments(pos, 0x90, out)
+    while pos + 2 <= n and data[pos:pos + 2] == b"\xff\x90":
+        if pos + 12 > n:
+            raise MalformedStream("JPEG 2000 SOT truncated")
+        sot = bytearray(data[pos:pos + 12])
+        psot = struct.unpack(">I", sot[6:10])[0]
+        part_end = pos + psot if psot else n
+        if part_end > n:
+            raise MalformedStream("JPEG 2000 tile-part runs past the stream")
+        headers = bytearray()
+        sod = header_segments(pos + 12, 0x93, headers)
+        rest = data[sod:part_end] if psot else data[sod:]
+        if psot:
+            new_len = 12 + len(headers) + len(rest)
+            sot[6:10] = struct.pack(">I", new_len)
+        out += sot + headers + rest
+        pos = part_end
+        if not psot:
+            break
+    if pos < n:
+        tail = data[pos:]
+        if tail[:2] == b"\xff\xd9":
+            out += tail[:2]
+            if any(tail[2:]):
+                removed.append(("trailing data", tail[2:]))
+        elif any(tail):
+            raise MalformedStream("unexpected bytes after the last JPEG 2000 tile-part")
+    return bytes(out), removed
+
+
+def _walk(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tuple[int, ...],
+          flag_marker) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Walk marker segments of many streams at once.
+
+    Returns (flagged, stopped_at, stop_marker) per stream."""
+    n = len(pos)
+    flagged = np.zeros(n, dtype=bool)
+    stop_marker = np.zeros(n, dtype=np.int64)
+    pos = pos.copy()
+    active = np.ones(n, dtype=bool)
+    for _ in range(MAX_HEADER_SEGMENTS):
+        idx = np.nonzero(active)[0]
+        if idx.size == 0:
+            break
+        p = pos[idx]
+        oob = p + 4 > end[idx]
+        flagged[idx[oob]] = True
+        active[idx[oob]] = False
+        idx, p = idx[~oob], p[~oob]
+        m0 = buf[p]
+        m1 = buf[p + 1].astype(np.int64)
+        bad = m0 != 0xFF
+        flagged[idx[bad]] = True
+        active[idx[bad]] = False
+        idx, p, m1 = idx[~bad], p[~bad], m1[~bad]
+        stop = np.isin(m1, stops)
+        stop_marker[idx[stop]] = m1[stop]
+        active[idx[stop]] = False
+        idx, p, m1 = idx[~stop], p[~stop], m1[~stop]
+        flagged[idx[flag_marker(m1)]] = True
+        length = (buf[p + 2].astype(np.int64) << 8) | buf[p + 3]
+        pos[idx] = p + 2 + length
+    flagged[active] = True
+    return flagged, pos, stop_marker
+
+
+def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:
+    """True for every JPEG stream that may hold APPn/COM segments or trailing data."""
+    flags = np.zeros(len(offs), dtype=bool)
+    ok = cnts >= 4
+    idx = np.nonzero(ok)[0]
+    if idx.size == 0:
+        return flags
+    o, e = offs[idx], offs[idx] + cnts[idx]
+    soi = (buf[o] == 0xFF) & (buf[o + 1] == 0xD8)
+    tail = (buf[e - 2] == 0xFF) & (buf[e - 1] == 0xD9)
+    walked, _, _ = _walk(buf, o + 2, e, (0xDA, 0xD9),
+                         lambda m: ((m >= 0xE0) & (m <= 0xEF)) | (m == 0xFE))
+    flags[idx] = ~soi | ~tail | walked
+    return flags
+
+
+def screen_j2k(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:
+    """True for every J2K codestream that may hold COM segments (main or first tile-part)."""
+    flags = np.zeros(len(offs), dtype=bool)
+    ok = cnts >= 16
+    idx = np.nonzero(ok)[0]
+    if idx.size == 0:
+        return flags
+    o, e = offs[idx], offs[idx] + cnts[idx]
+    soc = (buf[o] == 0xFF) & (buf[o + 1] == 0x4F)
+    com = lambda m: m == 0x64  # noqa: E731
+    main_flag, sot_pos, _ = _walk(buf, o + 2, e, (0x90,), com)
+    sot_pos = np.minimum(sot_pos, e - 12)
+    psot = ((buf[sot_pos + 6].astype(np.int64) << 24) | (buf[sot_pos + 7].astype(np.int64) << 16)
+            | (buf[sot_pos + 8].astype(np.int64) << 8) | buf[sot_pos + 9])
+    # A stream of more than one tile-part gets the full Python walk.
+    single = (psot == 0) | (sot_pos + psot >= e - 2)
+    tp_flag, _, _ = _walk(buf, sot_pos + 12, e, (0x93,), com)
+    flags[idx] = ~soc | main_flag | tp_flag | ~single
+    return flags

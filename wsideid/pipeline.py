@@ -1,0 +1,99 @@
+"""detect -> read -> plan -> write -> verify, for one slide."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .adapters import open_slide
+from .errors import SlideError, VerificationError
+from .model import Plan
+from .policy import Policy
+from .pseudonym import Keyring, fingerprint
+from .readers import openslide_view
+from .tiff.writer import copy_file, write_tiff
+from .verify import verify_tiff
+
+
+@dataclass
+class Result:
+    source: Path
+    pseudonym: str = ""
+    output: Path | None = None
+    plan: Plan | None = None
+    status: str = "ok"        # ok | failed (verification) | error (unreadable input, I/O)
+    message: str = ""
+    zeroed_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def plan_slide(path: Path, policy: Policy) -> Plan:
+    slide = open_slide(path)
+    try:
+        plan, _ = slide.plan(policy)
+        return plan
+    finally:
+        slide.close()
+
+
+def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None,
+               in_place: bool = False) -> Result:
+    """De-identify one slide into `outdir` (or in place). Never leaves a partial output."""
+    result = Result(path)
+    slide = open_slide(path)
+    try:
+        plan, chain = slide.plan(policy)
+        result.plan = plan
+        result.pseudonym = keyring.slide_pseudonym(fingerprint(path))
+        name = result.pseudonym + slide.extension
+        before = openslide_view(path)
+        if in_place:
+            target = path.with_name(name)
+            if target != path and target.exists():
+                raise SlideError(f"{target.name} already exists next to the input")
+            fd = os.open(path, os.O_RDWR)
+            try:
+                write = write_tiff(slide.tiff, fd, chain)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            problems = verify_tiff(path, slide, plan, chain, policy, before, input_intact=False)
+            if problems:
+                raise VerificationError("; ".join(problems))
+            os.replace(path, target)
+            _fsync_dir(target.parent)
+            result.output = target
+        else:
+            assert outdir is not None
+            target = outdir / name
+            tmp = outdir / f".{name}.{secrets.token_hex(4)}.partial"
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    copy_file(path, fd)
+                    write = write_tiff(slide.tiff, fd, chain)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                problems = verify_tiff(tmp, slide, plan, chain, policy, before, input_intact=True)
+                if problems:
+                    raise VerificationError("; ".join(problems))
+                os.replace(tmp, target)
+                _fsync_dir(outdir)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            result.output = target
+        result.zeroed_bytes = write.zeroed_bytes
+        return result
+    finally:
+        slide.close()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

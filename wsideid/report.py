@@ -1,0 +1,38 @@
+"""The audit report: options, and per slide what was done. Never an original name or value."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .pipeline import Result
+
+
+def build(results: list[Result], options: dict) -> dict:
+    slides = []
+    for r in results:
+        entry: dict = {"pseudonym": r.pseudonym or None, "status": r.status,
+                       "output": r.output.name if r.output else None}
+        if r.status != "ok":
+            entry["message"] = r.message
+        if r.plan is not None:
+            entry["format"] = r.plan.format
+            entry["images"] = [img.public() for img in r.plan.images]
+            entry["fields"] = [f.public() for f in r.plan.fields]
+            entry["actions"] = r.plan.counts()
+            entry["warnings"] = r.plan.warnings
+        entry["zeroed_bytes"] = r.zeroed_bytes
+        slides.append(entry)
+    return {"tool": "wsideid", "version": __version__,
+            "run": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "options": options, "slides": slides,
+            "summary": {"ok": sum(r.status == "ok" for r in results),
+                        "failed": sum(r.status != "ok" for r in results)}}
+
+
+def write(path: Path, report: dict) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
