@@ -21,15 +21,20 @@ from .pseudonym import Keyring, load_key
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="De-identify whole-slide images.")
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 EXIT_FINDINGS = 1
 EXIT_INPUT = 2
 
 
+def error_line(message: str) -> None:
+    """One line on stderr, never wrapped: scripts grep for it."""
+    sys.stderr.write(f"wsideid: error: {message}\n".replace("\r", " "))
+    sys.stderr.flush()
+
+
 def fail(message: str, code: int = EXIT_INPUT) -> None:
-    err.print(f"wsideid: error: {message}", markup=False, highlight=False)
+    error_line(message)
     raise typer.Exit(code)
 
 
@@ -106,7 +111,7 @@ def deid(
             fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
     files, missing = collect(inputs)
     for path, why in missing:
-        err.print(f"wsideid: error: {path}: {why}", markup=False, highlight=False)
+        error_line(f"{path}: {why}")
     if not files and not missing:
         fail("no slides found in the given inputs")
 
@@ -116,7 +121,7 @@ def deid(
             try:
                 plan = plan_slide(path, policy)
             except SlideError as exc:
-                err.print(f"wsideid: error: {path}: {exc}", markup=False, highlight=False)
+                error_line(f"{path}: {exc}")
                 code = EXIT_INPUT
                 continue
             print_plan(path, plan, show_values=False)
@@ -153,7 +158,7 @@ def _run_one(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None,
     except OSError as exc:
         result = Result(path, status="error", message=f"{exc.strerror or exc}")
     if result.status != "ok":
-        err.print(f"wsideid: error: {path}: {result.message}", markup=False, highlight=False)
+        error_line(f"{path}: {result.message}")
     return result
 
 
@@ -255,14 +260,14 @@ def scan(
             fail(f"{needles_file}: {exc.strerror}")
     files, missing = collect(paths)
     for path, why in missing:
-        err.print(f"wsideid: error: {path}: {why}", markup=False, highlight=False)
+        error_line(f"{path}: {why}")
     findings = 0
     unreadable = bool(missing)
     for path in files:
         try:
             plan = plan_slide(path, Policy())
         except SlideError as exc:
-            err.print(f"wsideid: error: {path}: {exc}", markup=False, highlight=False)
+            error_line(f"{path}: {exc}")
             unreadable = True
             continue
         lines = [f"{f.location}: {f.name} ({f.action})" for f in plan.fields if f.action != "keep"]

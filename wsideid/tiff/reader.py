@@ -192,7 +192,7 @@ class TiffFile:
             raise SlideError("too many IFDs")
         bo = self.byteorder
         if offset < self.header_size or offset + self.count_size > self.size:
-            raise SlideError(f"{label} offset {offset} is outside the file ({self.size} bytes)")
+            raise SlideError(f"{label} offset {offset} is outside the file ({self.size} bytes; truncated or corrupt)")
         count = struct.unpack(bo + ("Q" if self.bigtiff else "H"), self.read(offset, self.count_size))[0]
         if count == 0 or count > MAX_ENTRIES:
             raise SlideError(f"{label} has an implausible entry count ({count})")

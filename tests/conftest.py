@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_SLIDES = ROOT.parent / "shared" / "slides"
+sys.path.insert(0, str(ROOT))
+
+
+def run(*args: str | os.PathLike, check: int | None = None) -> subprocess.CompletedProcess:
+    """Run the real command line, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "wsideid", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def byte_forms(needle: str) -> list[bytes]:
+    forms = []
+    for variant in (needle, needle.lower(), needle.upper()):
+        for enc in ("utf-8", "utf-16-le", "utf-16-be"):
+            forms.append(variant.encode(enc).lower())
+    return forms
+
+
+def found_needles(paths, needles) -> dict[str, list[str]]:
+    """{file: [needles found]} over file bytes (any case, ASCII and UTF-16) and file paths."""
+    hits: dict[str, list[str]] = {}
+    for path in paths:
+        path = Path(path)
+        data = path.read_bytes().lower() if path.is_file() else b""
+        name = str(path).lower().encode()
+        for needle in needles:
+            if any(f in data or f in name for f in byte_forms(needle)):
+                hits.setdefault(str(path), []).append(needle)
+    return hits
+
+
+def all_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*"))
+
+
+def shared_slide(rel: str) -> Path:
+    path = SHARED_SLIDES / rel
+    if not path.exists():
+        pytest.fail(f"real test slide missing: {path} (../shared/slides must sit beside the project)")
+    return path

@@ -1,0 +1,109 @@
+"""Bad input: one clear line naming the file, exit 2, nothing written, input untouched."""
+from __future__ import annotations
+
+import shutil
+import struct
+
+import pytest
+
+from conftest import run, sha256, shared_slide
+from fixtures.svs import write_svs
+
+
+def _not_a_slide(path):
+    path.write_text("this is a text file, not a slide\n")
+
+
+def _truncated(path):
+    shutil.copy(shared_slide("svs/CMU-1-Small-Region.svs"), path)
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+
+
+def _ifd_loop(path):
+    write_svs(path)
+    import tifffile
+    with tifffile.TiffFile(path) as tf:
+        last = tf.pages[-1]
+        first = tf.pages[0].offset
+        count = len(last.tags)
+        next_at = last.offset + 2 + count * 12
+    with open(path, "r+b") as fh:
+        fh.seek(next_at)
+        fh.write(struct.pack("<I", first))
+
+
+def _offset_past_eof(path):
+    shutil.copy(shared_slide("svs/CMU-1-Small-Region.svs"), path)
+    with open(path, "r+b") as fh:
+        fh.seek(4)
+        fh.write(struct.pack("<I", path.stat().st_size + 1000))
+
+
+def _tile_past_eof(path):
+    write_svs(path)
+    import tifffile
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[0].tags["TileOffsets"]
+        at = tag.valueoffset
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        fh.write(struct.pack("<I", 0x7FFFFFF0))
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("make,expect", [
+    (_not_a_slide, "not a TIFF"),
+    (_truncated, "truncated or corrupt"),
+    (_ifd_loop, "IFD loop"),
+    (_offset_past_eof, "outside the file"),
+    (_tile_past_eof, "past the end"),
+    (_empty, "too short"),
+])
+def test_bad_input(tmp_path, make, expect):
+    src = tmp_path / "bad.svs"
+    make(src)
+    before = sha256(src)
+    out = tmp_path / "out"
+    proc = run("deid", src, "-o", out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("wsideid: error:")]
+    assert len(errors) == 1 and str(src) in errors[0] and expect in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sha256(src) == before
+    assert [p.name for p in out.iterdir()] in ([], ["wsideid-report.json"])
+
+
+def test_missing_input(tmp_path):
+    proc = run("deid", tmp_path / "nope.svs", "-o", tmp_path / "out")
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_bad_input_in_place_is_untouched(tmp_path):
+    src = tmp_path / "bad.svs"
+    _ifd_loop(src)
+    before = sha256(src)
+    proc = run("deid", src, "--in-place")
+    assert proc.returncode == 2
+    assert src.exists() and sha256(src) == before
+
+
+def test_usage_errors(tmp_path):
+    assert run("deid", tmp_path).returncode == 2
+    assert run("deid", tmp_path, "-o", tmp_path / "o", "--in-place").returncode == 2
+    src = tmp_path / "x.svs"
+    write_svs(src)
+    proc = run("deid", src, "-o", tmp_path / "o", "--dates", "sometimes")
+    assert proc.returncode == 2 and "--dates" in proc.stderr
+
+
+def test_unwritable_output_folder(tmp_path):
+    src = tmp_path / "x.svs"
+    write_svs(src)
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("")
+    proc = run("deid", src, "-o", blocker / "out")
+    assert proc.returncode == 2 and "cannot create output folder" in proc.stderr
