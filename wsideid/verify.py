@@ -17,7 +17,8 @@ import numpy as np
 
 from . import needles
 from .adapters import open_slide
-from .adapters.tiffbase import TiffSlide
+from .adapters.tiffbase import JPEG_CODECS, TiffSlide
+from .images import segments
 from .model import Plan
 from .policy import Policy
 from .readers import ReaderView, openslide_view
@@ -37,7 +38,10 @@ def verify_tiff(out_path: Path, source: TiffSlide, plan: Plan, chain: list[IfdOu
     try:
         if type(out) is not type(source):
             problems.append(f"output is detected as {out.format}, not {source.format}")
-        out_plan, _ = out.plan(policy)
+        # Kept image data is checked against the input below (and the input's was scanned for
+        # APPn/COM segments while planning), so the re-plan skips scanning every tile again
+        # and only the rewritten runs are scanned once more.
+        out_plan, _ = out.plan(policy, scan_codestreams=False)
         problems += _check_fields(plan, out_plan)
         kept_roles = [img.role for img in plan.images if img.action == "keep"]
         out_roles = [img.role for img in out_plan.images]
@@ -124,6 +128,7 @@ def _check_image_data(source: TiffSlide, out: TiffSlide, chain: list[IfdOut],
                 continue
             if not input_intact:
                 continue
+            problems += _rescan_edits(out, out_ifd, offs_out, cnts_out, edits)
             for index in _sample(cnts_in, edits):
                 got = os.pread(out.tiff.fd, int(cnts_out[index]), int(offs_out[index]))
                 want = edits.get(index)
@@ -133,6 +138,17 @@ def _check_image_data(source: TiffSlide, out: TiffSlide, chain: list[IfdOut],
                     problems.append(f"{out_ifd.label}: image data run {index} differs from the input")
                     break
     return problems
+
+
+def _rescan_edits(out: TiffSlide, ifd, offs: np.ndarray, cnts: np.ndarray,
+                  edits: dict[int, bytes]) -> list[str]:
+    codec = ifd.int_value(259, out.bo)
+    clean = segments.clean_jpeg if codec in JPEG_CODECS else segments.clean_j2k
+    for index in edits:
+        data = os.pread(out.tiff.fd, int(cnts[index]), int(offs[index]))
+        if clean(data)[1]:
+            return [f"{ifd.label}: image data run {index} still holds a text segment"]
+    return []
 
 
 def _pairs(node: IfdOut, out_ifd):

@@ -50,11 +50,9 @@ class TiffSlide:
         self.bo = self.tiff.byteorder
         self.tags_catalog = catalog.load("tiff-tags")
         self.roles = self.classify()
-        self._buffer: np.ndarray | None = None
         self.malformed: list[str] = []
 
     def close(self) -> None:
-        self._buffer = None
         self.tiff.close()
 
     # ---- what an adapter says about its format -----------------------------------------
@@ -75,11 +73,12 @@ class TiffSlide:
         return []
 
     # ---- plan --------------------------------------------------------------------------
-    def plan(self, policy: Policy) -> tuple[Plan, list[IfdOut]]:
+    def plan(self, policy: Policy, scan_codestreams: bool = True) -> tuple[Plan, list[IfdOut]]:
         fields: list[Field] = []
         images: list[Image] = []
         chain: list[IfdOut] = []
         self.malformed = []
+        self.scan_codestreams = scan_codestreams
         for ifd, role in zip(self.tiff.ifds, self.roles):
             action = policy.image_action(role)
             images.append(self.image_of(ifd, role, action))
@@ -135,7 +134,8 @@ class TiffSlide:
                 fields.append(Field(name, where, value or self._printable(tag), "remove", why=why))
                 for kid in ifd.children.get(code, []):
                     self._collect_removed(kid, fields)
-        self._clean_codestreams(node, fields)
+        if getattr(self, "scan_codestreams", True):
+            self._clean_codestreams(node, fields)
         return node
 
     # ---- pieces ------------------------------------------------------------------------
@@ -180,12 +180,6 @@ class TiffSlide:
         fields.append(Field("tiff:JPEGTables", where, "", "clean" if removed else "keep",
                             why="quantisation and Huffman tables"))
 
-    @property
-    def buffer(self) -> np.ndarray:
-        if self._buffer is None:
-            self._buffer = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return self._buffer
-
     def _clean_codestreams(self, node: IfdOut, fields: list[Field]) -> None:
         ifd = node.source
         regions = ifd.data_regions(self.bo)
@@ -197,7 +191,7 @@ class TiffSlide:
             screen, clean = segments.screen_jpeg, segments.clean_jpeg
         else:
             screen, clean = segments.screen_j2k, segments.clean_j2k
-        flagged = np.nonzero(screen(self.buffer, offs, cnts))[0]
+        flagged = np.nonzero(segments.screen_runs(self.tiff.fd, self.tiff.size, offs, cnts, screen))[0]
         seen: dict[tuple[str, str], int] = {}
         for index in flagged.tolist():
             data = self.tiff.read(int(offs[index]), int(cnts[index]))

@@ -10,6 +10,7 @@ chains of all tiles at once with numpy and only flags streams that need a closer
 """
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 
@@ -176,11 +177,18 @@ def _walk(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tuple[int, .
         stop_marker[idx[stop]] = m1[stop]
         active[idx[stop]] = False
         idx, p, m1 = idx[~stop], p[~stop], m1[~stop]
-        flagged[idx[flag_marker(m1)]] = True
+        flagged[idx[flag_marker(m1, p)]] = True
         length = (buf[p + 2].astype(np.int64) << 8) | buf[p + 3]
         pos[idx] = p + 2 + length
     flagged[active] = True
     return flagged, pos, stop_marker
+
+
+def _starts_with(buf: np.ndarray, pos: np.ndarray, sig: bytes) -> np.ndarray:
+    ok = np.ones(len(pos), dtype=bool)
+    for i, byte in enumerate(sig):
+        ok &= buf[np.minimum(pos + i, len(buf) - 1)] == byte
+    return ok
 
 
 def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:
@@ -193,8 +201,17 @@ def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarr
     o, e = offs[idx], offs[idx] + cnts[idx]
     soi = (buf[o] == 0xFF) & (buf[o + 1] == 0xD8)
     tail = (buf[e - 2] == 0xFF) & (buf[e - 1] == 0xD9)
-    walked, _, _ = _walk(buf, o + 2, e, (0xDA, 0xD9),
-                         lambda m: ((m >= 0xE0) & (m <= 0xEF)) | (m == 0xFE))
+
+    def suspicious(m: np.ndarray, p: np.ndarray) -> np.ndarray:
+        app = ((m >= 0xE0) & (m <= 0xEF)) | (m == 0xFE)
+        for marker, sigs in KEEP_APP.items():
+            known = np.zeros(len(p), dtype=bool)
+            for sig in sigs:
+                known |= _starts_with(buf, p + 4, sig)
+            app &= ~((m == marker) & known)
+        return app
+
+    walked, _, _ = _walk(buf, o + 2, e, (0xDA, 0xD9), suspicious)
     flags[idx] = ~soi | ~tail | walked
     return flags
 
@@ -208,7 +225,7 @@ def screen_j2k(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarra
         return flags
     o, e = offs[idx], offs[idx] + cnts[idx]
     soc = (buf[o] == 0xFF) & (buf[o + 1] == 0x4F)
-    com = lambda m: m == 0x64  # noqa: E731
+    com = lambda m, p: m == 0x64  # noqa: E731
     main_flag, sot_pos, _ = _walk(buf, o + 2, e, (0x90,), com)
     sot_pos = np.minimum(sot_pos, e - 12)
     psot = ((buf[sot_pos + 6].astype(np.int64) << 24) | (buf[sot_pos + 7].astype(np.int64) << 16)
@@ -217,4 +234,35 @@ def screen_j2k(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarra
     single = (psot == 0) | (sot_pos + psot >= e - 2)
     tp_flag, _, _ = _walk(buf, sot_pos + 12, e, (0x93,), com)
     flags[idx] = ~soc | main_flag | tp_flag | ~single
+    return flags
+
+
+WINDOW = 64 << 20
+
+
+def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, screen) -> np.ndarray:
+    """Apply a vectorised screen to byte runs of a file, one bounded mmap window at a time.
+
+    Windows keep the resident set small (a whole-file mapping would count every touched page
+    of a multi-GB slide as resident memory)."""
+    flags = np.zeros(len(offs), dtype=bool)
+    live = np.nonzero(cnts > 0)[0]
+    if live.size == 0:
+        return flags
+    order = live[np.argsort(offs[live], kind="stable")]
+    start = 0
+    while start < len(order):
+        base = int(offs[order[start]]) // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+        end_limit = base + WINDOW
+        stop = start + 1
+        while stop < len(order) and offs[order[stop]] + cnts[order[stop]] <= end_limit:
+            stop += 1
+        chunk = order[start:stop]
+        hi = int((offs[chunk] + cnts[chunk]).max())
+        with mmap.mmap(fd, hi - base, offset=base, access=mmap.ACCESS_READ) as mm:
+            mm.madvise(mmap.MADV_RANDOM)
+            view = np.frombuffer(mm, dtype=np.uint8)
+            flags[chunk] = screen(view, offs[chunk] - base, cnts[chunk])
+            del view
+        start = stop
     return flags

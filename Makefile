@@ -1,0 +1,40 @@
+# Everything a new user or CI needs: `make demo` and `make test` set up and run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages that Python wheels cannot provide: pyzbar's libzbar, dciodvfy for DICOM
+# validation, libturbojpeg for lossless DICOM conversion.
+SYSTEM_PACKAGES := libzbar0 dicom3tools libturbojpeg0
+
+.PHONY: setup system demo test bench clean
+
+setup: system $(VENV)/.installed
+
+system:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	rm -rf demo-out && mkdir -p demo-out/incoming
+	$(BIN)/python -m fixtures.svs demo-out/incoming/S26-PLANT-4711.svs
+	$(BIN)/wsideid deid demo-out/incoming -o demo-out/released --map demo-out/map.csv --key-file demo-out/secret.key
+	$(BIN)/wsideid scan demo-out/released
+	@echo "released: $$(ls demo-out/released)   map (keep private): demo-out/map.csv"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_svs.py
+
+clean:
+	rm -rf demo-out bench/out .pytest_cache

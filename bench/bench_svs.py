@@ -1,0 +1,145 @@
+"""Benchmark: de-identify a generated ~2 GB Aperio SVS, against `cp` of the same file.
+
+    python bench/bench_svs.py [--size-gb 2] [--rounds 3]
+
+Prints wall-time ratios (deid / cp, same run, warm page cache for both), the in-place time
+(measured inside the process, after imports, and for the whole command), and peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from itertools import cycle
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+TILE = 240
+
+
+def make_big_svs(path: Path, size_gb: float) -> Path:
+    """Tiled JPEG SVS of about `size_gb`: a handful of encoded tiles repeated."""
+    rng = np.random.default_rng(0)
+    tiles = [imagecodecs.jpeg8_encode(rng.integers(0, 255, (TILE, TILE, 3), dtype=np.uint8), level=80)
+             for _ in range(8)]
+    mean = sum(map(len, tiles)) / len(tiles)
+    per_side = int((size_gb * (1 << 30) / mean) ** 0.5)
+    width = height = per_side * TILE
+    desc = (f"Aperio Image Library v12.0.5\r\n{width}x{height} [0,0 {width}x{height}] ({TILE}x{TILE}) "
+            f"JPEG/RGB Q=80|AppMag = 40|MPP = 0.2520|ScanScope ID = SS-BENCH-1|Filename = BENCH-CASE-1"
+            f"|Date = 03/14/21|Time = 13:37:42|User = bench-user")
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        def level(w: int, h: int, d: str) -> None:
+            n = ((w + TILE - 1) // TILE) * ((h + TILE - 1) // TILE)
+            src = cycle(tiles)
+            tw.write((next(src) for _ in range(n)), shape=(h, w, 3), dtype=np.uint8,
+                     tile=(TILE, TILE), compression=7, photometric="rgb", description=d,
+                     metadata=None, software=False, extratags=[(315, "s", 0, "bench-artist", True)])
+        level(width, height, desc)
+        thumb = np.zeros((768, 768, 3), np.uint8)
+        tw.write(thumb, compression="jpeg", photometric="rgb", rowsperstrip=16, metadata=None,
+                 description=f"Aperio Image Library v12.0.5\n{width}x{height} -> 768x768 - |AppMag = 40")
+        level(width // 4, height // 4, f"Aperio Image Library v12.0.5\r\n{width}x{height} -> {width // 4}x{height // 4}")
+        level(width // 16, height // 16, f"Aperio Image Library v12.0.5\r\n{width}x{height} -> {width // 16}x{height // 16}")
+        tw.write(np.full((400, 600, 3), 200, np.uint8), compression="lzw", photometric="rgb",
+                 subfiletype=1, metadata=None, description="Aperio Image Library v12.0.5\nlabel 600x400")
+        tw.write(np.full((500, 1500, 3), 120, np.uint8), compression="jpeg", photometric="rgb",
+                 subfiletype=9, metadata=None, description="Aperio Image Library v12.0.5\nmacro 1500x500")
+    return path
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {cmd}: {proc.stderr.read().decode()}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def cp_fsync(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    big = OUT / "big.svs"
+    if not big.exists() or abs(big.stat().st_size / (1 << 30) - args.size_gb) > 0.25:
+        t0 = time.perf_counter()
+        make_big_svs(big, args.size_gb)
+        print(f"generated {big} ({big.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.1f} s")
+    size = big.stat().st_size
+    wsideid = [sys.executable, "-m", "wsideid"]
+    cp_times, cp_sync_times, deid_times, deid_rss = [], [], [], []
+    for _ in range(args.rounds):
+        for p in OUT.glob("copy*"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        t, _ = timed(["cp", str(big), str(OUT / "copy.svs")])
+        cp_times.append(t)
+        t0 = time.perf_counter()
+        cp_fsync(big, OUT / "copy-sync.svs")
+        cp_sync_times.append(time.perf_counter() - t0)
+        t, rss = timed(wsideid + ["deid", str(big), "-o", str(OUT / "copy-deid")])
+        deid_times.append(t)
+        deid_rss.append(rss)
+    for p in OUT.glob("copy*"):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    # In place: the work itself (after imports), and the whole command.
+    from wsideid.pipeline import deidentify
+    from wsideid.policy import Policy
+    from wsideid.pseudonym import Keyring
+
+    inplace_work, inplace_cmd, inplace_rss = [], [], []
+    for _ in range(args.rounds):
+        target = OUT / "inplace.svs"
+        cp_fsync(big, target)  # flushed first, so the timed fsync only covers our own writes
+        t0 = time.perf_counter()
+        result = deidentify(target, Policy(), Keyring(b"bench-key-0123456789"), None, in_place=True)
+        inplace_work.append(time.perf_counter() - t0)
+        result.output.unlink()
+        cp_fsync(big, target)
+        t, rss = timed(wsideid + ["deid", str(target), "--in-place"])
+        inplace_cmd.append(t)
+        inplace_rss.append(rss)
+        for p in OUT.glob("wsi-*.svs"):
+            p.unlink()
+
+    med = statistics.median
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
+        f"{platform.platform()}",
+        f"file: {size / 1e9:.2f} GB Aperio SVS, {TILE}x{TILE} JPEG tiles, rounds: {args.rounds} (medians)",
+        f"cp:                 {med(cp_times):.2f} s",
+        f"cp + fsync:         {med(cp_sync_times):.2f} s",
+        f"wsideid deid -o:    {med(deid_times):.2f} s   ratio to cp {med(deid_times) / med(cp_times):.2f}, "
+        f"to cp+fsync {med(deid_times) / med(cp_sync_times):.2f}   peak RSS {max(deid_rss) / 1e6:.0f} MB",
+        f"in place (work):    {med(inplace_work) * 1000:.0f} ms",
+        f"in place (command): {med(inplace_cmd):.2f} s (includes Python start-up and imports)   "
+        f"peak RSS {max(inplace_rss) / 1e6:.0f} MB",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
