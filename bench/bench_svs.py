@@ -70,6 +70,14 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss * 1024
 
 
+def drop_caches() -> bool:
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
 def cp_fsync(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
     fd = os.open(dst, os.O_RDONLY)
@@ -91,14 +99,23 @@ def main() -> None:
     size = big.stat().st_size
     wsideid = [sys.executable, "-m", "wsideid"]
     cp_times, cp_sync_times, deid_times, deid_rss = [], [], [], []
-    for _ in range(args.rounds):
+    def settle() -> None:
+        """Remove earlier copies, flush, and (as root) empty the page cache: every run starts
+        cold, as a slide fresh from the scanner archive does, and pays only its own writeback."""
         for p in OUT.glob("copy*"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+        os.sync()
+        drop_caches()
+
+    for _ in range(args.rounds):
+        settle()
         t, _ = timed(["cp", str(big), str(OUT / "copy.svs")])
         cp_times.append(t)
+        settle()
         t0 = time.perf_counter()
         cp_fsync(big, OUT / "copy-sync.svs")
         cp_sync_times.append(time.perf_counter() - t0)
+        settle()
         t, rss = timed(wsideid + ["deid", str(big), "-o", str(OUT / "copy-deid")])
         deid_times.append(t)
         deid_rss.append(rss)
@@ -114,11 +131,15 @@ def main() -> None:
     for _ in range(args.rounds):
         target = OUT / "inplace.svs"
         cp_fsync(big, target)  # flushed first, so the timed fsync only covers our own writes
+        os.sync()
+        drop_caches()
         t0 = time.perf_counter()
         result = deidentify(target, Policy(), Keyring(b"bench-key-0123456789"), None, in_place=True)
         inplace_work.append(time.perf_counter() - t0)
         result.output.unlink()
         cp_fsync(big, target)
+        os.sync()
+        drop_caches()
         t, rss = timed(wsideid + ["deid", str(target), "--in-place"])
         inplace_cmd.append(t)
         inplace_rss.append(rss)
@@ -126,10 +147,17 @@ def main() -> None:
             p.unlink()
 
     med = statistics.median
+
+    def fmt(xs: list[float]) -> str:
+        return " ".join(f"{x:.2f}" for x in xs)
+
     lines = [
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
         f"{platform.platform()}",
-        f"file: {size / 1e9:.2f} GB Aperio SVS, {TILE}x{TILE} JPEG tiles, rounds: {args.rounds} (medians)",
+        f"file: {size / 1e9:.2f} GB Aperio SVS, {TILE}x{TILE} JPEG tiles, rounds: {args.rounds} (medians), "
+        f"page cache {'emptied before every run' if drop_caches() else 'warm (not root)'}",
+        f"samples cp {fmt(cp_times)} | cp+fsync {fmt(cp_sync_times)} | deid {fmt(deid_times)} | "
+        f"in place {fmt(inplace_work)}",
         f"cp:                 {med(cp_times):.2f} s",
         f"cp + fsync:         {med(cp_sync_times):.2f} s",
         f"wsideid deid -o:    {med(deid_times):.2f} s   ratio to cp {med(deid_times) / med(cp_times):.2f}, "

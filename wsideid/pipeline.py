@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from .model import Plan
 from .policy import Policy
 from .pseudonym import Keyring, fingerprint
 from .readers import openslide_view
-from .tiff.writer import copy_file, write_tiff
+from .tiff.writer import copy_file, start_writeback, write_tiff
 from .verify import verify_tiff
 
 
@@ -43,8 +44,6 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
     result = Result(path)
     slide = open_slide(path)
     try:
-        plan, chain = slide.plan(policy)
-        result.plan = plan
         result.pseudonym = keyring.slide_pseudonym(fingerprint(path))
         name = result.pseudonym + slide.extension
         before = openslide_view(path)
@@ -52,6 +51,8 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
             target = path.with_name(name)
             if target != path and target.exists():
                 raise SlideError(f"{target.name} already exists next to the input")
+            plan, chain = slide.plan(policy)
+            result.plan = plan
             fd = os.open(path, os.O_RDWR)
             try:
                 write = write_tiff(slide.tiff, fd, chain)
@@ -63,7 +64,6 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
                 raise VerificationError("; ".join(problems))
             os.replace(path, target)
             _fsync_dir(target.parent)
-            result.output = target
         else:
             assert outdir is not None
             target = outdir / name
@@ -71,7 +71,14 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
             try:
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
-                    copy_file(path, fd)
+                    # The kernel copies while this thread plans (both read the input once,
+                    # through the page cache); writeback starts as soon as the copy is done.
+                    copier = _Background(lambda: (copy_file(path, fd), start_writeback(fd)))
+                    try:
+                        plan, chain = slide.plan(policy)
+                    finally:
+                        copier.join()
+                    result.plan = plan
                     write = write_tiff(slide.tiff, fd, chain)
                     os.fsync(fd)
                 finally:
@@ -84,11 +91,32 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            result.output = target
+        result.output = target
         result.zeroed_bytes = write.zeroed_bytes
         return result
     finally:
         slide.close()
+
+
+class _Background:
+    """Run a function in a thread; join() re-raises what it raised."""
+
+    def __init__(self, fn):
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -149,10 +149,13 @@ def clean_j2k(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
 
 
 def _walk(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tuple[int, ...],
-          flag_marker) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          flag_marker, record: int | None = None,
+          found: list[tuple[np.ndarray, np.ndarray]] | None = None,
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Walk marker segments of many streams at once.
 
-    Returns (flagged, stopped_at, stop_marker) per stream."""
+    Returns (flagged, stopped_at, stop_marker) per stream; segments with marker `record` are
+    appended to `found` as (stream indices, segment positions)."""
     n = len(pos)
     flagged = np.zeros(n, dtype=bool)
     stop_marker = np.zeros(n, dtype=np.int64)
@@ -178,6 +181,10 @@ def _walk(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tuple[int, .
         active[idx[stop]] = False
         idx, p, m1 = idx[~stop], p[~stop], m1[~stop]
         flagged[idx[flag_marker(m1, p)]] = True
+        if record is not None and found is not None:
+            hit = m1 == record
+            if hit.any():
+                found.append((idx[hit], p[hit]))
         length = (buf[p + 2].astype(np.int64) << 8) | buf[p + 3]
         pos[idx] = p + 2 + length
     flagged[active] = True
@@ -217,7 +224,8 @@ def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarr
 
 
 def screen_j2k(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:
-    """True for every J2K codestream that may hold COM segments (main or first tile-part)."""
+    """True for every J2K codestream that may hold a COM segment that is not a known-safe
+    encoder comment (main header or first tile-part header)."""
     flags = np.zeros(len(offs), dtype=bool)
     ok = cnts >= 16
     idx = np.nonzero(ok)[0]
@@ -225,15 +233,30 @@ def screen_j2k(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarra
         return flags
     o, e = offs[idx], offs[idx] + cnts[idx]
     soc = (buf[o] == 0xFF) & (buf[o + 1] == 0x4F)
-    com = lambda m, p: m == 0x64  # noqa: E731
-    main_flag, sot_pos, _ = _walk(buf, o + 2, e, (0x90,), com)
+    comments: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def never(m: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return np.zeros(len(m), dtype=bool)
+
+    main_flag, sot_pos, _ = _walk(buf, o + 2, e, (0x90,), never, 0x64, comments)
     sot_pos = np.minimum(sot_pos, e - 12)
     psot = ((buf[sot_pos + 6].astype(np.int64) << 24) | (buf[sot_pos + 7].astype(np.int64) << 16)
             | (buf[sot_pos + 8].astype(np.int64) << 8) | buf[sot_pos + 9])
     # A stream of more than one tile-part gets the full Python walk.
     single = (psot == 0) | (sot_pos + psot >= e - 2)
-    tp_flag, _, _ = _walk(buf, sot_pos + 12, e, (0x93,), com)
+    tp_flag, _, _ = _walk(buf, sot_pos + 12, e, (0x93,), never, 0x64, comments)
     flags[idx] = ~soc | main_flag | tp_flag | ~single
+    # Comments: only those that are not a known encoder comment flag their stream.
+    safe_cache: dict[bytes, bool] = {}
+    for streams, positions in comments:
+        for stream, pos in zip(streams.tolist(), positions.tolist()):
+            length = (int(buf[pos + 2]) << 8) | int(buf[pos + 3])
+            payload = buf[pos + 6:pos + 2 + length].tobytes()
+            safe = safe_cache.get(payload)
+            if safe is None:
+                safe = safe_cache[payload] = any(p.fullmatch(payload) for p in SAFE_J2K_COMMENTS)
+            if not safe:
+                flags[idx[stream]] = True
     return flags
 
 
@@ -260,7 +283,7 @@ def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, scr
         chunk = order[start:stop]
         hi = int((offs[chunk] + cnts[chunk]).max())
         with mmap.mmap(fd, hi - base, offset=base, access=mmap.ACCESS_READ) as mm:
-            mm.madvise(mmap.MADV_RANDOM)
+            mm.madvise(mmap.MADV_WILLNEED)  # one large read-ahead instead of a fault per tile
             view = np.frombuffer(mm, dtype=np.uint8)
             flags[chunk] = screen(view, offs[chunk] - base, cnts[chunk])
             del view

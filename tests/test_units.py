@@ -1,0 +1,156 @@
+"""Unit tests where the logic is intricate: codestream segments, dates, Aperio headers, TIFF engine."""
+from __future__ import annotations
+
+import struct
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+
+from wsideid.adapters.svs import clean_header, split_description
+from wsideid.errors import SlideError
+from wsideid.images import segments
+from wsideid.pseudonym import Keyring, transform_date
+from wsideid.tiff.reader import TiffFile
+from wsideid.tiff.writer import IfdOut, ascii_value, write_tiff
+
+
+def _jpeg() -> bytes:
+    return imagecodecs.jpeg8_encode(np.full((16, 16, 3), 90, np.uint8), level=80)
+
+
+def _with_segment(stream: bytes, marker: int, payload: bytes) -> bytes:
+    return stream[:2] + bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload + stream[2:]
+
+
+def test_clean_jpeg_removes_com_and_app_but_keeps_jfif():
+    base = _jpeg()
+    dirty = _with_segment(_with_segment(base, 0xFE, b"patient Jane"), 0xE1, b"Exif\x00\x00secret")
+    cleaned, removed = segments.clean_jpeg(dirty)
+    assert cleaned == base
+    assert [m for m, _ in removed] == ["APP1", "COM"]
+    assert b"JFIF" in cleaned  # APP0 JFIF kept
+    assert np.array_equal(imagecodecs.jpeg8_decode(cleaned), imagecodecs.jpeg8_decode(base))
+
+
+def test_clean_jpeg_trailing_bytes_after_eoi():
+    base = _jpeg()
+    cleaned, removed = segments.clean_jpeg(base + b"ACCESSION-1234")
+    assert cleaned == base and removed[0][0] == "trailing data"
+    assert segments.clean_jpeg(base + b"\x00\x00")[1] == []  # zero padding is harmless
+
+
+def test_screen_flags_exactly_the_dirty_streams():
+    base = _jpeg()
+    streams = [base, _with_segment(base, 0xFE, b"x" * 10), base, base + b"tail", b"not a jpeg at all"]
+    buf = np.frombuffer(b"".join(streams), np.uint8)
+    offs = np.cumsum([0] + [len(s) for s in streams[:-1]]).astype(np.int64)
+    cnts = np.array([len(s) for s in streams], np.int64)
+    assert segments.screen_jpeg(buf, offs, cnts).tolist() == [False, True, False, True, True]
+
+
+def test_clean_j2k_removes_comment_and_fixes_psot():
+    base = imagecodecs.jpeg2k_encode(np.full((32, 32, 3), 50, np.uint8), level=30, codecformat="J2K")
+    siz_len = struct.unpack(">H", base[4:6])[0]
+    at = 4 + siz_len
+    com = b"\xff\x64" + struct.pack(">H", 4 + 9) + b"\x00\x01" + b"Dr. Smith"
+    dirty = base[:at] + com + base[at:]
+    cleaned, removed = segments.clean_j2k(dirty)
+    assert cleaned == base and removed == [("COM", b"Dr. Smith")]
+    buf = np.frombuffer(dirty + base, np.uint8)
+    flags = segments.screen_j2k(buf, np.array([0, len(dirty)]), np.array([len(dirty), len(base)]))
+    assert flags.tolist() == [True, False]
+
+
+def test_kakadu_statistics_comment_is_kept_but_lookalikes_are_not():
+    kdu = (b"Kdu-Layer-Info: log_2{Delta-D(MSE)/[2^16*Delta-L(bytes)]}, L(bytes)\n"
+           b" -62.3, 1.4e+004\n")
+    assert any(p.fullmatch(kdu) for p in segments.SAFE_J2K_COMMENTS)
+    assert not any(p.fullmatch(kdu + b"Jane Doe") for p in segments.SAFE_J2K_COMMENTS)
+
+
+@pytest.mark.parametrize("value,mode,days,expected", [
+    ("12/29/09", "shift", 10, "12/19/09"),
+    ("12/29/2009", "shift", 365, "12/29/2008"),
+    ("2021-03-14", "keep-year", 0, "2021-01-01"),
+    ("2021:03:14 13:37:42", "keep-year", 0, "2021:01:01 00:00:00"),
+    ("2021:03:14 13:37:42", "shift", 1, "2021:03:13 13:37:42"),
+    ("not a date", "shift", 1, None),
+    ("12/29/09", "remove", 0, None),
+])
+def test_transform_date(value, mode, days, expected):
+    assert transform_date(value, mode, days) == expected
+
+
+def test_keyring_is_stable_per_key():
+    a, b = Keyring(b"k" * 32), Keyring(b"j" * 32)
+    assert a.slide_pseudonym(b"x") == Keyring(b"k" * 32).slide_pseudonym(b"x")
+    assert a.slide_pseudonym(b"x") != b.slide_pseudonym(b"x")
+    assert 1 <= a.date_shift_days() <= 3650
+
+
+def test_aperio_header_keeps_geometry_drops_other_words():
+    header = ("Aperio Image Library v11.2.1 Jane\r\n46000x32914 [42673,5576 2220x2967] (240x240) "
+              "JPEG/RGB Q=30;Aperio Image Library v10.0.51\r\n46920x33014 [0,100 46000x32914] "
+              "(256x256) JPEG/RGB Q=30")
+    cleaned, dropped = clean_header(header)
+    assert dropped == ["Jane"]
+    assert cleaned == header.replace(" v11.2.1 Jane", " v11.2.1")
+    untouched = "Aperio Image Library v11.2.1 \nlabel 387x463"
+    assert clean_header(untouched) == (untouched, [])
+
+
+def test_split_description_keeps_order_and_fragments():
+    header, pairs = split_description("Aperio X\r\n1x1|A = 1|B=two words|junk|C = ")
+    assert header == "Aperio X\r\n1x1"
+    assert pairs == [("A", "1"), ("B", "two words"), ("junk", None), ("C", "")]
+
+
+def _three_page_tiff(path, bigtiff=False, byteorder="<"):
+    with tifffile.TiffWriter(path, bigtiff=bigtiff, byteorder=byteorder) as tw:
+        for i in range(3):
+            tw.write(np.full((64, 64), i, np.uint8), tile=(16, 16), metadata=None,
+                     description=f"page {i} SECRET-{i}-XYZ", software=False)
+    return path
+
+
+@pytest.mark.parametrize("bigtiff,byteorder", [(False, "<"), (True, "<"), (False, ">"), (True, ">")])
+def test_writer_drops_ifd_and_leaves_no_residue(tmp_path, bigtiff, byteorder):
+    path = _three_page_tiff(tmp_path / "t.tif", bigtiff, byteorder)
+    tiles = [tifffile.imread(path, key=i) for i in range(3)]
+    src = TiffFile(path)
+    out = tmp_path / "o.tif"
+    out.write_bytes(path.read_bytes())
+    chain = []
+    for i in (0, 2):  # drop the middle page
+        ifd = src.ifds[i]
+        tags = {code: tag for code, tag in ifd.tags.items()}
+        tags[270] = ascii_value(f"page {i} is clean, and this description is longer than before")
+        chain.append(IfdOut(ifd, tags))
+    fd = __import__("os").open(out, __import__("os").O_RDWR)
+    try:
+        write_tiff(src, fd, chain)
+    finally:
+        __import__("os").close(fd)
+    data = out.read_bytes()
+    for i in range(3):
+        assert f"SECRET-{i}-XYZ".encode() not in data
+    with tifffile.TiffFile(out) as tf:
+        assert len(tf.pages) == 2
+        assert np.array_equal(tf.pages[0].asarray(), tiles[0])
+        assert np.array_equal(tf.pages[1].asarray(), tiles[2])
+        assert tf.pages[1].description.startswith("page 2 is clean")
+    # the dropped page's pixels (value 1 everywhere) are gone: no 16x16 run of 0x01 remains
+    assert b"\x01" * 256 not in data
+
+
+def test_reader_rejects_absurd_counts(tmp_path):
+    path = _three_page_tiff(tmp_path / "t.tif")
+    with tifffile.TiffFile(path) as tf:
+        entry = tf.pages[0].tags["ImageDescription"].offset
+    raw = bytearray(path.read_bytes())
+    raw[entry + 4:entry + 8] = struct.pack("<I", 0x7FFFFFFF)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SlideError, match="absurd count"):
+        TiffFile(path)
