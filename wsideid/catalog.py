@@ -22,20 +22,23 @@ UNKNOWN = Entry("?", "remove", "not in the catalog: only fields known to be safe
 
 
 class Catalog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, section: str | None = None):
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         self.path = path
         self.meta = data.get("catalog", {})
         self.exact: dict[str, Entry] = {}
         self.patterns: list[tuple[str, Entry]] = []
-        section = data.get("fields") or data.get("tags") or {}
-        for key, spec in section.items():
+        entries = data.get(section, {}) if section else (data.get("fields") or data.get("tags") or {})
+        for key, spec in entries.items():
             name = spec.get("name", key)
             entry = Entry(name, spec["action"], spec.get("why", ""), spec.get("type", "text"))
             if "*" in key:
                 self.patterns.append((key, entry))
             else:
                 self.exact[key] = entry
+
+    def knows(self, key: str | int) -> bool:
+        return self.lookup(key) is not UNKNOWN
 
     def lookup(self, key: str | int) -> Entry:
         key = str(key)
@@ -48,5 +51,5 @@ class Catalog:
 
 
 @lru_cache(maxsize=None)
-def load(name: str) -> Catalog:
-    return Catalog(CATALOG_DIR / f"{name}.toml")
+def load(name: str, section: str | None = None) -> Catalog:
+    return Catalog(CATALOG_DIR / f"{name}.toml", section)

@@ -61,7 +61,7 @@ class Keyring:
         return 1 + int.from_bytes(self._mac("date-shift", b"")[:4], "big") % MAX_SHIFT_DAYS
 
 
-DATE_FORMATS = ("%m/%d/%y", "%m/%d/%Y", "%Y-%m-%d", "%Y:%m:%d", "%Y%m%d", "%d.%m.%Y")
+DATE_FORMATS = ("%m/%d/%y", "%m/%d/%Y", "%Y-%m-%d", "%Y:%m:%d", "%Y/%m/%d", "%Y%m%d", "%d.%m.%Y")
 
 
 def transform_date(value: str, mode: str, shift_days: int) -> str | None:

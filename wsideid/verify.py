@@ -22,7 +22,7 @@ from .images import segments
 from .model import Plan
 from .policy import Policy
 from .readers import ReaderView, openslide_view
-from .tiff.writer import IfdOut
+from .tiff.writer import IfdOut, data_extents
 
 FULL_COMPARE_BYTES = 256 << 20
 SAMPLE_RUNS = 256
@@ -96,12 +96,16 @@ def _check_residue(out: TiffSlide, plan: Plan, out_plan: Plan) -> list[str]:
     starts, ends = starts[order], np.maximum.accumulate(ends[order]) if len(ends) else ends
     size = out.tiff.size
     pieces, pos = [], 0
+    gaps = []
     for s, e in zip(starts.tolist(), ends.tolist()):
         if s > pos:
-            pieces.append(os.pread(out.tiff.fd, s - pos, pos))
+            gaps.append((pos, s))
         pos = max(pos, e)
     if pos < size:
-        pieces.append(os.pread(out.tiff.fd, size - pos, pos))
+        gaps.append((pos, size))
+    for a, b in gaps:
+        for x, y in data_extents(out.tiff.fd, a, b):
+            pieces.append(os.pread(out.tiff.fd, y - x, x))
     found = needles.find_in(b"\x00".join(pieces), targets)
     return [f"a removed value of {len(n)} characters is still in the file" for n in found]
 

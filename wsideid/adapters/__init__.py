@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..errors import SlideError
 from ..tiff.reader import TiffFile
+from .ndpi import NdpiSlide, is_ndpi
 from .svs import SvsSlide, is_aperio
 from .tiffbase import TiffSlide
 
@@ -15,6 +16,8 @@ def open_slide(path: Path) -> TiffSlide:
         raise SlideError("is a folder, not a slide file")
     tiff = TiffFile(path)
     try:
+        if is_ndpi(tiff):
+            return NdpiSlide(path, tiff)
         if is_aperio(tiff):
             return SvsSlide(path, tiff)
         raise SlideError("unknown vendor: a TIFF that is not Aperio SVS (other TIFF formats "

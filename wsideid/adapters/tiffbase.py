@@ -49,6 +49,7 @@ class TiffSlide:
         self.tiff = tiff or TiffFile(path)
         self.bo = self.tiff.byteorder
         self.tags_catalog = catalog.load("tiff-tags")
+        self.vendor_tags: catalog.Catalog | None = None  # a format's private tags
         self.roles = self.classify()
         self.malformed: list[str] = []
 
@@ -103,7 +104,7 @@ class TiffSlide:
     def plan_ifd(self, ifd: Ifd, policy: Policy, fields: list[Field]) -> IfdOut:
         node = IfdOut(ifd, {})
         for code, tag in ifd.tags.items():
-            entry = self.tags_catalog.lookup(code)
+            entry = self.tag_entry(code)
             name = f"tiff:{entry.name if entry is not catalog.UNKNOWN else tag_name(code)}"
             where = f"{ifd.label} tag {code}"
             value = tag.text() if tag.dtype == ASCII else ""
@@ -128,7 +129,7 @@ class TiffSlide:
                     fields.append(Field(name, where, value, "date", new, why=why))
             elif action == "clean" and code == 347:
                 self._clean_tables(node, tag, where, fields)
-            elif action == "description":
+            elif action in ("description", "properties"):
                 self._describe(node, ifd, tag, policy, fields)
             else:
                 fields.append(Field(name, where, value or self._printable(tag), "remove", why=why))
@@ -156,17 +157,29 @@ class TiffSlide:
             for kid in kids:
                 self._collect_removed(kid, fields)
 
+    def tag_entry(self, code: int) -> catalog.Entry:
+        if self.vendor_tags is not None and self.vendor_tags.knows(code):
+            return self.vendor_tags.lookup(code)
+        return self.tags_catalog.lookup(code)
+
+    def text_tag(self, ifd: Ifd, code: int, text: str, policy: Policy) -> tuple[str | None, list[Field]]:
+        """A text tag that holds fields of its own (ImageDescription, vendor property text)."""
+        if code == 270:
+            return self.describe(ifd, text, policy)
+        return None, [Field(f"tiff:{tag_name(code)}", f"{ifd.label} tag {code}", text, "remove",
+                            why="no parser for this text")]
+
     def _describe(self, node: IfdOut, ifd: Ifd, tag: Tag, policy: Policy,
                   fields: list[Field]) -> None:
         text = tag.text()
-        new, found = self.describe(ifd, text, policy)
+        new, found = self.text_tag(ifd, tag.code, text, policy)
         fields.extend(found)
         if new is None:
             return
         if new == text and tag.dtype == ASCII:
-            node.tags[270] = tag
+            node.tags[tag.code] = tag
         else:
-            node.tags[270] = ascii_value(new)
+            node.tags[tag.code] = ascii_value(new)
 
     def _clean_tables(self, node: IfdOut, tag: Tag, where: str, fields: list[Field]) -> None:
         try:
@@ -203,6 +216,8 @@ class TiffSlide:
             if not removed:
                 continue
             node.data_edits[index] = cleaned
+            trailing = sum(len(p) for m, p in removed if m == "trailing data")
+            node.header_shifts[index] = len(data) - len(cleaned) - trailing
             for marker, payload in removed:
                 key = (marker, _payload_text(payload))
                 seen[key] = seen.get(key, 0) + 1

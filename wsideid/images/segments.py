@@ -26,6 +26,8 @@ SAFE_J2K_COMMENTS = (
     re.compile(rb"Kakadu-v[0-9.]+\x00?"),
     re.compile(rb"Created by OpenJPEG version [0-9.]+\x00?"),
 )
+# Product comment NDP.scan writes into every level JPEG (OpenSlide's NDPI sample slides).
+SAFE_JPEG_COMMENTS = (re.compile(rb"Hamamatsu NanoZoomer Digital Pathology\x00?"),)
 MAX_HEADER_SEGMENTS = 64
 
 
@@ -41,7 +43,7 @@ def segment_name(marker: int) -> str:
 
 def _removable_jpeg(marker: int, payload: bytes) -> bool:
     if marker == 0xFE:
-        return True
+        return not any(p.fullmatch(payload) for p in SAFE_JPEG_COMMENTS)
     if 0xE0 <= marker <= 0xEF:
         return not any(payload.startswith(sig) for sig in KEEP_APP.get(marker, ()))
     return False

@@ -37,6 +37,7 @@ class Tag:
     entry_offset: int
     value_offset: int | None  # None when the value sits inline in the entry
     data: bytes
+    high: int = 0  # NDPI: high 32 bits of an inline LONG (a 64-bit strip offset or count)
 
     @property
     def nbytes(self) -> int:
@@ -47,7 +48,10 @@ class Tag:
         return arr
 
     def ints(self, byteorder: str) -> np.ndarray:
-        return self.values(byteorder).astype(np.int64)
+        values = self.values(byteorder).astype(np.int64)
+        if self.high:
+            values = values + (self.high << 32)
+        return values
 
     def text(self) -> str:
         return self.data.split(b"\x00", 1)[0].decode("utf-8", errors="replace") \
@@ -139,10 +143,12 @@ class TiffFile:
         else:
             raise SlideError("not a TIFF file (no II/MM byte-order mark)")
         version = struct.unpack(self.byteorder + "H", head[2:4])[0]
+        self.ndpi = False
         if version == 42:
             self.bigtiff = False
             self.first_ifd = struct.unpack(self.byteorder + "I", head[4:8])[0]
             self.header_size = 8
+            self._detect_ndpi(head)
         elif version == 43:
             if len(head) < 16:
                 raise SlideError("truncated BigTIFF header")
@@ -159,9 +165,40 @@ class TiffFile:
         if not self.ifds:
             raise SlideError("TIFF has no image directory")
 
+    def _detect_ndpi(self, head: bytes) -> None:
+        """Hamamatsu NDPI: classic TIFF whose header holds an 8-byte first-IFD offset, whose
+        IFDs end with an 8-byte next offset followed by the high 32 bits of every entry's
+        value/offset (4 bytes per entry). It is NDPI when the IFD found that way has tag 65420
+        (OpenSlide openslide-decode-tifflike.c; tifffile TiffPage)."""
+        if len(head) < 12:
+            return
+        trial = struct.unpack(self.byteorder + "Q", head[4:12])[0]
+        self.ndpi = True
+        try:
+            self._parsed = 0
+            ifd = self._read_ifd(trial, "main", "IFD 0", frozenset())
+            if 65420 in ifd.tags:
+                self.first_ifd = trial
+                self.header_size = 12
+                return
+        except SlideError:
+            pass
+        self.ndpi = False
+
+    @property
+    def inline_size(self) -> int:
+        """Bytes of the value field of an entry: values up to this size sit inline."""
+        return 8 if self.bigtiff else 4
+
     @property
     def offset_size(self) -> int:
+        """Bytes of an offset to an out-of-line value (NDPI: 4 low + 4 high elsewhere)."""
         return 8 if self.bigtiff else 4
+
+    @property
+    def next_size(self) -> int:
+        """Bytes of the next-IFD offset."""
+        return 8 if (self.bigtiff or self.ndpi) else 4
 
     @property
     def entry_size(self) -> int:
@@ -170,6 +207,16 @@ class TiffFile:
     @property
     def count_size(self) -> int:
         return 8 if self.bigtiff else 2
+
+    def ifd_size(self, entries: int) -> int:
+        size = self.count_size + entries * self.entry_size + self.next_size
+        return size + 4 * entries if self.ndpi else size
+
+    def is_inline(self, dtype: int, nbytes: int) -> bool:
+        # NDPI writers always store ASCII out of line (OpenSlide reads them that way).
+        if self.ndpi and dtype == ASCII:
+            return False
+        return nbytes <= self.inline_size
 
     def _read_chain(self, offset: int) -> list[Ifd]:
         chain: list[Ifd] = []
@@ -196,10 +243,10 @@ class TiffFile:
         count = struct.unpack(bo + ("Q" if self.bigtiff else "H"), self.read(offset, self.count_size))[0]
         if count == 0 or count > MAX_ENTRIES:
             raise SlideError(f"{label} has an implausible entry count ({count})")
-        size = self.count_size + count * self.entry_size + self.offset_size
+        size = self.ifd_size(count)
         raw = self.read(offset, size)
         tags: dict[int, Tag] = {}
-        inline = self.offset_size
+        highs_at = self.count_size + count * self.entry_size + self.next_size
         for i in range(count):
             pos = self.count_size + i * self.entry_size
             if self.bigtiff:
@@ -213,20 +260,27 @@ class TiffFile:
             nbytes = n * TYPE_SIZE[dtype]
             if nbytes > self.size:
                 raise SlideError(f"{label} tag {code} has an absurd count ({n})")
-            if nbytes <= inline:
+            high = (struct.unpack(bo + "I", raw[highs_at + 4 * i:highs_at + 4 * i + 4])[0]
+                    if self.ndpi else 0)
+            if self.is_inline(dtype, nbytes):
                 data = val[:nbytes]
                 value_offset = None
+                if high and not (dtype in (4, 9, 13) and n == 1):
+                    raise SlideError(f"{label} tag {code}: 64-bit value in a type that cannot hold one")
             else:
                 value_offset = struct.unpack(bo + ("Q" if self.bigtiff else "I"), val)[0]
+                value_offset += high << 32
+                high = 0
                 if value_offset + nbytes > self.size:
                     raise SlideError(f"{label} tag {code} value at offset {value_offset} "
                                      f"is past the end of the file")
                 data = self.read(value_offset, nbytes)
             if code in tags:
                 raise SlideError(f"{label} has tag {code} twice")
-            tags[code] = Tag(code, dtype, n, offset + pos, value_offset, data)
-        next_raw = raw[size - self.offset_size:size]
-        next_offset = struct.unpack(bo + ("Q" if self.bigtiff else "I"), next_raw)[0]
+            tags[code] = Tag(code, dtype, n, offset + pos, value_offset, data, high)
+        next_at = self.count_size + count * self.entry_size
+        next_raw = raw[next_at:next_at + self.next_size]
+        next_offset = struct.unpack(bo + ("I" if self.next_size == 4 else "Q"), next_raw)[0]
         if kind != "main":
             next_offset = 0  # only the main chain is followed; others are reached by pointer tags
         ifd = Ifd(offset, size, tags, next_offset, kind, label)

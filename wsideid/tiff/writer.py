@@ -9,6 +9,7 @@ the file is cut after its last live byte. Nothing removed survives, nothing kept
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from .reader import SUBIFD_TAGS, TYPE_NUMPY, TYPE_SIZE, Ifd, Tag, TiffFile
 
 ZERO_CHUNK = b"\x00" * (1 << 20)
 SYNC_FILE_RANGE_WRITE = 2
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+PUNCH_MIN = 1 << 20
 
 
 @dataclass
@@ -51,6 +54,7 @@ class IfdOut:
     tags: dict[int, Tag | NewValue]
     children: dict[int, list["IfdOut"]] = field(default_factory=dict)
     data_edits: dict[int, bytes] = field(default_factory=dict)
+    header_shifts: dict[int, int] = field(default_factory=dict)  # bytes removed before the scan data
 
     def walk(self):
         yield self
@@ -130,12 +134,11 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut]) -> WriteResult:
                 layout.live(tag.value_offset, tag.nbytes)
 
     # 3. IFDs stay in place when they fit, otherwise they are appended.
-    inline = src.offset_size
     positions: dict[int, int] = {}
     pending: list[tuple[IfdOut, int]] = []
     for node in nodes:
         n_entries = len(node.tags) + sum(1 for kids in node.children.values() if kids)
-        size = src.count_size + n_entries * src.entry_size + src.offset_size
+        size = src.ifd_size(n_entries)
         if size <= node.source.size:
             positions[id(node)] = node.source.offset
             layout.live(node.source.offset, size)
@@ -148,8 +151,10 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut]) -> WriteResult:
         layout.live(cursor, size)
         cursor = _align(cursor + size)
 
-    # 4. Pointer tags to child IFDs, then changed values (appended).
-    value_offsets: dict[tuple[int, int], int] = {}
+    # 4. Pointer tags to child IFDs, then changed values: written over their old value when
+    #    every kept reference to that old value ends up with the same bytes (so offsets do not
+    #    move; NDPI shares values between IFDs and some readers guess the high bits of offsets
+    #    from where the IFD is), appended otherwise.
     for node in nodes:
         for code, kids in node.children.items():
             if not kids:
@@ -160,13 +165,27 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut]) -> WriteResult:
             if not src.bigtiff and dtype not in (4, 13):
                 dtype = 4
             node.tags[code] = array_value(dtype, [positions[id(k)] for k in kids], bo)
+    reusable = _reusable_slots(src, nodes)
+    value_offsets: dict[tuple[int, int], int] = {}
+    written: set[int] = set()
+    for node in nodes:
         for code, tag in node.tags.items():
-            if isinstance(tag, NewValue) and tag.nbytes > inline:
-                value_offsets[(id(node), code)] = cursor
-                os.pwrite(fd, tag.data, cursor)
-                layout.live(cursor, tag.nbytes)
-                cursor = _align(cursor + tag.nbytes)
-    if not src.bigtiff and cursor > 0xFFFFFFFF:
+            if not isinstance(tag, NewValue) or src.is_inline(tag.dtype, tag.nbytes):
+                continue
+            old = node.source.tags.get(code)
+            slot = old.value_offset if old is not None and code not in node.children else None
+            if slot is not None and slot in reusable:
+                value_offsets[(id(node), code)] = slot
+                if slot not in written:
+                    os.pwrite(fd, tag.data, slot)
+                    layout.live(slot, tag.nbytes)
+                    written.add(slot)
+                continue
+            value_offsets[(id(node), code)] = cursor
+            os.pwrite(fd, tag.data, cursor)
+            layout.live(cursor, tag.nbytes)
+            cursor = _align(cursor + tag.nbytes)
+    if not src.bigtiff and not src.ndpi and cursor > 0xFFFFFFFF:
         raise SlideError("output would exceed 4 GB in a classic TIFF")
 
     # 5. The IFDs themselves, chained in order.
@@ -179,6 +198,8 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut]) -> WriteResult:
     first = positions[id(chain[0])]
     if src.bigtiff:
         os.pwrite(fd, struct.pack(bo + "Q", first), 8)
+    elif src.ndpi:
+        os.pwrite(fd, struct.pack(bo + "Q", first), 4)
     else:
         os.pwrite(fd, struct.pack(bo + "I", first), 4)
 
@@ -188,6 +209,24 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut]) -> WriteResult:
     zeroed = zero_gaps(fd, starts, ends)
     os.ftruncate(fd, end)
     return WriteResult(end, zeroed, [positions[id(n)] for n in chain])
+
+
+def _reusable_slots(src: TiffFile, nodes: list[IfdOut]) -> set[int]:
+    """Old out-of-line value offsets whose every kept reference now holds the same bytes,
+    no longer than the old value (so they can be written in place)."""
+    finals: dict[int, set[bytes]] = {}
+    room: dict[int, int] = {}
+    for node in nodes:
+        for code, tag in node.tags.items():
+            old = node.source.tags.get(code)
+            if old is None or old.value_offset is None or code in node.children:
+                continue
+            if src.is_inline(tag.dtype, tag.nbytes):
+                continue
+            finals.setdefault(old.value_offset, set()).add(tag.data)
+            room[old.value_offset] = max(room.get(old.value_offset, 0), old.nbytes)
+    return {slot for slot, datas in finals.items()
+            if len(datas) == 1 and len(next(iter(datas))) <= room[slot]}
 
 
 def _final_regions(node: IfdOut, bo: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -205,23 +244,31 @@ def _final_regions(node: IfdOut, bo: str) -> tuple[np.ndarray, np.ndarray] | Non
 def _write_ifd(src: TiffFile, fd: int, node: IfdOut, pos: int, nxt: int,
                value_offsets: dict[tuple[int, int], int]) -> None:
     bo = src.byteorder
-    inline = src.offset_size
+    width = src.inline_size
     out = bytearray()
+    highs = bytearray()
     codes = sorted(node.tags)
     out += struct.pack(bo + ("Q" if src.bigtiff else "H"), len(codes))
     for code in codes:
         tag = node.tags[code]
-        if tag.nbytes <= inline:
-            value = tag.data.ljust(inline, b"\x00")
-        elif isinstance(tag, Tag):
-            value = struct.pack(bo + ("Q" if src.bigtiff else "I"), tag.value_offset)
+        high = 0
+        if src.is_inline(tag.dtype, tag.nbytes):
+            value = tag.data.ljust(width, b"\x00")
+            high = tag.high if isinstance(tag, Tag) else 0
         else:
-            value = struct.pack(bo + ("Q" if src.bigtiff else "I"), value_offsets[(id(node), code)])
+            where = tag.value_offset if isinstance(tag, Tag) else value_offsets[(id(node), code)]
+            if src.ndpi:  # low 32 bits here, high 32 bits after the next-IFD offset
+                value, high = struct.pack(bo + "I", where & 0xFFFFFFFF), where >> 32
+            else:
+                value = struct.pack(bo + ("Q" if src.bigtiff else "I"), where)
         if src.bigtiff:
             out += struct.pack(bo + "HHQ", code, tag.dtype, tag.count) + value
         else:
             out += struct.pack(bo + "HHI", code, tag.dtype, tag.count) + value
-    out += struct.pack(bo + ("Q" if src.bigtiff else "I"), nxt)
+        highs += struct.pack(bo + "I", high)
+    out += struct.pack(bo + ("I" if src.next_size == 4 else "Q"), nxt)
+    if src.ndpi:
+        out += highs
     os.pwrite(fd, bytes(out), pos)
 
 
@@ -242,34 +289,73 @@ def zero_gaps(fd: int, starts: np.ndarray, ends: np.ndarray) -> int:
 
 
 def _zero(fd: int, start: int, end: int) -> int:
-    pos = start
-    while pos < end:
-        n = min(len(ZERO_CHUNK), end - pos)
-        os.pwrite(fd, ZERO_CHUNK[:n], pos)
-        pos += n
+    """Make [start, end) read as zeros: punch a hole (no write, stays sparse) where the file
+    system can, else write zeros over the parts that hold data."""
+    if end - start >= PUNCH_MIN and _punch_hole(fd, start, end - start):
+        return end - start
+    for a, b in data_extents(fd, start, end):
+        pos = a
+        while pos < b:
+            n = min(len(ZERO_CHUNK), b - pos)
+            os.pwrite(fd, ZERO_CHUNK[:n], pos)
+            pos += n
     return end - start
 
 
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+        return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def data_extents(fd: int, start: int, end: int):
+    """The parts of [start, end) that hold data (holes of a sparse file are skipped)."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole after pos
+                return
+            yield pos, end  # no SEEK_DATA on this file system: all of it is data
+            return
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole
+        pos = hole
+
+
 def copy_file(src_path, dst_fd: int) -> None:
-    """Kernel-side copy (what `cp` does), falling back to a buffered copy."""
+    """Kernel-side copy of the data extents (what `cp` does); holes stay holes."""
     with open(src_path, "rb") as fsrc:
         size = os.fstat(fsrc.fileno()).st_size
-        copied = 0
-        try:
-            while copied < size:
-                n = os.copy_file_range(fsrc.fileno(), dst_fd, size - copied, copied, copied)
-                if n == 0:
-                    break
-                copied += n
-        except OSError as exc:
-            if copied or exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
-                raise
-        while copied < size:
-            chunk = os.pread(fsrc.fileno(), min(1 << 24, size - copied), copied)
-            if not chunk:
-                raise SlideError("input shrank while being copied")
-            os.pwrite(dst_fd, chunk, copied)
-            copied += len(chunk)
+        os.ftruncate(dst_fd, size)
+        for start, end in data_extents(fsrc.fileno(), 0, size):
+            _copy_range(fsrc.fileno(), dst_fd, start, end)
+
+
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    pos = start
+    try:
+        while pos < end:
+            n = os.copy_file_range(src_fd, dst_fd, end - pos, pos, pos)
+            if n == 0:
+                break
+            pos += n
+    except OSError as exc:
+        if exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: fall back
+            raise
+    while pos < end:
+        chunk = os.pread(src_fd, min(1 << 24, end - pos), pos)
+        if not chunk:
+            raise SlideError("input shrank while being copied")
+        os.pwrite(dst_fd, chunk, pos)
+        pos += len(chunk)
 
 
 def start_writeback(fd: int) -> None:
