@@ -34,15 +34,43 @@ def byte_forms(needle: str) -> list[bytes]:
     return forms
 
 
+CHUNK = 64 << 20
+
+
+def _chunks(path: Path, overlap: int):
+    """The file's data, lower-cased, in overlapping chunks; holes of sparse files (which read
+    as zeros) are skipped with SEEK_DATA/SEEK_HOLE, so multi-GB sparse slides stay cheap."""
+    with open(path, "rb") as fh:
+        fd = fh.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                return
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            while start < end:
+                data = os.pread(fd, min(CHUNK, end - start) + overlap, start)
+                yield data.lower()
+                start += CHUNK
+            pos = end
+
+
 def found_needles(paths, needles) -> dict[str, list[str]]:
     """{file: [needles found]} over file bytes (any case, ASCII and UTF-16) and file paths."""
     hits: dict[str, list[str]] = {}
+    forms = {n: byte_forms(n) for n in needles}
+    overlap = max((len(f) for fs in forms.values() for f in fs), default=0)
     for path in paths:
         path = Path(path)
-        data = path.read_bytes().lower() if path.is_file() else b""
         name = str(path).lower().encode()
+        found = {n for n, fs in forms.items() if any(f in name for f in fs)}
+        if path.is_file():
+            for data in _chunks(path, overlap):
+                found |= {n for n, fs in forms.items() if n not in found and any(f in data for f in fs)}
         for needle in needles:
-            if any(f in data or f in name for f in byte_forms(needle)):
+            if needle in found:
                 hits.setdefault(str(path), []).append(needle)
     return hits
 

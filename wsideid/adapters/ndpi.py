@@ -24,6 +24,7 @@ from ..tiff.writer import IfdOut, array_value
 from .tiffbase import TiffSlide
 
 LINE = re.compile(r"(\r\n|\r|\n)")
+CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 NUMBERS = re.compile(r"[-+0-9.,:%eE /_]*")
 
 
@@ -68,6 +69,9 @@ class NdpiSlide(TiffSlide):
 
     def plan_properties(self, ifd: Ifd, text: str, policy: Policy) -> tuple[str | None, list[Field]]:
         where = f"{ifd.label} tag 65449"
+        raw = ifd.tags[65449].data.rstrip(b"\x00")
+        if CONTROL.search(raw) or "\ufffd" in text:
+            raise SlideError(f"{where}: property text is corrupt (binary data or invalid UTF-8)")
         pieces = LINE.split(text)
         out: list[str] = []
         fields: list[Field] = []
