@@ -159,6 +159,8 @@ def _run_one(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None,
         result = Result(path, status="error", message=f"{exc.strerror or exc}")
     if result.status != "ok":
         error_line(f"{path}: {result.message}")
+    for warning in (result.plan.warnings if result.plan else []):
+        sys.stderr.write(f"wsideid: warning: {path}: {warning}\n")
     return result
 
 

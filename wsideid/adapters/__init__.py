@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..errors import SlideError
 from ..tiff.reader import TiffFile
+from .generic import GenericTiffSlide
 from .ndpi import NdpiSlide, is_ndpi
 from .svs import SvsSlide, is_aperio
 from .tiffbase import TiffSlide
@@ -20,8 +21,7 @@ def open_slide(path: Path) -> TiffSlide:
             return NdpiSlide(path, tiff)
         if is_aperio(tiff):
             return SvsSlide(path, tiff)
-        raise SlideError("unknown vendor: a TIFF that is not Aperio SVS (other TIFF formats "
-                         "are not supported yet)")
+        return GenericTiffSlide(path, tiff)
     except Exception:
         tiff.close()
         raise

@@ -135,6 +135,10 @@ class TiffSlide:
                 fields.append(Field(name, where, value or self._printable(tag), "remove", why=why))
                 for kid in ifd.children.get(code, []):
                     self._collect_removed(kid, fields)
+        for dup in ifd.duplicates:
+            fields.append(Field(f"tiff:{tag_name(dup.code)}", f"{ifd.label} tag {dup.code} (repeated)",
+                                dup.text() if dup.dtype == ASCII else "", "remove",
+                                why="second copy of a tag; readers see only the first"))
         if getattr(self, "scan_codestreams", True):
             self._clean_codestreams(node, fields)
         return node

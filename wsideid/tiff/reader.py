@@ -67,6 +67,7 @@ class Ifd:
     kind: str  # "main", "subifd", "exif", "gps", "interop"
     label: str  # "IFD 3", "IFD 0 SubIFD 1", "IFD 0 EXIF"
     children: dict[int, list["Ifd"]] = field(default_factory=dict)
+    duplicates: list[Tag] = field(default_factory=list)  # repeated tag codes (first one wins)
 
     def data_regions(self, byteorder: str) -> tuple[int, int, np.ndarray, np.ndarray] | None:
         """(offsets tag, counts tag, offsets, counts) of this IFD's image bytes."""
@@ -246,6 +247,7 @@ class TiffFile:
         size = self.ifd_size(count)
         raw = self.read(offset, size)
         tags: dict[int, Tag] = {}
+        duplicates: list[Tag] = []
         highs_at = self.count_size + count * self.entry_size + self.next_size
         for i in range(count):
             pos = self.count_size + i * self.entry_size
@@ -275,15 +277,17 @@ class TiffFile:
                     raise SlideError(f"{label} tag {code} value at offset {value_offset} "
                                      f"is past the end of the file")
                 data = self.read(value_offset, nbytes)
+            tag = Tag(code, dtype, n, offset + pos, value_offset, data, high)
             if code in tags:
-                raise SlideError(f"{label} has tag {code} twice")
-            tags[code] = Tag(code, dtype, n, offset + pos, value_offset, data, high)
+                duplicates.append(tag)  # readers use the first; the rest is removed
+            else:
+                tags[code] = tag
         next_at = self.count_size + count * self.entry_size
         next_raw = raw[next_at:next_at + self.next_size]
         next_offset = struct.unpack(bo + ("I" if self.next_size == 4 else "Q"), next_raw)[0]
         if kind != "main":
             next_offset = 0  # only the main chain is followed; others are reached by pointer tags
-        ifd = Ifd(offset, size, tags, next_offset, kind, label)
+        ifd = Ifd(offset, size, tags, next_offset, kind, label, duplicates=duplicates)
         self._check_data(ifd)
         for code, child_kind in SUBIFD_TAGS.items():
             tag = tags.get(code)
