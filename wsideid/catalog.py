@@ -16,6 +16,7 @@ class Entry:
     action: str
     why: str
     type: str = "text"
+    attributes: object = None  # OME elements: "*" or a list of attribute names kept
 
 
 UNKNOWN = Entry("?", "remove", "not in the catalog: only fields known to be safe are kept")
@@ -31,7 +32,9 @@ class Catalog:
         entries = data.get(section, {}) if section else (data.get("fields") or data.get("tags") or {})
         for key, spec in entries.items():
             name = spec.get("name", key)
-            entry = Entry(name, spec["action"], spec.get("why", ""), spec.get("type", "text"))
+            attrs = spec.get("attributes")
+            entry = Entry(name, spec["action"], spec.get("why", ""), spec.get("type", "text"),
+                          tuple(attrs) if isinstance(attrs, list) else attrs)
             if "*" in key:
                 self.patterns.append((key, entry))
             else:

@@ -166,13 +166,13 @@ def _run_one(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None,
 
 def _summarise(results: list[Result]) -> None:
     table = Table(title="wsideid deid")
-    for col in ("input", "output", "removed", "dates", "images dropped", "status"):
+    for col in ("input", "output", "removed/replaced", "dates", "images dropped", "status"):
         table.add_column(col)
     for r in results:
         counts = r.plan.counts() if r.plan else {}
         dropped = sum(1 for i in r.plan.images if i.action == "drop") if r.plan else 0
         table.add_row(r.source.name, r.output.name if r.output else "-",
-                      str(counts.get("remove", 0) + counts.get("clean", 0)),
+                      str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                       str(counts.get("date", 0)), str(dropped), r.status)
     out.print(table)
 

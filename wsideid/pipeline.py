@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import open_slide
+from .adapters.ometiff import Naming, OmeTiffSlide
 from .errors import SlideError, VerificationError
 from .model import Plan
 from .policy import Policy
@@ -44,8 +45,11 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
     result = Result(path)
     slide = open_slide(path)
     try:
-        result.pseudonym = keyring.slide_pseudonym(fingerprint(path))
+        fp = fingerprint(path)
+        result.pseudonym = keyring.slide_pseudonym(fp)
         name = result.pseudonym + slide.extension
+        if isinstance(slide, OmeTiffSlide):
+            slide.naming = Naming(result.pseudonym, name, keyring.file_uuid(fp))
         before = openslide_view(path)
         if in_place:
             target = path.with_name(name)

@@ -12,6 +12,7 @@ import hmac
 import os
 import re
 import secrets
+import uuid
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -55,6 +56,10 @@ class Keyring:
     def slide_pseudonym(self, fp: bytes) -> str:
         code = base64.b32encode(self._mac("slide", fp)[:10]).decode().lower()
         return f"wsi-{code[:16]}"
+
+    def file_uuid(self, fp: bytes) -> str:
+        """A new, stable UUID for the output file (OME UUID)."""
+        return f"urn:uuid:{uuid.UUID(bytes=self._mac('uuid', fp)[:16], version=4)}"
 
     def date_shift_days(self) -> int:
         """Days to move every date back by: 1..3650, fixed for a key."""

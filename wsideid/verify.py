@@ -17,6 +17,7 @@ import numpy as np
 
 from . import needles
 from .adapters import open_slide
+from .adapters.ometiff import OmeTiffSlide, ome_schema
 from .adapters.tiffbase import JPEG_CODECS, TiffSlide
 from .images import segments
 from .model import Plan
@@ -41,6 +42,9 @@ def verify_tiff(out_path: Path, source: TiffSlide, plan: Plan, chain: list[IfdOu
         # Kept image data is checked against the input below (and the input's was scanned for
         # APPn/COM segments while planning), so the re-plan skips scanning every tile again
         # and only the rewritten runs are scanned once more.
+        if isinstance(out, OmeTiffSlide) and isinstance(source, OmeTiffSlide):
+            out.naming = source.naming
+            problems += _check_ome_schema(out)
         out_plan, _ = out.plan(policy, scan_codestreams=False)
         problems += _check_fields(plan, out_plan)
         kept_roles = [img.role for img in plan.images if img.action == "keep"]
@@ -54,6 +58,14 @@ def verify_tiff(out_path: Path, source: TiffSlide, plan: Plan, chain: list[IfdOu
         out.close()
     problems += _check_reader(out_path, plan, before)
     return problems
+
+
+def _check_ome_schema(out: OmeTiffSlide) -> list[str]:
+    schema = ome_schema()
+    if schema is None:
+        return []
+    errors = list(schema.iter_errors(out.tiff.ifds[0].text(270) or ""))
+    return [f"OME-XML does not validate: {errors[0].reason}"] if errors else []
 
 
 def _check_fields(plan: Plan, out_plan: Plan) -> list[str]:

@@ -7,6 +7,7 @@ from ..errors import SlideError
 from ..tiff.reader import TiffFile
 from .generic import GenericTiffSlide
 from .ndpi import NdpiSlide, is_ndpi
+from .ometiff import OmeTiffSlide, looks_like_ome
 from .svs import SvsSlide, is_aperio
 from .tiffbase import TiffSlide
 
@@ -19,6 +20,8 @@ def open_slide(path: Path) -> TiffSlide:
     try:
         if is_ndpi(tiff):
             return NdpiSlide(path, tiff)
+        if looks_like_ome(tiff):
+            return OmeTiffSlide(path, tiff)
         if is_aperio(tiff):
             return SvsSlide(path, tiff)
         return GenericTiffSlide(path, tiff)
