@@ -34,7 +34,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python bench/bench_svs.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf demo-out bench/out .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import openslide
@@ -273,3 +274,28 @@ def test_folder_input_and_batch_continues_after_failure(tmp_path):
     assert not list(out.glob(".*partial"))
     report = json.loads((out / "wsideid-report.json").read_text())
     assert report["summary"] == {"ok": 2, "failed": 1}
+
+
+def test_text_hidden_after_the_nul_of_a_kept_string_is_removed(tmp_path):
+    # Software is kept, so only the rule about bytes after the NUL can catch this
+    src = write_svs(tmp_path / "in.svs", SvsSpec(plant=False, label=False, macro=False))
+    hidden = b"HIDDEN-AFTER-NUL-QUACK"
+    with tifffile.TiffFile(src) as tf:
+        tag = tf.pages[0].tags["ImageDescription"]
+        at, n = tag.valueoffset, tag.count
+        desc = tf.pages[0].description.encode()
+    # re-point the description at a longer value: "<description>\0HIDDEN...\0"
+    with open(src, "r+b") as fh:
+        fh.seek(0, 2)
+        new_at = fh.tell()
+        value = desc + b"\x00" + hidden + b"\x00"
+        fh.write(value)
+        fh.seek(tag.offset + 4)
+        fh.write(struct.pack("<II", len(value), new_at))
+    assert found_needles([src], [hidden.decode()])
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    [dst] = out.glob("*.svs")
+    assert found_needles([dst], [hidden.decode()]) == {}
+    with tifffile.TiffFile(dst) as tf:
+        assert tf.pages[0].description.encode() == desc

@@ -112,7 +112,13 @@ class TiffSlide:
             why = entry.why
             if entry is catalog.UNKNOWN:
                 why = ("private tag not in the catalog" if code >= 32768 else entry.why)
-            if action == "keep":
+            if action == "keep" and tag.dtype == ASCII and _hidden_text(tag):
+                # Bytes after the string's NUL: no reader shows them, so they are a hiding place.
+                node.tags[code] = ascii_value(value)
+                fields.append(Field(name, where, value, "keep", why=why))
+                fields.append(Field(f"{name} (after NUL)", where, _hidden_text(tag), "remove",
+                                    why="bytes after the end of the string"))
+            elif action == "keep":
                 node.tags[code] = tag
                 fields.append(Field(name, where, value, "keep", why=why))
             elif action == "pointer":
@@ -178,9 +184,13 @@ class TiffSlide:
         text = tag.text()
         new, found = self.text_tag(ifd, tag.code, text, policy)
         fields.extend(found)
+        hidden = _hidden_text(tag) if tag.dtype == ASCII else ""
+        if hidden:
+            fields.append(Field(f"tiff:{tag_name(tag.code)} (after NUL)", f"{ifd.label} tag {tag.code}",
+                                hidden, "remove", why="bytes after the end of the string"))
         if new is None:
             return
-        if new == text and tag.dtype == ASCII:
+        if new == text and tag.dtype == ASCII and not _hidden_text(tag):
             node.tags[tag.code] = tag
         else:
             node.tags[tag.code] = ascii_value(new)
@@ -229,6 +239,13 @@ class TiffSlide:
             fields.append(Field(f"codestream:{marker}", f"{ifd.label} image data ({n} runs)", text,
                                 "remove", why="text segment inside the image codestream"))
 
+
+
+def _hidden_text(tag: Tag) -> str:
+    """Non-zero bytes after the first NUL of an ASCII value (a second string, or residue)."""
+    _, _, rest = tag.data.partition(b"\x00")
+    rest = rest.strip(b"\x00")
+    return rest.decode("latin-1") if rest else ""
 
 
 def _payload_text(payload: bytes) -> str:

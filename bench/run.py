@@ -1,9 +1,11 @@
-"""Benchmark: de-identify a generated ~2 GB Aperio SVS, against `cp` of the same file.
+"""Benchmarks: de-identify generated slides, against `cp` of the same file in the same run.
 
-    python bench/bench_svs.py [--size-gb 2] [--rounds 3]
+    python bench/run.py [--case svs|ndpi|ome|all] [--size-gb 2] [--rounds 3]
 
-Prints wall-time ratios (deid / cp, same run, warm page cache for both), the in-place time
-(measured inside the process, after imports, and for the whole command), and peak RSS.
+Cases: `svs`, a ~2 GB tiled-JPEG Aperio SVS; `ndpi`, a 5 GB sparse NDPI (every offset above
+4 GB); `ome`, a ~1 GB pyramidal OME-TIFF with label and macro. For each: wall-time ratios
+(deid / cp and deid / cp+fsync; as root the page cache is emptied before every run), the
+in-place time (inside the process after imports, and for the whole command) and peak RSS.
 """
 from __future__ import annotations
 
@@ -26,6 +28,47 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 TILE = 240
+
+
+def make_big_ndpi(path: Path, size_gb: float) -> Path:
+    from fixtures.ndpi import NdpiSpec, write_ndpi
+
+    return write_ndpi(path, NdpiSpec(width=4096, height=3072, levels=3,
+                                     hole=int(size_gb * (1 << 30))))
+
+
+def make_big_ome(path: Path, size_gb: float) -> Path:
+    """Pyramidal OME-TIFF (SubIFDs) of repeated tiles, with label and macro Images."""
+    from fixtures.ometiff import ome_xml
+
+    rng = np.random.default_rng(0)
+    tile = 512
+    tiles = [imagecodecs.jpeg8_encode(rng.integers(0, 255, (tile, tile, 3), dtype=np.uint8), level=80)
+             for _ in range(8)]
+    mean = sum(map(len, tiles)) / len(tiles)
+    side = int((size_gb * (1 << 30) / mean) ** 0.5) * tile
+    common = {"photometric": "rgb", "metadata": None, "software": False}
+
+    def level(w: int, **kw) -> None:
+        n = ((w + tile - 1) // tile) ** 2
+        src = cycle(tiles)
+        tw.write((next(src) for _ in range(n)), shape=(w, w, 3), dtype=np.uint8,
+                 tile=(tile, tile), compression=7, **common, **kw)
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        level(side, subifds=2, description=ome_xml(side, side))
+        level(side // 4, subfiletype=1)
+        level(side // 16, subfiletype=1)
+        tw.write(np.full((200, 300, 3), 90, np.uint8), compression="lzw", **common)
+        tw.write(np.full((300, 800, 3), 60, np.uint8), compression="jpeg", **common)
+    return path
+
+
+CASES = {  # name: (generator, file name, default size in GB)
+    "svs": (None, "big.svs", 2.0),
+    "ndpi": (make_big_ndpi, "big.ndpi", 5.0),
+    "ome": (make_big_ome, "big.ome.tif", 1.0),
+}
 
 
 def make_big_svs(path: Path, size_gb: float) -> Path:
@@ -85,20 +128,20 @@ def cp_fsync(src: Path, dst: Path) -> None:
     os.close(fd)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--size-gb", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    big = OUT / "big.svs"
-    if not big.exists() or abs(big.stat().st_size / (1 << 30) - args.size_gb) > 0.25:
+def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
+    make, file_name, default_gb = CASES[name]
+    make = make or make_big_svs
+    size_gb = size_gb or default_gb
+    big = OUT / file_name
+    if not big.exists() or abs(big.stat().st_size / (1 << 30) - size_gb) > 0.3:
         t0 = time.perf_counter()
-        make_big_svs(big, args.size_gb)
+        make(big, size_gb)
         print(f"generated {big} ({big.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.1f} s")
     size = big.stat().st_size
     wsideid = [sys.executable, "-m", "wsideid"]
+    suffix = "".join(big.suffixes)
     cp_times, cp_sync_times, deid_times, deid_rss = [], [], [], []
+
     def settle() -> None:
         """Remove earlier copies, flush, and (as root) empty the page cache: every run starts
         cold, as a slide fresh from the scanner archive does, and pays only its own writeback."""
@@ -107,20 +150,19 @@ def main() -> None:
         os.sync()
         drop_caches()
 
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         settle()
-        t, _ = timed(["cp", str(big), str(OUT / "copy.svs")])
+        t, _ = timed(["cp", str(big), str(OUT / f"copy{suffix}")])
         cp_times.append(t)
         settle()
         t0 = time.perf_counter()
-        cp_fsync(big, OUT / "copy-sync.svs")
+        cp_fsync(big, OUT / f"copy-sync{suffix}")
         cp_sync_times.append(time.perf_counter() - t0)
         settle()
         t, rss = timed(wsideid + ["deid", str(big), "-o", str(OUT / "copy-deid")])
         deid_times.append(t)
         deid_rss.append(rss)
-    for p in OUT.glob("copy*"):
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    settle()
 
     # In place: the work itself (after imports), and the whole command.
     from wsideid.pipeline import deidentify
@@ -128,8 +170,8 @@ def main() -> None:
     from wsideid.pseudonym import Keyring
 
     inplace_work, inplace_cmd, inplace_rss = [], [], []
-    for _ in range(args.rounds):
-        target = OUT / "inplace.svs"
+    for _ in range(rounds):
+        target = OUT / f"inplace{suffix}"
         cp_fsync(big, target)  # flushed first, so the timed fsync only covers our own writes
         os.sync()
         drop_caches()
@@ -143,7 +185,7 @@ def main() -> None:
         t, rss = timed(wsideid + ["deid", str(target), "--in-place"])
         inplace_cmd.append(t)
         inplace_rss.append(rss)
-        for p in OUT.glob("wsi-*.svs"):
+        for p in OUT.glob("wsi-*"):
             p.unlink()
 
     med = statistics.median
@@ -151,21 +193,32 @@ def main() -> None:
     def fmt(xs: list[float]) -> str:
         return " ".join(f"{x:.2f}" for x in xs)
 
-    lines = [
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
-        f"{platform.platform()}",
-        f"file: {size / 1e9:.2f} GB Aperio SVS, {TILE}x{TILE} JPEG tiles, rounds: {args.rounds} (medians), "
-        f"page cache {'emptied before every run' if drop_caches() else 'warm (not root)'}",
-        f"samples cp {fmt(cp_times)} | cp+fsync {fmt(cp_sync_times)} | deid {fmt(deid_times)} | "
+    return [
+        f"[{name}] {size / 1e9:.2f} GB ({os.stat(big).st_blocks * 512 / 1e9:.2f} GB on disk), "
+        f"rounds: {rounds} (medians), page cache "
+        f"{'emptied before every run' if drop_caches() else 'warm (not root)'}",
+        f"  samples cp {fmt(cp_times)} | cp+fsync {fmt(cp_sync_times)} | deid {fmt(deid_times)} | "
         f"in place {fmt(inplace_work)}",
-        f"cp:                 {med(cp_times):.2f} s",
-        f"cp + fsync:         {med(cp_sync_times):.2f} s",
-        f"wsideid deid -o:    {med(deid_times):.2f} s   ratio to cp {med(deid_times) / med(cp_times):.2f}, "
-        f"to cp+fsync {med(deid_times) / med(cp_sync_times):.2f}   peak RSS {max(deid_rss) / 1e6:.0f} MB",
-        f"in place (work):    {med(inplace_work) * 1000:.0f} ms",
-        f"in place (command): {med(inplace_cmd):.2f} s (includes Python start-up and imports)   "
-        f"peak RSS {max(inplace_rss) / 1e6:.0f} MB",
+        f"  cp {med(cp_times):.2f} s | cp+fsync {med(cp_sync_times):.2f} s | "
+        f"wsideid deid -o {med(deid_times):.2f} s: ratio to cp {med(deid_times) / med(cp_times):.2f}, "
+        f"to cp+fsync {med(deid_times) / med(cp_sync_times):.2f}; peak RSS {max(deid_rss) / 1e6:.0f} MB",
+        f"  in place: {med(inplace_work) * 1000:.0f} ms of work, {med(inplace_cmd):.2f} s for the "
+        f"command (with Python start-up); peak RSS {max(inplace_rss) / 1e6:.0f} MB",
     ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--size-gb", type=float, default=None)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}, {platform.platform()}"]
+    for name in (CASES if args.case == "all" else [args.case]):
+        lines += bench_case(name, args.size_gb, args.rounds)
+        print("\n".join(lines[-4:]), flush=True)
     print("\n".join(lines))
 
 
