@@ -14,6 +14,8 @@ from rich.table import Table
 from . import needles as needle_search
 from . import report as audit
 from .errors import SlideError, VerificationError
+from .adapters.dicom import is_dicom, series_uid
+from .dicom_pipeline import deidentify_series, plan_series
 from .pipeline import Result, deidentify, plan_slide
 from .policy import DATE_MODES, Policy
 from .pseudonym import Keyring, load_key
@@ -41,9 +43,26 @@ def fail(message: str, code: int = EXIT_INPUT) -> None:
 def looks_like_slide(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
-            return fh.read(4) in TIFF_MAGIC
+            return fh.read(4) in TIFF_MAGIC or is_dicom(path)
     except OSError:
         return False
+
+
+def group_jobs(files: list[Path]) -> tuple[list[list[Path]], list[tuple[Path, str]]]:
+    """One job per TIFF file; one job per DICOM series (instances found anywhere in the input)."""
+    jobs: list[list[Path]] = []
+    series: dict[str, list[Path]] = {}
+    bad: list[tuple[Path, str]] = []
+    for path in files:
+        if is_dicom(path):
+            try:
+                series.setdefault(series_uid(path), []).append(path)
+            except SlideError as exc:
+                bad.append((path, str(exc)))
+        else:
+            jobs.append([path])
+    jobs += list(series.values())
+    return jobs, bad
 
 
 def collect(inputs: List[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -62,10 +81,10 @@ def collect(inputs: List[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 def make_policy(dates: str, keep_device_id: bool, label: str, macro: str,
-                keyring: Keyring | None = None) -> Policy:
+                keyring: Keyring | None = None, **dicom_options: bool) -> Policy:
     try:
         return Policy(dates=dates, keep_device_id=keep_device_id, label=label, macro=macro,
-                      date_shift_days=keyring.date_shift_days() if keyring else 0)
+                      date_shift_days=keyring.date_shift_days() if keyring else 0, **dicom_options)
     except ValueError as exc:
         fail(str(exc))
         raise
@@ -89,6 +108,10 @@ def deid(
     macro: str = MacroOpt,
     map_file: Optional[Path] = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR)."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms and date shifts (created if missing)."),
+    retain_uids: bool = typer.Option(False, "--retain-uids", help="DICOM: PS3.15 Retain UIDs Option."),
+    retain_institution: bool = typer.Option(False, "--retain-institution", help="DICOM: Retain Institution Identity Option."),
+    retain_patient_characteristics: bool = typer.Option(False, "--retain-patient-characteristics", help="DICOM: Retain Patient Characteristics Option."),
+    clean_descriptors: bool = typer.Option(False, "--clean-descriptors", help="DICOM: Clean Descriptors Option (descriptions that cannot be cleaned are removed)."),
     report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json)."),
 ) -> None:
     """De-identify slides into OUTDIR (or in place)."""
@@ -100,7 +123,10 @@ def deid(
         keyring = Keyring(load_key(key_file))
     except (OSError, ValueError) as exc:
         fail(f"key: {exc}")
-    policy = make_policy(dates, keep_device_id, label, macro, keyring)
+    policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
+                         retain_institution=retain_institution,
+                         retain_patient_characteristics=retain_patient_characteristics,
+                         clean_descriptors=clean_descriptors)
     if outdir is not None and not dry_run:
         try:
             outdir.mkdir(parents=True, exist_ok=True)
@@ -110,27 +136,33 @@ def deid(
         if _inside(map_file, outdir):
             fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
     files, missing = collect(inputs)
+    jobs, unreadable = group_jobs(files)
+    missing += unreadable
     for path, why in missing:
         error_line(f"{path}: {why}")
-    if not files and not missing:
+    if not jobs and not missing:
         fail("no slides found in the given inputs")
 
     if dry_run:
         code = EXIT_INPUT if missing else 0
-        for path in files:
+        for job in jobs:
             try:
-                plan = plan_slide(path, policy)
+                plan = _plan_job(job, policy, keyring)
             except SlideError as exc:
-                error_line(f"{path}: {exc}")
+                error_line(f"{job[0]}: {exc}")
                 code = EXIT_INPUT
                 continue
-            print_plan(path, plan, show_values=False)
+            print_plan(job[0], plan, show_values=False)
         raise typer.Exit(code)
 
     results: list[Result] = []
     seen: dict[str, Path] = {}
-    for path in files:
-        result = _run_one(path, policy, keyring, outdir, in_place, seen)
+    for job in jobs:
+        if in_place and is_dicom(job[0]):
+            result = Result(job[0], status="error", message="--in-place is not supported for DICOM")
+            error_line(f"{job[0]}: {result.message}")
+        else:
+            result = _run_one(job, policy, keyring, outdir, in_place, seen)
         results.append(result)
     _summarise(results)
     if map_file is not None:
@@ -144,10 +176,20 @@ def deid(
         raise typer.Exit(EXIT_FINDINGS)
 
 
-def _run_one(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None,
+def _plan_job(job: list[Path], policy: Policy, keyring: Keyring):
+    if is_dicom(job[0]):
+        return plan_series(job, policy, keyring)[0]
+    return plan_slide(job[0], policy)
+
+
+def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | None,
              in_place: bool, seen: dict[str, Path]) -> Result:
+    path = job[0]
     try:
-        result = deidentify(path, policy, keyring, outdir, in_place)
+        if is_dicom(path):
+            result = deidentify_series(job, policy, keyring, outdir)
+        else:
+            result = deidentify(path, policy, keyring, outdir, in_place)
         if result.pseudonym in seen:
             result.status, result.message = "error", "same content as another input"
         seen[result.pseudonym] = path

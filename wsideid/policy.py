@@ -13,6 +13,10 @@ class Policy:
     keep_device_id: bool = False
     label: str = "drop"
     macro: str = "drop"
+    retain_uids: bool = False
+    retain_institution: bool = False
+    retain_patient_characteristics: bool = False
+    clean_descriptors: bool = False
     date_shift_days: int = 0
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ SAFE_J2K_COMMENTS = (
                rb"(\n *-?[0-9.]+, *[0-9.]+(e[+-]?[0-9]+)?)+\n?\x00?"),
     re.compile(rb"Kakadu-v[0-9.]+\x00?"),
     re.compile(rb"Created by OpenJPEG version [0-9.]+\x00?"),
+    re.compile(rb"\x00*"),  # an empty comment carries nothing
 )
 # Product comment NDP.scan writes into every level JPEG (OpenSlide's NDPI sample slides).
 SAFE_JPEG_COMMENTS = (re.compile(rb"Hamamatsu NanoZoomer Digital Pathology\x00?"),)
