@@ -16,6 +16,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from itertools import cycle
 from pathlib import Path
@@ -103,14 +104,17 @@ def make_big_svs(path: Path, size_gb: float) -> Path:
 
 
 def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one command."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {cmd}: {proc.stderr.read().decode()}")
-    return elapsed, usage.ru_maxrss * 1024
+    """Wall seconds and peak RSS (bytes) of one command. The RSS comes from GNU time: a forked
+    child's ru_maxrss would include this (large) benchmark process as it was before exec."""
+    gnu_time = shutil.which("time") or "/usr/bin/time"
+    with tempfile.NamedTemporaryFile("r") as rss_file:
+        start = time.perf_counter()
+        proc = subprocess.run([gnu_time, "-f", "%M", "-o", rss_file.name, *cmd],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"failed: {cmd}: {proc.stderr.decode()}")
+        return elapsed, int(rss_file.read().strip().splitlines()[-1]) * 1024
 
 
 def drop_caches() -> bool:

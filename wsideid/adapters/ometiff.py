@@ -290,9 +290,14 @@ class OmeTiffSlide(TiffSlide):
 @lru_cache(maxsize=1)
 def ome_schema():
     """The OME 2016-06 schema (shipped by ome-types), or None when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ome_types")  # only its XSD file is needed: no import
     try:
-        import ome_types
         import xmlschema
     except ImportError:
         return None
-    return xmlschema.XMLSchema(str(Path(ome_types.__file__).parent / "ome-2016-06.xsd"))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    xsd = Path(list(spec.submodule_search_locations)[0]) / "ome-2016-06.xsd"
+    return xmlschema.XMLSchema(str(xsd)) if xsd.exists() else None

@@ -1,0 +1,141 @@
+"""DICOM WSI de-identification end to end on the real series in ../shared/slides/dicom."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import openslide
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from conftest import all_files, found_needles, run, sha256, shared_slide
+from wsideid.dicom_pipeline import _frames, dciodvfy_errors
+
+REAL = {
+    "gcp-jpeg2000-volume": ["GenLast", "Penelope", "PN-1-692-287-590-758-1", "16340811",
+                            "GO-1692287590758", "Camelyon16", "16730303", "tumor_102",
+                            "1.3.6.1.4.1.11129.5.7.999.18649109954048068.909.1692287590758018"],
+    "highdicom-sm": ["Test^Patient", "AA01", "17890505", "S19-1_A_1_1", "Test^Physician",
+                     "20190604", "1.2.826.0.1.3680043.9.7433.3.82970457260936734119270346325882945"],
+    "openslide-boxes": ["20091229", "SLIDE_1", "CPAPERIOCS",
+                        "1.3.6.1.4.1.5962.99.1.1747645553.419656796.1689669825649.5.0"],
+}
+
+
+def series_copy(tmp_path: Path, name: str) -> Path:
+    src = tmp_path / "in" / name
+    shutil.copytree(shared_slide(f"dicom/{name}"), src)
+    return src
+
+
+def outputs(out: Path) -> list[Path]:
+    return sorted(out.glob("wsi-*/*.dcm"))
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_dicom_series(tmp_path, name):
+    src = series_copy(tmp_path, name)
+    before = {p.name: sha256(p) for p in src.iterdir()}
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    assert {p.name: sha256(p) for p in src.iterdir()} == before
+    files = outputs(out)
+    inputs = sorted(src.glob("*.dcm"))
+    assert len(files) == len(inputs)
+    assert found_needles(all_files(out), REAL[name]) == {}
+    for src_file, dst_file in zip(inputs, files):
+        a, b = pydicom.dcmread(src_file), pydicom.dcmread(dst_file)
+        assert b.PatientIdentityRemoved == "YES"
+        assert "113100" in [item.CodeValue for item in b.DeidentificationMethodCodeSequence]
+        assert not any(e.tag.is_private for e in b.iterall())
+        assert b.file_meta.MediaStorageSOPInstanceUID == b.SOPInstanceUID != a.SOPInstanceUID
+        assert b.file_meta.TransferSyntaxUID == a.file_meta.TransferSyntaxUID
+        assert _frames(b) == _frames(a)  # every frame byte-identical
+        assert (dciodvfy_errors(dst_file) or set()) <= (dciodvfy_errors(src_file) or set())
+    with openslide.OpenSlide(str(inputs[0])) as a, openslide.OpenSlide(str(files[0])) as b:
+        assert b.properties["openslide.vendor"] == "dicom"
+        assert b.level_dimensions == a.level_dimensions
+
+
+def test_uids_consistent_across_the_series_and_runs(tmp_path):
+    src = series_copy(tmp_path, "openslide-boxes")
+    key = tmp_path / "key"
+    uids = []
+    for n in range(2):
+        out = tmp_path / f"out{n}"
+        run("deid", src, "-o", out, "--key-file", key, check=0)
+        dss = [pydicom.dcmread(p) for p in outputs(out)]
+        assert len({ds.StudyInstanceUID for ds in dss}) == 1
+        assert len({ds.SeriesInstanceUID for ds in dss}) == 1
+        assert len({ds.FrameOfReferenceUID for ds in dss}) == 1
+        uids.append(sorted(ds.SOPInstanceUID for ds in dss))
+        originals = [pydicom.dcmread(p) for p in sorted(src.glob("*.dcm"))]
+        assert dss[0].StudyInstanceUID != originals[0].StudyInstanceUID
+        assert dss[0].ContainerIdentifier != originals[0].ContainerIdentifier
+    assert uids[0] == uids[1]
+
+
+def test_label_series_is_dropped_by_default_and_kept_on_request(tmp_path):
+    src = series_copy(tmp_path, "gcp-label-datamatrix")
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    assert outputs(out) == []
+    out2 = tmp_path / "out2"
+    run("deid", src, "-o", out2, "--label", "keep", check=0)
+    [dst] = outputs(out2)
+    assert pydicom.dcmread(dst).ImageType[2] == "LABEL"
+
+
+def test_planted_nested_private_and_file_meta(tmp_path):
+    folder = tmp_path / "CASE-QUACK-42"
+    folder.mkdir()
+    ds = pydicom.dcmread(shared_slide("dicom/highdicom-sm/sm_image.dcm"))
+    ds.OperatorsName = "OPERATOR^QUACK"
+    ds.LabelText = "LABELTEXT-QUACK"
+    ds.BarcodeValue = "BARCODE-QUACK"
+    spec = ds.SpecimenDescriptionSequence[0]
+    spec.SpecimenShortDescription = "SPECDESC-QUACK"
+    step = Dataset()
+    item = Dataset()
+    item.ValueType = "TEXT"
+    item.TextValue = "PREP-TEXT-QUACK"
+    step.SpecimenPreparationStepContentItemSequence = Sequence([item])
+    spec.SpecimenPreparationSequence = Sequence([step])
+    ds.add_new((0x0011, 0x0010), "LO", "QUACKCORP")
+    ds.add_new((0x0011, 0x1001), "LO", "PRIVATE-QUACK")
+    ds.file_meta.SourceApplicationEntityTitle = "AEQUACK"
+    path = folder / "S26-QUACK.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    out = tmp_path / "out"
+    run("deid", folder, "-o", out, check=0)
+    needles = ["OPERATOR^QUACK", "LABELTEXT-QUACK", "BARCODE-QUACK", "SPECDESC-QUACK",
+               "PREP-TEXT-QUACK", "QUACKCORP", "PRIVATE-QUACK", "AEQUACK", "CASE-QUACK",
+               "S26-QUACK", "Test^Patient"]
+    assert set(needles) - {"CASE-QUACK", "S26-QUACK"} <= set(found_needles([path], needles)[str(path)])
+    assert found_needles(all_files(out), needles) == {}
+    [dst] = outputs(out)
+    assert (dciodvfy_errors(dst) or set()) <= (dciodvfy_errors(path) or set())
+
+
+def test_two_series_in_one_folder_are_two_slides(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(shared_slide("dicom/highdicom-sm/sm_image.dcm"), folder / "a.dcm")
+    for p in shared_slide("dicom/openslide-boxes").glob("*.dcm"):
+        shutil.copy(p, folder / p.name)
+    out = tmp_path / "out"
+    run("deid", folder, "-o", out, check=0)
+    assert len(list(out.glob("wsi-*"))) == 2
+
+
+def test_truncated_dicom_is_an_error(tmp_path):
+    folder = series_copy(tmp_path, "highdicom-sm")
+    path = next(folder.glob("*.dcm"))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    proc = run("deid", folder, "-o", out)
+    assert proc.returncode == 2 and str(path) in proc.stderr
+    assert not list(out.glob("wsi-*")) and not list(out.glob(".*partial"))
