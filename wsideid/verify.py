@@ -17,7 +17,7 @@ import numpy as np
 
 from . import needles
 from .adapters import open_slide
-from .adapters.ometiff import OmeTiffSlide, ome_schema
+from .adapters.ometiff import OmeTiffSlide, schema_errors
 from .adapters.tiffbase import JPEG_CODECS, TiffSlide
 from .images import segments
 from .model import Plan
@@ -61,11 +61,8 @@ def verify_tiff(out_path: Path, source: TiffSlide, plan: Plan, chain: list[IfdOu
 
 
 def _check_ome_schema(out: OmeTiffSlide) -> list[str]:
-    schema = ome_schema()
-    if schema is None:
-        return []
-    errors = list(schema.iter_errors(out.tiff.ifds[0].text(270) or ""))
-    return [f"OME-XML does not validate: {errors[0].reason}"] if errors else []
+    errors = schema_errors(out.tiff.ifds[0].text(270) or "")
+    return [f"OME-XML does not validate: {errors[0]}"] if errors else []
 
 
 def _check_fields(plan: Plan, out_plan: Plan) -> list[str]:
