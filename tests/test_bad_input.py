@@ -107,3 +107,28 @@ def test_unwritable_output_folder(tmp_path):
     blocker.write_text("")
     proc = run("deid", src, "-o", blocker / "out")
     assert proc.returncode == 2 and "cannot create output folder" in proc.stderr
+
+
+def test_output_that_cannot_be_written_leaves_nothing(tmp_path):
+    """A full disk, simulated with a file-size limit (EFBIG, like ENOSPC, mid-copy)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    src = tmp_path / "in.svs"
+    shutil.copy(shared_slide("svs/CMU-1-Small-Region.svs"), src)
+    before = sha256(src)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "wsideid", "deid", str(src), "-o", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode == 2
+    assert str(src) in proc.stderr and "too large" in proc.stderr.lower()
+    assert sha256(src) == before
+    assert not list(out.glob("*.svs")) and not list(out.glob(".*partial"))

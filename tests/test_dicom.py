@@ -11,7 +11,16 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import all_files, found_needles, run, sha256, shared_slide
-from wsideid.dicom_pipeline import _frames, dciodvfy_errors
+from pydicom.encaps import generate_frames
+
+from wsideid.dicom_pipeline import dciodvfy_errors
+
+
+def _frames(ds) -> list[bytes]:
+    """Frames as pydicom reads them (an independent reader of what we copied)."""
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1))))
+    return [bytes(ds.PixelData)]
 
 REAL = {
     "gcp-jpeg2000-volume": ["GenLast", "Penelope", "PN-1-692-287-590-758-1", "16340811",
@@ -139,3 +148,22 @@ def test_truncated_dicom_is_an_error(tmp_path):
     proc = run("deid", folder, "-o", out)
     assert proc.returncode == 2 and str(path) in proc.stderr
     assert not list(out.glob("wsi-*")) and not list(out.glob(".*partial"))
+
+
+def test_comment_segment_in_a_frame_is_removed(tmp_path):
+    from pydicom.encaps import encapsulate
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    ds = pydicom.dcmread(shared_slide("dicom/openslide-boxes/boxes_0.dcm"))
+    [frame] = _frames(ds)
+    text = b"FRAME-COMMENT-QUACK"
+    dirty = frame[:2] + b"\xff\xfe" + len(text + b"xx").to_bytes(2, "big") + text + frame[2:]
+    ds.PixelData = encapsulate([dirty])
+    ds.save_as(folder / "x.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    run("deid", folder, "-o", out, check=0)
+    [dst] = outputs(out)
+    assert found_needles([dst], [text.decode()]) == {}
+    [clean] = _frames(pydicom.dcmread(dst))
+    assert clean.rstrip(b"\x00") == frame.rstrip(b"\x00")

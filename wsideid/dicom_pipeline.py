@@ -1,19 +1,23 @@
 """read -> plan -> write -> verify for a DICOM WSI series (one slide = one series)."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import secrets
 import shutil
+import struct
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.encaps import generate_frames
+import numpy as np
+from pydicom.dataset import Dataset
 
 from . import needles
 from .adapters import dicom
+from .dicom_io import PixelElement, locate_pixels, read_header
+from .images import segments
+
 from .errors import SlideError, VerificationError
 from .model import Field, Plan
 from .pipeline import Result
@@ -21,19 +25,55 @@ from .policy import Policy
 from .pseudonym import Keyring
 from .readers import openslide_view
 
+FULL_COMPARE_BYTES = 256 << 20
+SAMPLE_FRAMES = 256
 
-def plan_series(files: list[Path], policy: Policy, keyring: Keyring):
-    """(plan, [(source, role, cleaned dataset or None)]) for the instances of one series."""
+
+def copy_range(src_fd: int, dst_fd: int, start: int, end: int, at: int) -> None:
+    """Copy bytes [start, end) of src to offset `at` of dst, in the kernel where possible."""
+    pos, out = start, at
+    try:
+        while pos < end:
+            n = os.copy_file_range(src_fd, dst_fd, end - pos, pos, out)
+            if n == 0:
+                break
+            pos += n
+            out += n
+    except OSError as exc:
+        if exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: fall back
+            raise
+    while pos < end:
+        chunk = os.pread(src_fd, min(1 << 24, end - pos), pos)
+        if not chunk:
+            raise SlideError("input shrank while being copied")
+        os.pwrite(dst_fd, chunk, out)
+        pos += len(chunk)
+        out += len(chunk)
+
+
+@dataclass
+class Instance:
+    source: Path
+    role: str
+    dataset: Dataset | None        # de-identified header (no pixel data); None when dropped
+    pixels: PixelElement | None
+    edits: dict[int, bytes]        # fragment index -> bytes without text segments
+
+
+def plan_series(files: list[Path], policy: Policy, keyring: Keyring) -> tuple[Plan, list[Instance]]:
+    """Plan one series: headers are read without pixel data; frames are screened on disk."""
     planner = dicom.DicomPlanner(policy, keyring.key)
     fields: list[Field] = []
     images = []
-    instances = []
+    instances: list[Instance] = []
     series = set()
     for index, path in enumerate(sorted(files)):
-        ds = dicom.read(path)
+        ds, pixel_start = read_header(path)
         series.add(str(ds.get("SeriesInstanceUID", "")))
-        if "PixelData" not in ds:
-            raise SlideError(f"{path.name}: DICOM instance without pixel data")
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if syntax is None or syntax.is_implicit_VR or not syntax.is_little_endian:
+            raise SlideError(f"{path.name}: transfer syntax {syntax} is not explicit VR little endian")
+        pixels = locate_pixels(path, pixel_start)
         role = dicom.role_of(ds)
         action = policy.image_action(role)
         where = f"instance {index}"
@@ -44,15 +84,48 @@ def plan_series(files: list[Path], policy: Policy, keyring: Keyring):
                 if text and elem.VR != "SQ":
                     fields.append(Field(f"dicom:{elem.keyword}", where, text, "remove",
                                         why=f"in the {role} instance, which is dropped"))
-            instances.append((path, role, None))
+            instances.append(Instance(path, role, None, None, {}))
             continue
-        original = copy.deepcopy(ds)
         planner.deidentify(ds, fields, where)
-        planner.clean_frames(ds, fields, where)
-        instances.append((path, role, (original, ds)))
+        edits = _clean_fragments(path, str(syntax), pixels, fields, where)
+        if edits:
+            for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table: offsets change
+                if tag in ds:
+                    del ds[tag]
+        instances.append(Instance(path, role, ds, pixels, edits))
     if len(series) > 1:
         raise SlideError("instances of more than one series were given as one slide")
     return Plan("dicom-wsi", images, fields), instances
+
+
+def _clean_fragments(path: Path, syntax: str, pixels: PixelElement, fields: list[Field],
+                     where: str) -> dict[int, bytes]:
+    if syntax in dicom.JPEG_SYNTAXES:
+        screen, clean = segments.screen_jpeg, segments.clean_jpeg
+    elif syntax in dicom.J2K_SYNTAXES:
+        screen, clean = segments.screen_j2k, segments.clean_j2k
+    else:
+        return {}
+    edits: dict[int, bytes] = {}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        flagged = segments.screen_runs(fd, size, pixels.frame_offsets, pixels.frame_lengths, screen)
+        for i in np.nonzero(flagged)[0].tolist():
+            data = os.pread(fd, int(pixels.frame_lengths[i]), int(pixels.frame_offsets[i]))
+            try:
+                new, removed = clean(data.rstrip(b"\x00") if data.endswith(b"\xff\xd9\x00") else data)
+            except segments.MalformedStream:
+                continue  # a continuation fragment or foreign data: image bytes, left as they are
+            if removed:
+                edits[i] = new
+                for marker, payload in removed:
+                    fields.append(Field(f"codestream:{marker}", f"{where} frame {i}",
+                                        payload.decode("latin-1").strip("\x00 "), "remove",
+                                        why="text segment inside a frame"))
+    finally:
+        os.close(fd)
+    return edits
 
 
 def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring,
@@ -60,7 +133,8 @@ def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring,
     result = Result(files[0])
     plan, instances = plan_series(files, policy, keyring)
     result.plan = plan
-    if all(pair is None for _, _, pair in instances):
+    kept = [inst for inst in instances if inst.dataset is not None]
+    if not kept:
         result.message = "every instance is dropped by the image policy; nothing written"
         return result
     result.pseudonym = keyring.slide_pseudonym(hashlib.sha256(_first_series_uid(files).encode()).digest())
@@ -69,14 +143,10 @@ def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring,
     tmp.mkdir()
     try:
         written = []
-        for n, (path, role, pair) in enumerate(x for x in instances if x[2] is not None):
+        for n, inst in enumerate(kept):
             out = tmp / f"{n:04d}.dcm"
-            pair[1].save_as(out, enforce_file_format=True)
-            written.append((path, out, pair[0], pair[1]))
-        for _, out, _, _ in written:
-            fd = os.open(out, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+            _write_instance(inst, out)
+            written.append((inst, out))
         problems = verify_series(written, plan)
         if problems:
             raise VerificationError("; ".join(problems))
@@ -90,56 +160,87 @@ def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring,
     return result
 
 
+def _write_instance(inst: Instance, out: Path) -> None:
+    """The de-identified header by pydicom, then the pixel data element copied verbatim
+    (or rebuilt from its fragments when text segments were removed from some)."""
+    inst.dataset.save_as(out, enforce_file_format=True)
+    with open(inst.source, "rb") as src, open(out, "r+b") as dst:
+        dst.seek(0, 2)
+        at = dst.tell()
+        px = inst.pixels
+        if not inst.edits:
+            copy_range(src.fileno(), dst.fileno(), px.start, px.end, at)
+        else:
+            dst.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+            dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))  # empty Basic Offset Table
+            for i, (off, n) in enumerate(zip(px.frame_offsets.tolist(), px.frame_lengths.tolist())):
+                data = inst.edits.get(i)
+                if data is None:
+                    src.seek(off)
+                    data = src.read(n)
+                if len(data) % 2:
+                    data += b"\x00"
+                dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(data)) + data)
+            dst.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
 def _first_series_uid(files: list[Path]) -> str:
     return dicom.series_uid(sorted(files)[0])
 
 
-def verify_series(written, plan: Plan) -> list[str]:
+def verify_series(written: list[tuple[Instance, Path]], plan: Plan) -> list[str]:
     problems: list[str] = []
     kept = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
     targets = needles.usable(plan.removed_values(), kept)
-    for source, out, original, planned in written:
-        ds = pydicom.dcmread(out)
+    for inst, out in written:
+        try:
+            ds, start = read_header(out)
+            pixels = locate_pixels(out, start)
+        except SlideError as exc:
+            problems.append(f"{out.name}: cannot be read back: {exc}")
+            continue
         if any(elem.tag.is_private for elem in ds.iterall()):
             problems.append(f"{out.name}: private elements remain")
         if ds.get("PatientIdentityRemoved") != "YES":
             problems.append(f"{out.name}: PatientIdentityRemoved is not YES")
         if str(ds.file_meta.MediaStorageSOPInstanceUID) != str(ds.SOPInstanceUID):
             problems.append(f"{out.name}: file meta SOP Instance UID does not match")
-        found = needles.find_in(_header_bytes(out), targets)
+        with open(out, "rb") as fh:
+            header = fh.read(start)
+        found = needles.find_in(header, targets)
         problems += [f"{out.name}: a removed value of {len(n)} characters is still present" for n in found]
-        problems += _check_frames(original, ds, out.name)
-        problems += _check_dciodvfy(source, out)
-    problems += _check_openslide(written)
+        problems += _check_frames(inst, out, pixels)
+        problems += _check_dciodvfy(inst.source, out)
+    problems += _check_openslide([(inst.source, out) for inst, out in written])
     return problems
 
 
-def _header_bytes(path: Path) -> bytes:
-    """Every byte of the file before the pixel data (which is checked frame by frame)."""
-    with open(path, "rb") as fh:
-        pydicom.dcmread(fh, stop_before_pixels=True)
-        end = fh.tell()
-        fh.seek(0)
-        return fh.read(end)
-
-
-def _frames(ds) -> list[bytes]:
-    if getattr(ds.file_meta, "TransferSyntaxUID", None) and ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        return list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
-    return [bytes(ds.PixelData)]
-
-
-def _check_frames(original, written, name: str) -> list[str]:
-    a, b = _frames(original), _frames(written)
-    if len(a) != len(b):
-        return [f"{name}: {len(b)} frames instead of {len(a)}"]
-    changed = sum(1 for x, y in zip(a, b) if x != y)
-    if changed:
-        # only frames whose text segments were removed may differ, and only by those segments
-        clean = dicom.segments.clean_jpeg if b[0][:2] == b"\xff\xd8" else dicom.segments.clean_j2k
-        for x, y in zip(a, b):
-            if x != y and clean(x)[0] not in (y, y[:-1]):  # encapsulation pads to even length
-                return [f"{name}: frame data changed beyond the removed text segments"]
+def _check_frames(inst: Instance, out: Path, pixels: PixelElement) -> list[str]:
+    src = inst.pixels
+    if len(src.frame_offsets) != len(pixels.frame_offsets):
+        return [f"{out.name}: {len(pixels.frame_offsets)} fragments instead of {len(src.frame_offsets)}"]
+    if not len(src.frame_offsets):  # native pixel data: one element, compared whole
+        pairs = [(src.start, src.end - src.start, pixels.start, pixels.end - pixels.start)]
+    else:
+        n = len(src.frame_offsets)
+        total = int(src.frame_lengths.sum())
+        picks = range(n) if total <= FULL_COMPARE_BYTES else sorted(
+            set(np.linspace(0, n - 1, SAMPLE_FRAMES).astype(int).tolist()) | set(inst.edits))
+        pairs = [(int(src.frame_offsets[i]), int(src.frame_lengths[i]),
+                  int(pixels.frame_offsets[i]), int(pixels.frame_lengths[i])) for i in picks]
+    with open(inst.source, "rb") as a, open(out, "rb") as b:
+        for i, (ao, an, bo, bn) in enumerate(pairs):
+            b.seek(bo)
+            got = b.read(bn)
+            a.seek(ao)
+            want = a.read(an)
+            edit = inst.edits.get(i) if len(src.frame_offsets) else None
+            if edit is not None:
+                want = edit + (b"\x00" if len(edit) % 2 else b"")
+            if got != want:
+                return [f"{out.name}: pixel data differs from the input"]
     return []
 
 

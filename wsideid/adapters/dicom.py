@@ -23,7 +23,6 @@ from pydicom.sequence import Sequence
 from .. import __version__
 from ..catalog import CATALOG_DIR
 from ..errors import SlideError
-from ..images import segments
 from ..model import Field, Image
 from ..policy import Policy
 from ..pseudonym import transform_date
@@ -255,33 +254,6 @@ class DicomPlanner:
         ds.DeidentificationMethodCodeSequence = codes
         ds.LongitudinalTemporalInformationModified = (
             "MODIFIED" if self.policy.dates in ("shift", "keep-year") else "REMOVED")
-
-    def clean_frames(self, ds: Dataset, fields: list[Field], where: str) -> bool:
-        """APPn/COM segments in JPEG / JPEG 2000 frames; True when frames were rewritten."""
-        syntax = str(ds.file_meta.TransferSyntaxUID)
-        if "PixelData" not in ds or syntax not in JPEG_SYNTAXES | J2K_SYNTAXES:
-            return False
-        from pydicom.encaps import encapsulate, generate_frames
-
-        n = int(ds.get("NumberOfFrames", 1) or 1)
-        frames = list(generate_frames(ds.PixelData, number_of_frames=n))
-        clean = segments.clean_jpeg if syntax in JPEG_SYNTAXES else segments.clean_j2k
-        changed = False
-        for i, frame in enumerate(frames):
-            try:
-                new, removed = clean(frame)
-            except segments.MalformedStream:
-                continue
-            if removed:
-                frames[i] = new
-                changed = True
-                for marker, payload in removed:
-                    fields.append(Field(f"codestream:{marker}", f"{where} frame {i}",
-                                        payload.decode("latin-1").strip("\x00 "), "remove",
-                                        why="text segment inside a frame"))
-        if changed:
-            ds.PixelData = encapsulate(frames)
-        return changed
 
 
 def role_of(ds: Dataset) -> str:

@@ -1,0 +1,77 @@
+"""Locate the Pixel Data element of a DICOM file without loading it, and copy it verbatim.
+
+Explicit VR Little Endian data sets (every WSI transfer syntax): the element is
+tag (7FE0,0010), VR OB/OW, 2 reserved bytes, a 4-byte length; encapsulated pixel data has an
+undefined length and is a sequence of items (FFFE,E000) (the first is the Basic Offset Table)
+closed by (FFFE,E0DD) (PS3.5 A.4).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from .errors import SlideError
+
+ITEM = (0xFFFE, 0xE000)
+SEQ_END = (0xFFFE, 0xE0DD)
+UNDEFINED = 0xFFFFFFFF
+
+
+@dataclass
+class PixelElement:
+    start: int                 # offset of the (7FE0,0010) tag
+    end: int                   # offset just past the element
+    frame_offsets: np.ndarray  # file offsets of each frame's bytes (encapsulated only)
+    frame_lengths: np.ndarray
+
+
+def read_header(path: Path) -> tuple[pydicom.Dataset, int]:
+    """The data set without pixel data, and the offset where the pixel data element starts."""
+    try:
+        with open(path, "rb") as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+            return ds, fh.tell()
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise SlideError(f"not a readable DICOM file: {exc}") from exc
+
+
+def locate_pixels(path: Path, start: int) -> PixelElement:
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        head = fh.read(12)
+        if len(head) < 12:
+            raise SlideError("DICOM file ends before its pixel data")
+        group, elem = struct.unpack("<HH", head[:4])
+        if (group, elem) != (0x7FE0, 0x0010) or head[4:6] not in (b"OB", b"OW"):
+            raise SlideError("pixel data is not an explicit VR little endian OB/OW element")
+        length = struct.unpack("<I", head[8:12])[0]
+        if length != UNDEFINED:
+            end = start + 12 + length
+            if end > size:
+                raise SlideError("pixel data runs past the end of the file (truncated?)")
+            return PixelElement(start, end, np.zeros(0, np.int64), np.zeros(0, np.int64))
+        pos = start + 12
+        offsets, lengths = [], []
+        first = True
+        while True:
+            fh.seek(pos)
+            item = fh.read(8)
+            if len(item) < 8:
+                raise SlideError("encapsulated pixel data is truncated")
+            g, e, n = struct.unpack("<HHI", item)
+            if (g, e) == SEQ_END:
+                return PixelElement(start, pos + 8, np.asarray(offsets, np.int64),
+                                    np.asarray(lengths, np.int64))
+            if (g, e) != ITEM or pos + 8 + n > size:
+                raise SlideError("encapsulated pixel data is corrupt or truncated")
+            if not first:  # the first item is the Basic Offset Table
+                offsets.append(pos + 8)
+                lengths.append(n)
+            first = False
+            pos += 8 + n
