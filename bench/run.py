@@ -3,7 +3,8 @@
     python bench/run.py [--case svs|ndpi|ome|all] [--size-gb 2] [--rounds 3]
 
 Cases: `svs`, a ~2 GB tiled-JPEG Aperio SVS; `ndpi`, a 5 GB sparse NDPI (every offset above
-4 GB); `ome`, a ~1 GB pyramidal OME-TIFF with label and macro. For each: wall-time ratios
+4 GB); `ome`, a ~1 GB pyramidal OME-TIFF with label and macro; `dicom`, a ~2 GB DICOM WSI
+series folder (compared with `cp -r`). For each: wall-time ratios
 (deid / cp and deid / cp+fsync; as root the page cache is emptied before every run), the
 in-place time (inside the process after imports, and for the whole command) and peak RSS.
 """
@@ -65,10 +66,45 @@ def make_big_ome(path: Path, size_gb: float) -> Path:
     return path
 
 
+def make_big_dicom(path: Path, size_gb: float) -> Path:
+    """A DICOM WSI series folder: one VOLUME instance of repeated 256x256 JPEG frames, built
+    from the openslide-boxes header (its identifiers included), written in a streaming way."""
+    import struct
+
+    import pydicom
+
+    src = ROOT.parent / "shared" / "slides" / "dicom" / "openslide-boxes" / "boxes_0.dcm"
+    ds = pydicom.dcmread(src, stop_before_pixels=True)
+    rng = np.random.default_rng(0)
+    tile = 256
+    frames = [imagecodecs.jpeg8_encode(rng.integers(0, 255, (tile, tile, 3), dtype=np.uint8),
+                                       level=80, colorspace="rgb", outcolorspace="ycbcr")
+              for _ in range(8)]
+    frames = [f + b"\x00" * (len(f) % 2) for f in frames]
+    per_side = int((size_gb * (1 << 30) / (sum(map(len, frames)) / len(frames))) ** 0.5)
+    n = per_side * per_side
+    ds.Rows = ds.Columns = tile
+    ds.TotalPixelMatrixColumns = ds.TotalPixelMatrixRows = per_side * tile
+    ds.NumberOfFrames = n
+    ds.DimensionOrganizationType = "TILED_FULL"
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / "volume.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    with open(out, "ab") as fh:
+        fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+        fh.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))
+        for i in range(n):
+            f = frames[i % len(frames)]
+            fh.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(f)) + f)
+        fh.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    return path
+
+
 CASES = {  # name: (generator, file name, default size in GB)
     "svs": (None, "big.svs", 2.0),
     "ndpi": (make_big_ndpi, "big.ndpi", 5.0),
     "ome": (make_big_ome, "big.ome.tif", 1.0),
+    "dicom": (make_big_dicom, "big-dicom", 2.0),
 }
 
 
@@ -117,6 +153,15 @@ def timed(cmd: list[str]) -> tuple[float, int]:
         return elapsed, int(rss_file.read().strip().splitlines()[-1]) * 1024
 
 
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _blocks(path: Path) -> int:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return sum(p.stat().st_blocks * 512 for p in files)
+
+
 def drop_caches() -> bool:
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -137,11 +182,12 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
     make = make or make_big_svs
     size_gb = size_gb or default_gb
     big = OUT / file_name
-    if not big.exists() or abs(big.stat().st_size / (1 << 30) - size_gb) > 0.3:
+    if not big.exists() or abs(_size(big) / (1 << 30) - size_gb) > 0.3:
         t0 = time.perf_counter()
         make(big, size_gb)
-        print(f"generated {big} ({big.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.1f} s")
-    size = big.stat().st_size
+        print(f"generated {big} ({_size(big) / 1e9:.2f} GB) in {time.perf_counter() - t0:.1f} s")
+    size = _size(big)
+    folder = big.is_dir()
     wsideid = [sys.executable, "-m", "wsideid"]
     suffix = "".join(big.suffixes)
     cp_times, cp_sync_times, deid_times, deid_rss = [], [], [], []
@@ -156,11 +202,18 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
 
     for _ in range(rounds):
         settle()
-        t, _ = timed(["cp", str(big), str(OUT / f"copy{suffix}")])
+        t, _ = timed(["cp", "-r", str(big), str(OUT / f"copy{suffix}")])
         cp_times.append(t)
         settle()
         t0 = time.perf_counter()
-        cp_fsync(big, OUT / f"copy-sync{suffix}")
+        if folder:
+            shutil.copytree(big, OUT / "copy-sync")
+            for p in (OUT / "copy-sync").iterdir():
+                fd = os.open(p, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+        else:
+            cp_fsync(big, OUT / f"copy-sync{suffix}")
         cp_sync_times.append(time.perf_counter() - t0)
         settle()
         t, rss = timed(wsideid + ["deid", str(big), "-o", str(OUT / "copy-deid")])
@@ -174,7 +227,7 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
     from wsideid.pseudonym import Keyring
 
     inplace_work, inplace_cmd, inplace_rss = [], [], []
-    for _ in range(rounds):
+    for _ in range(0 if folder else rounds):  # DICOM has no in-place mode
         target = OUT / f"inplace{suffix}"
         cp_fsync(big, target)  # flushed first, so the timed fsync only covers our own writes
         os.sync()
@@ -197,8 +250,11 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
     def fmt(xs: list[float]) -> str:
         return " ".join(f"{x:.2f}" for x in xs)
 
+    if folder:
+        inplace_work = inplace_cmd = [0.0]
+        inplace_rss = [0]
     return [
-        f"[{name}] {size / 1e9:.2f} GB ({os.stat(big).st_blocks * 512 / 1e9:.2f} GB on disk), "
+        f"[{name}] {size / 1e9:.2f} GB ({_blocks(big) / 1e9:.2f} GB on disk), "
         f"rounds: {rounds} (medians), page cache "
         f"{'emptied before every run' if drop_caches() else 'warm (not root)'}",
         f"  samples cp {fmt(cp_times)} | cp+fsync {fmt(cp_sync_times)} | deid {fmt(deid_times)} | "

@@ -20,6 +20,7 @@ from .errors import SlideError
 ITEM = (0xFFFE, 0xE000)
 SEQ_END = (0xFFFE, 0xE0DD)
 UNDEFINED = 0xFFFFFFFF
+CHUNK = 16 << 20
 
 
 @dataclass
@@ -56,22 +57,32 @@ def locate_pixels(path: Path, start: int) -> PixelElement:
             if end > size:
                 raise SlideError("pixel data runs past the end of the file (truncated?)")
             return PixelElement(start, end, np.zeros(0, np.int64), np.zeros(0, np.int64))
-        pos = start + 12
-        offsets, lengths = [], []
-        first = True
-        while True:
+        offsets, lengths, end = _walk_items(fh, start + 12, size)
+        # the first item is the Basic Offset Table
+        return PixelElement(start, end, np.asarray(offsets[1:], np.int64),
+                            np.asarray(lengths[1:], np.int64))
+
+
+def _walk_items(fh, pos: int, size: int) -> tuple[list[int], list[int], int]:
+    """Offsets and lengths of every item up to the sequence delimiter, and where the element
+    ends; read sequentially in large chunks (a seek and a small read per item would be one
+    disk request per frame)."""
+    offsets: list[int] = []
+    lengths: list[int] = []
+    chunk_at, chunk = pos, b""
+    while True:
+        rel = pos - chunk_at
+        if rel + 8 > len(chunk):
             fh.seek(pos)
-            item = fh.read(8)
-            if len(item) < 8:
+            chunk_at, chunk = pos, fh.read(CHUNK)
+            rel = 0
+            if len(chunk) < 8:
                 raise SlideError("encapsulated pixel data is truncated")
-            g, e, n = struct.unpack("<HHI", item)
-            if (g, e) == SEQ_END:
-                return PixelElement(start, pos + 8, np.asarray(offsets, np.int64),
-                                    np.asarray(lengths, np.int64))
-            if (g, e) != ITEM or pos + 8 + n > size:
-                raise SlideError("encapsulated pixel data is corrupt or truncated")
-            if not first:  # the first item is the Basic Offset Table
-                offsets.append(pos + 8)
-                lengths.append(n)
-            first = False
-            pos += 8 + n
+        g, e, n = struct.unpack_from("<HHI", chunk, rel)
+        if (g, e) == SEQ_END:
+            return offsets, lengths, pos + 8
+        if (g, e) != ITEM or pos + 8 + n > size:
+            raise SlideError("encapsulated pixel data is corrupt or truncated")
+        offsets.append(pos + 8)
+        lengths.append(n)
+        pos += 8 + n

@@ -210,7 +210,9 @@ def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarr
         return flags
     o, e = offs[idx], offs[idx] + cnts[idx]
     soi = (buf[o] == 0xFF) & (buf[o + 1] == 0xD8)
-    tail = (buf[e - 2] == 0xFF) & (buf[e - 1] == 0xD9)
+    # a stream may end with one padding NUL (DICOM items have even lengths)
+    tail = ((buf[e - 2] == 0xFF) & (buf[e - 1] == 0xD9)) | (
+        (buf[e - 3] == 0xFF) & (buf[e - 2] == 0xD9) & (buf[e - 1] == 0))
 
     def suspicious(m: np.ndarray, p: np.ndarray) -> np.ndarray:
         app = ((m >= 0xE0) & (m <= 0xEF)) | (m == 0xFE)
