@@ -24,31 +24,10 @@ from .pipeline import Result
 from .policy import Policy
 from .pseudonym import Keyring
 from .readers import openslide_view
+from .tiff.writer import copy_range
 
 FULL_COMPARE_BYTES = 256 << 20
 SAMPLE_FRAMES = 256
-
-
-def copy_range(src_fd: int, dst_fd: int, start: int, end: int, at: int) -> None:
-    """Copy bytes [start, end) of src to offset `at` of dst, in the kernel where possible."""
-    pos, out = start, at
-    try:
-        while pos < end:
-            n = os.copy_file_range(src_fd, dst_fd, end - pos, pos, out)
-            if n == 0:
-                break
-            pos += n
-            out += n
-    except OSError as exc:
-        if exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: fall back
-            raise
-    while pos < end:
-        chunk = os.pread(src_fd, min(1 << 24, end - pos), pos)
-        if not chunk:
-            raise SlideError("input shrank while being copied")
-        os.pwrite(dst_fd, chunk, out)
-        pos += len(chunk)
-        out += len(chunk)
 
 
 @dataclass

@@ -336,17 +336,21 @@ def copy_file(src_path, dst_fd: int) -> None:
         size = os.fstat(fsrc.fileno()).st_size
         os.ftruncate(dst_fd, size)
         for start, end in data_extents(fsrc.fileno(), 0, size):
-            _copy_range(fsrc.fileno(), dst_fd, start, end)
+            copy_range(fsrc.fileno(), dst_fd, start, end)
 
 
-def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+def copy_range(src_fd: int, dst_fd: int, start: int, end: int, at: int | None = None) -> None:
+    """Copy bytes [start, end) of src to offset `at` (default: the same offset) of dst, in the
+    kernel where possible, falling back to a buffered copy."""
     pos = start
+    out = start if at is None else at
     try:
         while pos < end:
-            n = os.copy_file_range(src_fd, dst_fd, end - pos, pos, pos)
+            n = os.copy_file_range(src_fd, dst_fd, end - pos, pos, out)
             if n == 0:
                 break
             pos += n
+            out += n
     except OSError as exc:
         if exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: fall back
             raise
@@ -354,8 +358,9 @@ def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
         chunk = os.pread(src_fd, min(1 << 24, end - pos), pos)
         if not chunk:
             raise SlideError("input shrank while being copied")
-        os.pwrite(dst_fd, chunk, pos)
+        os.pwrite(dst_fd, chunk, out)
         pos += len(chunk)
+        out += len(chunk)
 
 
 def start_writeback(fd: int) -> None:
