@@ -22,11 +22,13 @@ def _frames(ds) -> list[bytes]:
         return list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1))))
     return [bytes(ds.PixelData)]
 
+
 REAL = {
     "gcp-jpeg2000-volume": ["GenLast", "Penelope", "PN-1-692-287-590-758-1", "16340811",
                             "GO-1692287590758", "Camelyon16", "16730303", "tumor_102",
                             "1.3.6.1.4.1.11129.5.7.999.18649109954048068.909.1692287590758018"],
     "highdicom-sm": ["Test^Patient", "AA01", "17890505", "S19-1_A_1_1", "Test^Physician",
+                     "test.org/mrns", "test.org/specimens",
                      "20190604", "1.2.826.0.1.3680043.9.7433.3.82970457260936734119270346325882945"],
     "openslide-boxes": ["20091229", "SLIDE_1", "CPAPERIOCS",
                         "1.3.6.1.4.1.5962.99.1.1747645553.419656796.1689669825649.5.0"],

@@ -277,7 +277,7 @@ def inspect(
     """Every image with its role, every field with its value, location and planned action."""
     policy = make_policy(dates, keep_device_id, label, macro)
     try:
-        plan = plan_slide(file, policy)
+        plan = _plan_job([file], policy, Keyring(load_key(None)))
     except SlideError as exc:
         fail(f"{file}: {exc}")
     if as_json:
@@ -307,14 +307,17 @@ def scan(
         error_line(f"{path}: {why}")
     findings = 0
     unreadable = bool(missing)
+    keyring = Keyring(load_key(None))
     for path in files:
         try:
-            plan = plan_slide(path, Policy())
+            plan = _plan_job([path], Policy(), keyring)
         except SlideError as exc:
             error_line(f"{path}: {exc}")
             unreadable = True
             continue
-        lines = [f"{f.location}: {f.name} ({f.action})" for f in plan.fields if f.action != "keep"]
+        # "replace" is how identifiers look after de-identification too (pseudonyms, new UIDs)
+        lines = [f"{f.location}: {f.name} ({f.action})" for f in plan.fields
+                 if f.action not in ("keep", "replace")]
         lines += [f"{i.index}: {i.role} image present" for i in plan.images if i.action != "keep"]
         lines += [f"identifier {n!r} found in the raw bytes" for n in needle_search.find_in_file(path, targets)]
         for line in lines:
