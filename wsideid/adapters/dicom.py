@@ -206,6 +206,8 @@ class DicomPlanner:
             return
         if tag in TYPE1 and ("D" in choices or "Z" in choices or "X" in choices):
             choice = "D"
+        elif elem.VR == "SQ" and "X" in choices:
+            choice = "X"  # an empty sequence is valid only where the IOD makes it Type 2
         elif "Z" in choices:
             choice = "Z"
         elif "X" in choices:
