@@ -32,6 +32,8 @@ ROLE_BY_TYPE = {"VOLUME": "level", "THUMBNAIL": "thumbnail", "LABEL": "label", "
 # Attributes of the WSI IOD (and the modules it includes) that are Type 1: a Z or X action
 # becomes a dummy value so the instance stays valid (PS3.15 E.1.1: "Z/D", "X/D" by Type).
 TYPE1 = {0x00080023, 0x00080033, 0x0008002A, 0x00400512, 0x00400551, 0x00181000, 0x00400554}
+# Sequences the WSI IOD makes Type 2: emptied (Z) rather than removed when both are allowed.
+TYPE2_SEQUENCES = {0x00400555, 0x00400513, 0x00400562, 0x00400610}
 # Identifiers that get a keyed pseudonym rather than a fixed dummy.
 PSEUDONYMISED = {0x00100020: "patient", 0x00080050: "accession", 0x00400512: "container",
                  0x00400551: "specimen", 0x00200010: "study"}
@@ -206,7 +208,7 @@ class DicomPlanner:
             return
         if tag in TYPE1 and ("D" in choices or "Z" in choices or "X" in choices):
             choice = "D"
-        elif elem.VR == "SQ" and "X" in choices:
+        elif elem.VR == "SQ" and "X" in choices and tag not in TYPE2_SEQUENCES:
             choice = "X"  # an empty sequence is valid only where the IOD makes it Type 2
         elif "Z" in choices:
             choice = "Z"
