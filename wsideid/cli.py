@@ -206,8 +206,8 @@ def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | N
     return result
 
 
-def _summarise(results: list[Result]) -> None:
-    table = Table(title="wsideid deid")
+def _summarise(results: list[Result], title: str = "wsideid deid") -> None:
+    table = Table(title=title)
     for col in ("input", "output", "removed/replaced", "dates", "images dropped", "status"):
         table.add_column(col)
     for r in results:
@@ -263,6 +263,64 @@ def print_plan(path: Path, plan, show_values: bool) -> None:
 def _short(text: str, limit: int = 120) -> str:
     text = text.replace("\r", "\\r").replace("\n", "\\n")
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+@app.command()
+def convert(
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (SVS, NDPI, OME-TIFF)."),
+    to: str = typer.Option("dicom", "--to", help="Target format (dicom)."),
+    outdir: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+    dates: str = DatesOpt,
+    keep_device_id: bool = DeviceOpt,
+    label: str = LabelOpt,
+    macro: str = MacroOpt,
+    map_file: Optional[Path] = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR)."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts."),
+    allow_transcode: bool = typer.Option(False, "--allow-transcode", help="Accept re-encoded tiles when the lossless path is unavailable."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json)."),
+) -> None:
+    """Convert slides to de-identified DICOM WSI (tiles copied, not re-encoded)."""
+    from .convert import convert as convert_slide
+
+    if to != "dicom":
+        fail("--to: only dicom is supported")
+    try:
+        keyring = Keyring(load_key(key_file))
+    except (OSError, ValueError) as exc:
+        fail(f"key: {exc}")
+    policy = make_policy(dates, keep_device_id, label, macro, keyring)
+    if map_file is not None and _inside(map_file, outdir):
+        fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{outdir}: cannot create output folder: {exc.strerror}")
+    files, missing = collect(inputs)
+    for path, why in missing:
+        error_line(f"{path}: {why}")
+    results: list[Result] = []
+    for path in files:
+        try:
+            result = convert_slide(path, policy, keyring, outdir, allow_transcode)
+        except SlideError as exc:
+            result = Result(path, status="error", message=str(exc))
+        except VerificationError as exc:
+            result = Result(path, status="failed", message=f"verification failed: {exc}")
+        except OSError as exc:
+            result = Result(path, status="error", message=f"{exc.strerror or exc}")
+        if result.status != "ok":
+            error_line(f"{path}: {result.message}")
+        results.append(result)
+    _summarise(results, "wsideid convert --to dicom")
+    if map_file is not None:
+        _write_map(map_file, results)
+    audit.write(report_file or outdir / "wsideid-report.json",
+                audit.build(results, {**policy.options(), "convert": "dicom",
+                                      "allow_transcode": allow_transcode}))
+    if missing or any(r.status == "error" for r in results):
+        raise typer.Exit(EXIT_INPUT)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 @app.command()

@@ -107,16 +107,23 @@ def _clean_fragments(path: Path, syntax: str, pixels: PixelElement, fields: list
     return edits
 
 
-def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring,
-                      outdir: Path) -> Result:
+def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring, outdir: Path,
+                      pseudonym: str | None = None, identity: dict[str, str] | None = None) -> Result:
+    """De-identify one series into OUTDIR/<pseudonym>/; `identity` sets elements (e.g. the
+    pseudonym as PatientID) on every instance after de-identification."""
     result = Result(files[0])
     plan, instances = plan_series(files, policy, keyring)
     result.plan = plan
+    for inst in instances:
+        if inst.dataset is not None:
+            for keyword, value in (identity or {}).items():
+                setattr(inst.dataset, keyword, value)
     kept = [inst for inst in instances if inst.dataset is not None]
     if not kept:
         result.message = "every instance is dropped by the image policy; nothing written"
         return result
-    result.pseudonym = keyring.slide_pseudonym(hashlib.sha256(_first_series_uid(files).encode()).digest())
+    result.pseudonym = pseudonym or keyring.slide_pseudonym(
+        hashlib.sha256(_first_series_uid(files).encode()).digest())
     target = outdir / result.pseudonym
     tmp = outdir / f".{result.pseudonym}.{secrets.token_hex(4)}.partial"
     tmp.mkdir()

@@ -1,0 +1,94 @@
+"""wsideid convert --to dicom: SVS, NDPI and OME-TIFF to de-identified DICOM WSI."""
+from __future__ import annotations
+
+import shutil
+
+import openslide
+import pydicom
+import pytest
+import tifffile
+from pydicom.encaps import generate_frames
+
+from conftest import all_files, found_needles, run, shared_slide
+from test_real_svs import CMU_NEEDLES
+from wsideid.dicom_pipeline import dciodvfy_errors
+
+
+def scan_data(stream: bytes) -> bytes:
+    return stream[stream.find(b"\xff\xda"):].rstrip(b"\x00")
+
+
+def converted(out):
+    folders = sorted(out.glob("wsi-*"))
+    assert len(folders) == 1
+    return sorted(folders[0].glob("*.dcm"))
+
+
+def test_convert_svs_copies_tiles_and_removes_identity(tmp_path):
+    src = tmp_path / "CMU-1-Small-Region.svs"
+    shutil.copy(shared_slide("svs/CMU-1-Small-Region.svs"), src)
+    out = tmp_path / "out"
+    run("convert", src, "--to", "dicom", "-o", out, check=0)
+    files = converted(out)
+    assert found_needles(all_files(out), CMU_NEEDLES) == {}
+    volume = [pydicom.dcmread(f) for f in files if pydicom.dcmread(f, stop_before_pixels=True).ImageType[2] == "VOLUME"]
+    assert len(volume) == 1
+    ds = volume[0]
+    assert ds.PatientIdentityRemoved == "YES" and ds.PatientID == files[0].parent.name
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    frames = {scan_data(f) for f in generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))}
+    with tifffile.TiffFile(src) as tf:
+        page, fh = tf.pages[0], tf.filehandle
+        tiles = []
+        for off, n in zip(page.dataoffsets, page.databytecounts):
+            fh.seek(off)
+            tiles.append(scan_data(fh.read(n)))
+    assert all(t in frames for t in tiles)  # every tile's compressed data, unchanged
+    for f in files:
+        assert not dciodvfy_errors(f)
+        assert "label" not in str(pydicom.dcmread(f, stop_before_pixels=True).ImageType).lower()
+    with openslide.OpenSlide(str(src)) as a, openslide.OpenSlide(str(files[0])) as b:
+        assert b.properties["openslide.vendor"] == "dicom"
+        assert b.level_dimensions == a.level_dimensions
+        assert float(b.properties["openslide.mpp-x"]) == pytest.approx(float(a.properties["openslide.mpp-x"]))
+
+
+def test_convert_ndpi_and_ome(tmp_path):
+    out = tmp_path / "out"
+    ndpi = shared_slide("ndpi/test3-DAPI-2-387.ndpi")
+    run("convert", ndpi, "--to", "dicom", "-o", out, check=0)
+    files = converted(out)
+    assert found_needles(all_files(out), ["950291", "950410", "2011/05/23", "test3-DAPI"]) == {}
+    with tifffile.TiffFile(ndpi) as tf:
+        stored = [(p.shape[1], p.shape[0]) for p in tf.pages if float(p.tags[65421].value) > 0]
+    with openslide.OpenSlide(str(files[0])) as b:
+        assert list(b.level_dimensions) == stored  # the levels the NDPI stores
+    for f in files:
+        assert not dciodvfy_errors(f)
+    out2 = tmp_path / "out2"
+    run("convert", shared_slide("ometiff/OS-2-ndpi.ome.tif"), "--to", "dicom", "-o", out2, check=0)
+    [f] = converted(out2)
+    with openslide.OpenSlide(str(f)) as b:
+        assert b.level_dimensions[0] == (2202, 2202)
+    assert found_needles(all_files(out2), ["OS-2-ndpi", "77794f72-4f3e-4627-b2e4-93dd22c15977"]) == {}
+
+
+def test_convert_is_stable_with_a_key(tmp_path):
+    key = tmp_path / "key"
+    uids = []
+    for n in range(2):
+        out = tmp_path / f"out{n}"
+        run("convert", shared_slide("svs/CMU-1-Small-Region.svs"), "--to", "dicom", "-o", out,
+            "--key-file", key, check=0)
+        uids.append(sorted(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+                           for f in converted(out)))
+    assert uids[0] == uids[1]
+
+
+def test_convert_bad_input(tmp_path):
+    src = tmp_path / "notes.svs"
+    src.write_text("not a slide")
+    out = tmp_path / "out"
+    proc = run("convert", src, "--to", "dicom", "-o", out)
+    assert proc.returncode == 2 and str(src) in proc.stderr
+    assert not list(out.glob("wsi-*")) and not list(out.glob(".*partial"))
