@@ -267,17 +267,48 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
     ]
 
 
+def bench_convert(rounds: int) -> list[str]:
+    """`wsideid convert --to dicom` of the 2 GB SVS against plain wsidicomizer on the same file
+    (tiles copied, no de-identification), both in new processes, cold page cache."""
+    big = OUT / "big.svs"
+    if not big.exists():
+        make_big_svs(big, 2.0)
+    plain = [sys.executable, "-c",
+             "import sys; from wsidicomizer import WsiDicomizer; "
+             "WsiDicomizer.convert(sys.argv[1], sys.argv[2], workers=1)",
+             str(big), str(OUT / "plain-dicom")]
+    ours = [sys.executable, "-m", "wsideid", "convert", str(big), "--to", "dicom", "-o",
+            str(OUT / "ours-dicom")]
+    plain_t, ours_t, plain_rss, ours_rss = [], [], [], []
+    for _ in range(rounds):
+        for cmd, times, rss in ((plain, plain_t, plain_rss), (ours, ours_t, ours_rss)):
+            for p in ("plain-dicom", "ours-dicom"):
+                shutil.rmtree(OUT / p, ignore_errors=True)
+            (OUT / "plain-dicom").mkdir()
+            os.sync()
+            drop_caches()
+            t, r = timed(cmd)
+            times.append(t)
+            rss.append(r)
+    for p in ("plain-dicom", "ours-dicom"):
+        shutil.rmtree(OUT / p, ignore_errors=True)
+    med = statistics.median
+    return [f"[convert] {big.stat().st_size / 1e9:.2f} GB SVS to DICOM, rounds: {rounds} (medians)",
+            f"  wsidicomizer {med(plain_t):.2f} s (peak RSS {max(plain_rss) / 1e6:.0f} MB) | wsideid convert "
+            f"{med(ours_t):.2f} s (peak RSS {max(ours_rss) / 1e6:.0f} MB): ratio {med(ours_t) / med(plain_t):.2f}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--case", choices=[*CASES, "convert", "all"], default="all")
     parser.add_argument("--size-gb", type=float, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}, {platform.platform()}"]
-    for name in (CASES if args.case == "all" else [args.case]):
-        lines += bench_case(name, args.size_gb, args.rounds)
+    for name in ([*CASES, "convert"] if args.case == "all" else [args.case]):
+        lines += bench_convert(args.rounds) if name == "convert" else bench_case(name, args.size_gb, args.rounds)
         print("\n".join(lines[-4:]), flush=True)
     print("\n".join(lines))
 

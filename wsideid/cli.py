@@ -14,8 +14,7 @@ from rich.table import Table
 from . import needles as needle_search
 from . import report as audit
 from .errors import SlideError, VerificationError
-from .adapters.dicom import is_dicom, series_uid
-from .dicom_pipeline import deidentify_series, plan_series
+from .magic import is_dicom, is_tiff
 from .pipeline import Result, deidentify, plan_slide
 from .policy import DATE_MODES, Policy
 from .pseudonym import Keyring, load_key
@@ -24,7 +23,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="De-identify whole-slide images.")
 out = Console(width=None if sys.stdout.isatty() else 200)
 
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 EXIT_FINDINGS = 1
 EXIT_INPUT = 2
 
@@ -41,11 +39,7 @@ def fail(message: str, code: int = EXIT_INPUT) -> None:
 
 
 def looks_like_slide(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) in TIFF_MAGIC or is_dicom(path)
-    except OSError:
-        return False
+    return is_tiff(path) or is_dicom(path)
 
 
 def group_jobs(files: list[Path]) -> tuple[list[list[Path]], list[tuple[Path, str]]]:
@@ -55,6 +49,8 @@ def group_jobs(files: list[Path]) -> tuple[list[list[Path]], list[tuple[Path, st
     bad: list[tuple[Path, str]] = []
     for path in files:
         if is_dicom(path):
+            from .adapters.dicom import series_uid  # pydicom only when DICOM is given
+
             try:
                 series.setdefault(series_uid(path), []).append(path)
             except SlideError as exc:
@@ -178,6 +174,8 @@ def deid(
 
 def _plan_job(job: list[Path], policy: Policy, keyring: Keyring):
     if is_dicom(job[0]):
+        from .dicom_pipeline import plan_series
+
         return plan_series(job, policy, keyring)[0]
     return plan_slide(job[0], policy)
 
@@ -187,6 +185,8 @@ def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | N
     path = job[0]
     try:
         if is_dicom(path):
+            from .dicom_pipeline import deidentify_series
+
             result = deidentify_series(job, policy, keyring, outdir)
         else:
             result = deidentify(path, policy, keyring, outdir, in_place)

@@ -25,9 +25,9 @@ from ..catalog import CATALOG_DIR
 from ..errors import SlideError
 from ..model import Field, Image
 from ..policy import Policy
+from ..magic import is_dicom  # noqa: F401 - re-exported
 from ..pseudonym import transform_date
 
-DICM_OFFSET = 128
 ROLE_BY_TYPE = {"VOLUME": "level", "THUMBNAIL": "thumbnail", "LABEL": "label", "OVERVIEW": "overview"}
 # Attributes of the WSI IOD (and the modules it includes) that are Type 1: a Z or X action
 # becomes a dummy value so the instance stays valid (PS3.15 E.1.1: "Z/D", "X/D" by Type).
@@ -73,15 +73,6 @@ def ps315_table() -> dict:
     """PS3.15 Table E.1-1 rows by tag ("GGGGEEEE", X for repeating groups)."""
     data = tomllib.loads((CATALOG_DIR / "dicom-ps3.15.toml").read_text(encoding="utf-8"))
     return data["attributes"]
-
-
-def is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(DICM_OFFSET)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def read(path: Path, pixels: bool = True) -> Dataset:
