@@ -277,12 +277,12 @@ def test_folder_input_and_batch_continues_after_failure(tmp_path):
 
 
 def test_text_hidden_after_the_nul_of_a_kept_string_is_removed(tmp_path):
-    # Software is kept, so only the rule about bytes after the NUL can catch this
+    # the description of a clean slide is kept as is, so only the rule about bytes after the
+    # NUL can catch this
     src = write_svs(tmp_path / "in.svs", SvsSpec(plant=False, label=False, macro=False))
     hidden = b"HIDDEN-AFTER-NUL-QUACK"
     with tifffile.TiffFile(src) as tf:
         tag = tf.pages[0].tags["ImageDescription"]
-        at, n = tag.valueoffset, tag.count
         desc = tf.pages[0].description.encode()
     # re-point the description at a longer value: "<description>\0HIDDEN...\0"
     with open(src, "r+b") as fh:

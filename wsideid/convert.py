@@ -1,27 +1,33 @@
 """Convert a slide to DICOM WSI with wsidicomizer, de-identified in the same run.
 
-The conversion writes to a hidden folder in OUTDIR without the source's confidential metadata
-(no titles, barcodes, serials, dates), with UIDs derived from the key; the series then goes
-through the same DICOM de-identification and verification as any DICOM input, and the
-pseudonym becomes the patient and container identity. Tiles are not re-encoded: after
-conversion every frame's compressed scan data is compared with the source tile's.
+wsidicomizer writes to a hidden folder in OUTDIR, without the source's confidential metadata
+(no titles, barcodes, serials, dates) and with UIDs derived from the key; every instance's
+metadata goes through the PS3.15 planner before it is written (wsidicomizer's
+metadata_post_processor), and the pseudonym becomes the patient and container identity.
+Tiles are not re-encoded: a spread of frames is compared, in their compressed scan data,
+with the source tiles. Only then is the folder renamed to OUTDIR/<pseudonym>.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
-import shutil
+import os
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .adapters import open_slide
-from .dicom_pipeline import deidentify_series
+from . import needles
+from .adapters import dicom, open_slide
+from .dicom_io import locate_pixels, read_header
+from .dicom_pipeline import dciodvfy_errors, header_problems
 from .errors import SlideError, VerificationError
+from .model import Field, Plan
 from .pipeline import Result
 from .policy import Policy
 from .pseudonym import Keyring, fingerprint
+from .readers import openslide_view
 
 
 def lossless_available() -> str | None:
@@ -59,41 +65,91 @@ def convert(path: Path, policy: Policy, keyring: Keyring, outdir: Path,
     slide = open_slide(path)  # refuses what is not a supported slide, before writing anything
     try:
         source_tiles = _source_level0_tiles(slide)
+        before = openslide_view(path)
     finally:
         slide.close()
     fp = fingerprint(path)
-    staging = outdir / f".convert-{secrets.token_hex(4)}.partial"
+    pseudonym = keyring.slide_pseudonym(fp)
+    planner = dicom.DicomPlanner(policy, keyring.key)
+    fields: list[Field] = []
+    identity = {"PatientID": pseudonym, "PatientName": pseudonym,
+                "ContainerIdentifier": pseudonym}
+
+    def deidentify(ds, _metadata):
+        """Applied by wsidicomizer to every instance's metadata before it is written."""
+        planner.clean(ds, fields, "converted")
+        for keyword, value in identity.items():
+            setattr(ds, keyword, value)
+        planner.mark(ds)
+        return ds
+
+    staging = outdir / f".{pseudonym}.{secrets.token_hex(4)}.partial"
     staging.mkdir()
     try:
         try:
-            files = WsiDicomizer.convert(
+            written = WsiDicomizer.convert(
                 path, staging, include_label=policy.label == "keep",
                 include_overview=policy.macro == "keep", include_confidential=False,
-                uid_generator=_KeyedUids(keyring.key, fp), workers=1)
+                uid_generator=_KeyedUids(keyring.key, fp), metadata_post_processor=deidentify,
+                workers=1)
         except Exception as exc:  # noqa: BLE001 - wsidicomizer raises many types
             raise SlideError(f"wsidicomizer could not convert the slide: {exc}") from exc
-        files = [Path(f) for f in files]
-        if not allow_transcode:
-            _check_not_reencoded(files, source_tiles)
-        pseudonym = keyring.slide_pseudonym(fp)
-        result = deidentify_series(files, policy, keyring, outdir, pseudonym=pseudonym,
-                                   identity={"PatientID": pseudonym, "PatientName": pseudonym,
-                                             "ContainerIdentifier": pseudonym})
-        result.source = path
-        return result
-    finally:
+        files = []
+        for n, name in enumerate(sorted(written)):  # names are keyed UIDs; renumbered anyway
+            target = staging / f"{n:04d}.dcm"
+            os.replace(name, target)
+            files.append(target)
+        plan = Plan("dicom-wsi", [], fields)
+        problems = _verify(files, plan, source_tiles, allow_transcode, before)
+        if problems:
+            raise VerificationError("; ".join(problems))
+        final = outdir / pseudonym
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result = Result(path, pseudonym=pseudonym, output=final, plan=plan)
+    result.plan.images = [dicom.image_of(read_header(final / f.name)[0], f.name, "keep")
+                          for f in files]
+    return result
 
 
-def _source_level0_tiles(slide) -> list[bytes]:
-    """Scan data (after SOS for JPEG, after SOC for J2K) of the first few level-0 tiles."""
+def _verify(files: list[Path], plan: Plan, source_tiles: list[bytes], allow_transcode: bool,
+            before) -> list[str]:
+    kept = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
+    targets = needles.usable(plan.removed_values(), kept)
+    problems = []
+    for f in files:
+        try:
+            problems += header_problems(f, targets)
+        except SlideError as exc:
+            problems.append(f"{f.name}: cannot be read back: {exc}")
+        errors = dciodvfy_errors(f)
+        if errors:
+            problems.append(f"{f.name}: dciodvfy: {sorted(errors)[0]}")
+    if not allow_transcode:
+        problems += _check_not_reencoded(files, source_tiles)
+    after = openslide_view(files[0])
+    if after is None:
+        problems.append("OpenSlide cannot open the converted slide")
+    elif before is not None and list(after.level_dimensions) != list(before.level_dimensions)[:len(after.level_dimensions)]:
+        problems.append(f"levels differ from the source: {after.level_dimensions}")
+    return problems
+
+
+def _source_level0_tiles(slide) -> list[tuple[int, bytes]]:
+    """[(tile count, b"")] + [(index, scan data)] for a spread of level-0 tiles; empty when
+    level 0 is not tiled (NDPI: one JPEG that wsidicomizer splits at its restart markers)."""
     ifd = slide.tiff.ifds[0]
     regions = ifd.data_regions(slide.bo)
     if regions is None or 322 not in ifd.tags:
         return []
     _, _, offs, cnts = regions
     picks = np.linspace(0, len(offs) - 1, min(16, len(offs))).astype(int).tolist()
-    return [_scan_data(slide.tiff.read(int(offs[i]), int(cnts[i]))) for i in picks if cnts[i] > 0]
+    return [(len(offs), b"")] + [(i, _scan_data(slide.tiff.read(int(offs[i]), int(cnts[i]))))
+                                 for i in picks if cnts[i] > 0]
 
 
 def _scan_data(stream: bytes) -> bytes:
@@ -103,21 +159,24 @@ def _scan_data(stream: bytes) -> bytes:
     return stream.rstrip(b"\x00")
 
 
-def _check_not_reencoded(files: list[Path], source_tiles: list[bytes]) -> None:
-    """Every sampled source tile's compressed scan data must appear as a frame unchanged."""
+def _check_not_reencoded(files: list[Path], source_tiles: list[tuple[int, bytes]]) -> list[str]:
+    """Sampled level-0 tiles must appear, unchanged in their compressed scan data, as the
+    frames at the same index of the VOLUME instance that has one frame per source tile."""
     if not source_tiles:
-        return
-    from pydicom import dcmread
-    from pydicom.encaps import generate_frames
-
-    frames: set[bytes] = set()
+        return []
     for f in files:
-        ds = dcmread(f)
-        if ds.ImageType[2] != "VOLUME" or not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        ds, start = read_header(f)
+        if dicom.role_of(ds) != "level":
             continue
-        for frame in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1))):
-            frames.add(_scan_data(frame))
-    missing = sum(1 for t in source_tiles if t not in frames)
-    if missing:
-        raise VerificationError(f"{missing} of {len(source_tiles)} sampled tiles were re-encoded "
-                                "during conversion (pass --allow-transcode to accept that)")
+        pixels = locate_pixels(f, start)
+        if len(pixels.frame_offsets) != source_tiles[0][0]:
+            continue
+        with open(f, "rb") as fh:
+            for index, tile in source_tiles[1:]:
+                fh.seek(int(pixels.frame_offsets[index]))
+                if _scan_data(fh.read(int(pixels.frame_lengths[index]))) != tile:
+                    return [f"{f.name}: frame {index} was re-encoded during conversion "
+                            "(pass --allow-transcode to accept that)"]
+        return []
+    return ["no converted level has the source's tiles, one frame per tile: cannot show they "
+            "were copied (pass --allow-transcode to accept re-tiling)"]

@@ -182,25 +182,33 @@ def verify_series(written: list[tuple[Instance, Path]], plan: Plan) -> list[str]
     targets = needles.usable(plan.removed_values(), kept)
     for inst, out in written:
         try:
-            ds, start = read_header(out)
-            pixels = locate_pixels(out, start)
+            problems += header_problems(out, targets)
+            pixels = locate_pixels(out, read_header(out)[1])
         except SlideError as exc:
             problems.append(f"{out.name}: cannot be read back: {exc}")
             continue
-        if any(elem.tag.is_private for elem in ds.iterall()):
-            problems.append(f"{out.name}: private elements remain")
-        if ds.get("PatientIdentityRemoved") != "YES":
-            problems.append(f"{out.name}: PatientIdentityRemoved is not YES")
-        if str(ds.file_meta.MediaStorageSOPInstanceUID) != str(ds.SOPInstanceUID):
-            problems.append(f"{out.name}: file meta SOP Instance UID does not match")
-        with open(out, "rb") as fh:
-            header = fh.read(start)
-        found = needles.find_in(header, targets)
-        problems += [f"{out.name}: a removed value of {len(n)} characters is still present" for n in found]
         problems += _check_frames(inst, out, pixels)
         problems += _check_dciodvfy(inst.source, out)
     problems += _check_openslide([(inst.source, out) for inst, out in written])
     return problems
+
+
+def header_problems(out: Path, targets: list[str]) -> list[str]:
+    """What is wrong with a written instance's header: private elements, missing marks, a
+    file meta that disagrees, removed values still present (everything before pixel data)."""
+    ds, start = read_header(out)
+    problems = []
+    if any(elem.tag.is_private for elem in ds.iterall()):
+        problems.append(f"{out.name}: private elements remain")
+    if ds.get("PatientIdentityRemoved") != "YES":
+        problems.append(f"{out.name}: PatientIdentityRemoved is not YES")
+    if str(ds.file_meta.MediaStorageSOPInstanceUID) != str(ds.SOPInstanceUID):
+        problems.append(f"{out.name}: file meta SOP Instance UID does not match")
+    with open(out, "rb") as fh:
+        header = fh.read(start)
+    found = needles.find_in(header, targets)
+    return problems + [f"{out.name}: a removed value of {len(n)} characters is still present"
+                       for n in found]
 
 
 def _check_frames(inst: Instance, out: Path, pixels: PixelElement) -> list[str]:

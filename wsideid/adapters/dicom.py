@@ -144,7 +144,7 @@ class DicomPlanner:
             tag = int(elem.tag)
             path = f"{where}/{elem.keyword or f'({elem.tag.group:04X},{elem.tag.element:04X})'}"
             if elem.tag.is_private:
-                fields.append(Field(f"dicom:private", path, _text(elem), "remove",
+                fields.append(Field("dicom:private", path, _text(elem), "remove",
                                     why="private element (PS3.15: removed)"))
                 del ds[elem.tag]
                 continue
@@ -224,6 +224,7 @@ class DicomPlanner:
     # ---- one instance ----------------------------------------------------------------------
     def deidentify(self, ds: Dataset, fields: list[Field], where: str) -> None:
         self.clean(ds, fields, where)
+        self.mark(ds)
         meta = ds.file_meta
         for elem in list(meta):
             if int(elem.tag) in (0x00020016, 0x00020017, 0x00020018) or elem.tag.is_private:
@@ -236,6 +237,10 @@ class DicomPlanner:
             if old and old != str(ds.SOPInstanceUID):
                 fields.append(Field("dicom:MediaStorageSOPInstanceUID", f"{where}/file meta", old,
                                     "replace", str(ds.SOPInstanceUID), why="follows SOPInstanceUID"))
+
+    def mark(self, ds: Dataset) -> None:
+        """PatientIdentityRemoved, DeidentificationMethod (and its CID 7050 codes) and
+        LongitudinalTemporalInformationModified, as PS3.15 E.1.1 asks."""
         ds.PatientIdentityRemoved = "YES"
         options = ["basic", *self.options_used]
         ds.DeidentificationMethod = ("wsideid " + __version__ + ": PS3.15 Basic Profile"

@@ -16,7 +16,7 @@ from ..images import segments
 from ..model import Field, Image, Plan
 from ..policy import Policy
 from ..pseudonym import transform_date
-from ..tiff.reader import ASCII, SUBIFD_TAGS, Ifd, Tag, TiffFile
+from ..tiff.reader import ASCII, Ifd, Tag, TiffFile
 from ..tiff.writer import IfdOut, NewValue, ascii_value
 
 JPEG_CODECS = {7}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SlideError
-from .reader import SUBIFD_TAGS, TYPE_NUMPY, TYPE_SIZE, Ifd, Tag, TiffFile
+from .reader import TYPE_NUMPY, Ifd, Tag, TiffFile
 
 ZERO_CHUNK = b"\x00" * (1 << 20)
 SYNC_FILE_RANGE_WRITE = 2
