@@ -199,6 +199,8 @@ def test_in_place_renames_and_cleans(tmp_path):
     with openslide.OpenSlide(str(dst)) as s:
         assert set(s.associated_images) == {"thumbnail"}
     assert "wsi-" in proc.stdout
+    report = json.loads((tmp_path / "wsideid-report.json").read_text())
+    assert report["options"]["in_place"] is True and report["slides"][0]["output"] == dst.name
 
 
 def test_dry_run_writes_nothing(tmp_path):

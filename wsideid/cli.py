@@ -108,7 +108,7 @@ def deid(
     retain_institution: bool = typer.Option(False, "--retain-institution", help="DICOM: Retain Institution Identity Option."),
     retain_patient_characteristics: bool = typer.Option(False, "--retain-patient-characteristics", help="DICOM: Retain Patient Characteristics Option."),
     clean_descriptors: bool = typer.Option(False, "--clean-descriptors", help="DICOM: Clean Descriptors Option (descriptions that cannot be cleaned are removed)."),
-    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide)."),
 ) -> None:
     """De-identify slides into OUTDIR (or in place)."""
     if in_place and outdir is not None:
@@ -163,9 +163,9 @@ def deid(
     _summarise(results)
     if map_file is not None:
         _write_map(map_file, results)
-    report_path = report_file or ((outdir / "wsideid-report.json") if outdir else None)
-    if report_path is not None:
-        audit.write(report_path, audit.build(results, {**policy.options(), "in_place": in_place}))
+    # in place, the report goes beside the (renamed) slides of the first input
+    report_path = report_file or (outdir or jobs[0][0].parent) / "wsideid-report.json"
+    audit.write(report_path, audit.build(results, {**policy.options(), "in_place": in_place}))
     if missing or any(r.status == "error" for r in results):
         raise typer.Exit(EXIT_INPUT)
     if any(r.status == "failed" for r in results):

@@ -19,7 +19,7 @@ from ..pseudonym import transform_date
 from ..tiff.reader import ASCII, Ifd, Tag, TiffFile
 from ..tiff.writer import IfdOut, NewValue, ascii_value
 
-JPEG_CODECS = {7}
+JPEG_CODECS = {6, 7}  # 6: old-style JPEG (JPEGInterchangeFormat streams)
 J2K_CODECS = {33003, 33004, 33005, 34712}
 MAX_REPORTED_SEGMENTS = 50
 
