@@ -52,6 +52,7 @@ class TiffSlide:
         self.vendor_tags: catalog.Catalog | None = None  # a format's private tags
         self.roles = self.classify()
         self.malformed: list[str] = []
+        self.scan_codestreams = True
 
     def close(self) -> None:
         self.tiff.close()
@@ -145,7 +146,7 @@ class TiffSlide:
             fields.append(Field(f"tiff:{tag_name(dup.code)}", f"{ifd.label} tag {dup.code} (repeated)",
                                 dup.text() if dup.dtype == ASCII else "", "remove",
                                 why="second copy of a tag; readers see only the first"))
-        if getattr(self, "scan_codestreams", True):
+        if self.scan_codestreams:
             self._clean_codestreams(node, fields)
         return node
 
