@@ -10,6 +10,7 @@ import tifffile
 from pydicom.encaps import generate_frames
 
 from conftest import all_files, found_needles, run, shared_slide
+from test_dicom import wsidicom_levels
 from test_real_svs import CMU_NEEDLES
 from wsideid.dicom_pipeline import dciodvfy_errors
 
@@ -50,6 +51,7 @@ def test_convert_svs_copies_tiles_and_removes_identity(tmp_path):
     with openslide.OpenSlide(str(src)) as a, openslide.OpenSlide(str(files[0])) as b:
         assert b.properties["openslide.vendor"] == "dicom"
         assert b.level_dimensions == a.level_dimensions
+        assert wsidicom_levels(files[0].parent) == list(a.level_dimensions)
         assert float(b.properties["openslide.mpp-x"]) == pytest.approx(float(a.properties["openslide.mpp-x"]))
 
 

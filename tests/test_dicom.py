@@ -68,6 +68,17 @@ def test_real_dicom_series(tmp_path, name):
     with openslide.OpenSlide(str(inputs[0])) as a, openslide.OpenSlide(str(files[0])) as b:
         assert b.properties["openslide.vendor"] == "dicom"
         assert b.level_dimensions == a.level_dimensions
+    if name != "gcp-label-datamatrix":
+        assert wsidicom_levels(files[0].parent) == wsidicom_levels(src)
+
+
+def wsidicom_levels(folder: Path) -> list[tuple[int, int]]:
+    """What wsidicom, the DICOM WSI library, sees: every level's size, and a tile decodes."""
+    from wsidicom import WsiDicom
+
+    with WsiDicom.open(folder) as wsi:
+        wsi.read_tile(0, (0, 0))
+        return [(level.size.width, level.size.height) for level in wsi.levels]
 
 
 def test_uids_consistent_across_the_series_and_runs(tmp_path):
@@ -169,3 +180,15 @@ def test_comment_segment_in_a_frame_is_removed(tmp_path):
     assert found_needles([dst], [text.decode()]) == {}
     [clean] = _frames(pydicom.dcmread(dst))
     assert clean.rstrip(b"\x00") == frame.rstrip(b"\x00")
+
+
+def test_instance_without_image_type_is_reported_not_released(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    ds = pydicom.dcmread(shared_slide("dicom/highdicom-sm/sm_image.dcm"))
+    del ds.ImageType
+    ds.save_as(folder / "x.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    proc = run("deid", folder, "-o", out, check=0)
+    assert "wsideid: warning:" in proc.stderr and "unknown" in proc.stderr
+    assert outputs(out) == []

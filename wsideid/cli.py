@@ -201,7 +201,10 @@ def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | N
         result = Result(path, status="error", message=f"{exc.strerror or exc}")
     if result.status != "ok":
         error_line(f"{path}: {result.message}")
-    for warning in (result.plan.warnings if result.plan else []):
+    warnings = list(result.plan.warnings if result.plan else [])
+    if result.status == "ok" and result.message:
+        warnings.append(result.message)
+    for warning in warnings:
         sys.stderr.write(f"wsideid: warning: {path}: {warning}\n")
     return result
 

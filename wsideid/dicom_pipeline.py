@@ -120,7 +120,10 @@ def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring, outdi
                 setattr(inst.dataset, keyword, value)
     kept = [inst for inst in instances if inst.dataset is not None]
     if not kept:
-        result.message = "every instance is dropped by the image policy; nothing written"
+        roles = sorted({inst.role for inst in instances})
+        result.message = (f"every instance ({', '.join(roles)}) is dropped by the image policy; "
+                          "nothing written" + (" (an instance without a usable ImageType counts as "
+                                               "unknown)" if "unknown" in roles else ""))
         return result
     result.pseudonym = pseudonym or keyring.slide_pseudonym(
         hashlib.sha256(_first_series_uid(files).encode()).digest())
