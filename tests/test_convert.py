@@ -94,3 +94,22 @@ def test_convert_bad_input(tmp_path):
     proc = run("convert", src, "--to", "dicom", "-o", out)
     assert proc.returncode == 2 and str(src) in proc.stderr
     assert not list(out.glob("wsi-*")) and not list(out.glob(".*partial"))
+
+
+def test_convert_refuses_when_the_lossless_path_is_missing(tmp_path, monkeypatch):
+    """Without libturbojpeg the tiles would be re-encoded: refused unless --allow-transcode."""
+    from wsideid import convert as conversion
+    from wsideid.errors import SlideError
+    from wsideid.policy import Policy
+    from wsideid.pseudonym import Keyring
+
+    monkeypatch.setattr(conversion, "lossless_available", lambda: "libturbojpeg is not usable")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SlideError, match="--allow-transcode"):
+        conversion.convert(shared_slide("svs/CMU-1-Small-Region.svs"), Policy(),
+                           Keyring(b"k" * 32), out)
+    assert list(out.iterdir()) == []
+    result = conversion.convert(shared_slide("svs/CMU-1-Small-Region.svs"), Policy(),
+                                Keyring(b"k" * 32), out, allow_transcode=True)
+    assert result.output is not None and result.output.exists()
