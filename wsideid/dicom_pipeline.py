@@ -7,6 +7,7 @@ import secrets
 import shutil
 import struct
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .pipeline import Result
 from .policy import Policy
 from .pseudonym import Keyring
 from .readers import openslide_view
-from .tiff.writer import copy_range
+from .tiff.writer import copy_range, start_writeback
 
 FULL_COMPARE_BYTES = 256 << 20
 SAMPLE_FRAMES = 256
@@ -39,8 +40,10 @@ class Instance:
     edits: dict[int, bytes]        # fragment index -> bytes without text segments
 
 
-def plan_series(files: list[Path], policy: Policy, keyring: Keyring) -> tuple[Plan, list[Instance]]:
-    """Plan one series: headers are read without pixel data; frames are screened on disk."""
+def plan_series(files: list[Path], policy: Policy, keyring: Keyring,
+                sink: "_Writer | None" = None) -> tuple[Plan, list[Instance]]:
+    """Plan one series: headers are read without pixel data; frames are screened on disk.
+    With a sink, each kept instance is written while its frames are being screened."""
     planner = dicom.DicomPlanner(policy, keyring.key)
     fields: list[Field] = []
     images = []
@@ -52,7 +55,6 @@ def plan_series(files: list[Path], policy: Policy, keyring: Keyring) -> tuple[Pl
         syntax = ds.file_meta.get("TransferSyntaxUID")
         if syntax is None or syntax.is_implicit_VR or not syntax.is_little_endian:
             raise SlideError(f"{path.name}: transfer syntax {syntax} is not explicit VR little endian")
-        pixels = locate_pixels(path, pixel_start)
         role = dicom.role_of(ds)
         action = policy.image_action(role)
         where = f"instance {index}"
@@ -66,12 +68,17 @@ def plan_series(files: list[Path], policy: Policy, keyring: Keyring) -> tuple[Pl
             instances.append(Instance(path, role, None, None, {}))
             continue
         planner.deidentify(ds, fields, where)
-        edits = _clean_fragments(path, str(syntax), pixels, fields, where)
-        if edits:
+        inst = Instance(path, role, ds, None, {})
+        pending = sink.begin(inst, pixel_start) if sink is not None else None
+        inst.pixels = locate_pixels(path, pixel_start)
+        inst.edits = _clean_fragments(path, str(syntax), inst.pixels, fields, where)
+        if inst.edits:
             for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table: offsets change
                 if tag in ds:
                     del ds[tag]
-        instances.append(Instance(path, role, ds, pixels, edits))
+        if pending is not None:
+            sink.finish(pending)
+        instances.append(inst)
     if len(series) > 1:
         raise SlideError("instances of more than one series were given as one slide")
     return Plan("dicom-wsi", images, fields), instances
@@ -107,36 +114,29 @@ def _clean_fragments(path: Path, syntax: str, pixels: PixelElement, fields: list
     return edits
 
 
-def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring, outdir: Path,
-                      pseudonym: str | None = None, identity: dict[str, str] | None = None) -> Result:
-    """De-identify one series into OUTDIR/<pseudonym>/; `identity` sets elements (e.g. the
-    pseudonym as PatientID) on every instance after de-identification."""
+def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring, outdir: Path) -> Result:
+    """De-identify one series into OUTDIR/<pseudonym>/, through a hidden folder that is
+    verified before it is renamed."""
     result = Result(files[0])
-    plan, instances = plan_series(files, policy, keyring)
-    result.plan = plan
-    for inst in instances:
-        if inst.dataset is not None:
-            for keyword, value in (identity or {}).items():
-                setattr(inst.dataset, keyword, value)
-    kept = [inst for inst in instances if inst.dataset is not None]
-    if not kept:
-        roles = sorted({inst.role for inst in instances})
-        result.message = (f"every instance ({', '.join(roles)}) is dropped by the image policy; "
-                          "nothing written" + (" (an instance without a usable ImageType counts as "
-                                               "unknown)" if "unknown" in roles else ""))
-        return result
-    result.pseudonym = pseudonym or keyring.slide_pseudonym(
+    result.pseudonym = keyring.slide_pseudonym(
         hashlib.sha256(_first_series_uid(files).encode()).digest())
     target = outdir / result.pseudonym
     tmp = outdir / f".{result.pseudonym}.{secrets.token_hex(4)}.partial"
     tmp.mkdir()
     try:
-        written = []
-        for n, inst in enumerate(kept):
-            out = tmp / f"{n:04d}.dcm"
-            _write_instance(inst, out)
-            written.append((inst, out))
-        problems = verify_series(written, plan)
+        checks = _Background(lambda: {f: dciodvfy_errors(f) for f in files})  # inputs, meanwhile
+        writer = _Writer(tmp)
+        plan, instances = plan_series(files, policy, keyring, sink=writer)
+        result.plan = plan
+        if not writer.written:
+            roles = sorted({inst.role for inst in instances})
+            result.message = (f"every instance ({', '.join(roles)}) is dropped by the image policy; "
+                              "nothing written" + (" (an instance without a usable ImageType counts "
+                                                   "as unknown)" if "unknown" in roles else ""))
+            shutil.rmtree(tmp)
+            result.pseudonym = ""
+            return result
+        problems = verify_series(writer.written, plan, checks.join())
         if problems:
             raise VerificationError("; ".join(problems))
         if target.exists():
@@ -147,6 +147,62 @@ def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring, outdi
         raise
     result.output = target
     return result
+
+
+class _Background:
+    """Run a function in a thread; join() returns its result or re-raises."""
+
+    def __init__(self, fn):
+        self.value, self.error = None, None
+
+        def run() -> None:
+            try:
+                self.value = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Writer:
+    """Writes each kept instance while plan_series screens its frames: the header first, then
+    the kernel copies everything from the pixel data element on; once the element's end is
+    known the file is cut there (or rewritten, when a fragment lost a text segment)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.written: list[tuple[Instance, Path]] = []
+
+    def begin(self, inst: Instance, pixel_start: int):
+        out = self.folder / f"{len(self.written):04d}.dcm"
+        self.written.append((inst, out))
+        inst.dataset.save_as(out, enforce_file_format=True)
+        header_end = out.stat().st_size
+        size = inst.source.stat().st_size
+
+        def copy() -> None:
+            with open(inst.source, "rb") as src, open(out, "r+b") as dst:
+                copy_range(src.fileno(), dst.fileno(), pixel_start, size, header_end)
+
+        return inst, out, header_end, _Background(copy)
+
+    def finish(self, pending) -> None:
+        inst, out, header_end, copier = pending
+        copier.join()
+        if inst.edits:
+            _write_instance(inst, out)  # rare: rebuild the file with the cleaned fragments
+            return
+        with open(out, "r+b") as fh:
+            fh.truncate(header_end + inst.pixels.end - inst.pixels.start)
+            start_writeback(fh.fileno())
+            os.fsync(fh.fileno())
 
 
 def _write_instance(inst: Instance, out: Path) -> None:
@@ -179,7 +235,8 @@ def _first_series_uid(files: list[Path]) -> str:
     return dicom.series_uid(sorted(files)[0])
 
 
-def verify_series(written: list[tuple[Instance, Path]], plan: Plan) -> list[str]:
+def verify_series(written: list[tuple[Instance, Path]], plan: Plan,
+                  input_errors: dict[Path, set[str] | None] | None = None) -> list[str]:
     problems: list[str] = []
     kept = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
     targets = needles.usable(plan.removed_values(), kept)
@@ -191,7 +248,7 @@ def verify_series(written: list[tuple[Instance, Path]], plan: Plan) -> list[str]
             problems.append(f"{out.name}: cannot be read back: {exc}")
             continue
         problems += _check_frames(inst, out, pixels)
-        problems += _check_dciodvfy(inst.source, out)
+        problems += _check_dciodvfy(inst.source, out, (input_errors or {}).get(inst.source))
     problems += _check_openslide([(inst.source, out) for inst, out in written])
     return problems
 
@@ -254,11 +311,12 @@ def _normalise(line: str) -> str:
     return line.split(" - ", 1)[-1].strip()
 
 
-def _check_dciodvfy(source: Path, out: Path) -> list[str]:
+def _check_dciodvfy(source: Path, out: Path, before: set[str] | None = None) -> list[str]:
     after = dciodvfy_errors(out)
     if after is None or not after:
         return []
-    before = dciodvfy_errors(source) or set()
+    if before is None:
+        before = dciodvfy_errors(source) or set()
     new = sorted(after - before)
     return [f"{out.name}: dciodvfy: {line}" for line in new[:3]]
 
