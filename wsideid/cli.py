@@ -183,16 +183,27 @@ def _plan_job(job: list[Path], policy: Policy, keyring: Keyring):
 def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | None,
              in_place: bool, seen: dict[str, Path]) -> Result:
     path = job[0]
-    try:
+
+    def work() -> Result:
         if is_dicom(path):
             from .dicom_pipeline import deidentify_series
 
-            result = deidentify_series(job, policy, keyring, outdir)
-        else:
-            result = deidentify(path, policy, keyring, outdir, in_place)
+            return deidentify_series(job, policy, keyring, outdir)
+        return deidentify(path, policy, keyring, outdir, in_place)
+
+    result = _attempt(path, work)
+    if result.status == "ok" and result.pseudonym:
         if result.pseudonym in seen:
             result.status, result.message = "error", "same content as another input"
+            error_line(f"{path}: {result.message}")
         seen[result.pseudonym] = path
+    return result
+
+
+def _attempt(path: Path, work) -> Result:
+    """Run one slide's work; any failure becomes a Result and one line on stderr."""
+    try:
+        result = work()
     except SlideError as exc:
         result = Result(path, status="error", message=str(exc))
     except VerificationError as exc:
@@ -301,19 +312,8 @@ def convert(
     files, missing = collect(inputs)
     for path, why in missing:
         error_line(f"{path}: {why}")
-    results: list[Result] = []
-    for path in files:
-        try:
-            result = convert_slide(path, policy, keyring, outdir, allow_transcode)
-        except SlideError as exc:
-            result = Result(path, status="error", message=str(exc))
-        except VerificationError as exc:
-            result = Result(path, status="failed", message=f"verification failed: {exc}")
-        except OSError as exc:
-            result = Result(path, status="error", message=f"{exc.strerror or exc}")
-        if result.status != "ok":
-            error_line(f"{path}: {result.message}")
-        results.append(result)
+    results = [_attempt(path, lambda: convert_slide(path, policy, keyring, outdir, allow_transcode))
+               for path in files]
     _summarise(results, "wsideid convert --to dicom")
     if map_file is not None:
         _write_map(map_file, results)

@@ -21,8 +21,8 @@ import numpy as np
 from . import needles
 from .adapters import dicom, open_slide
 from .dicom_io import locate_pixels, read_header
-from .dicom_pipeline import dciodvfy_errors, header_problems
-from .errors import SlideError, VerificationError
+from .dicom_pipeline import dciodvfy_errors, header_problems, release
+from .errors import SlideError
 from .model import Field, Plan
 from .pipeline import Result
 from .policy import Policy
@@ -100,13 +100,8 @@ def convert(path: Path, policy: Policy, keyring: Keyring, outdir: Path,
             os.replace(name, target)
             files.append(target)
         plan = Plan("dicom-wsi", [], fields)
-        problems = _verify(files, plan, source_tiles, allow_transcode, before)
-        if problems:
-            raise VerificationError("; ".join(problems))
         final = outdir / pseudonym
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        release(staging, final, _verify(files, plan, source_tiles, allow_transcode, before))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

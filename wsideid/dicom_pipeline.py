@@ -136,17 +136,21 @@ def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring, outdi
             shutil.rmtree(tmp)
             result.pseudonym = ""
             return result
-        problems = verify_series(writer.written, plan, checks.join())
-        if problems:
-            raise VerificationError("; ".join(problems))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        release(tmp, target, verify_series(writer.written, plan, checks.join()))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     result.output = target
     return result
+
+
+def release(staging: Path, target: Path, problems: list[str]) -> None:
+    """Rename a verified series folder into place (replacing an earlier run's)."""
+    if problems:
+        raise VerificationError("; ".join(problems))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
 
 
 class _Background:
