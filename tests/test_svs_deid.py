@@ -121,7 +121,9 @@ def test_reader_sees_same_slide_without_label_or_macro(deidentified):
 
 def test_report_has_options_and_no_values(deidentified):
     spec, src, before, out, mapping, proc = deidentified
-    report = json.loads((out / "wsideid-report.json").read_text())
+    report_path = out / "wsideid-report.json"
+    assert found_needles([report_path], NEEDLES) == {}
+    report = json.loads(report_path.read_text())
     assert report["options"]["dates"] == "remove" and report["options"]["label"] == "drop"
     [slide] = report["slides"]
     assert slide["status"] == "ok"
