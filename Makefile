@@ -30,7 +30,7 @@ demo: setup
 	$(BIN)/python -m fixtures.ometiff demo-out/incoming/S26-OMEPLANT-4711.ome.tif
 	$(BIN)/wsideid deid demo-out/incoming -o demo-out/released --map demo-out/map.csv --key-file demo-out/secret.key
 	$(BIN)/wsideid scan demo-out/released
-	@echo "released: $$(ls demo-out/released)   map (keep private): demo-out/map.csv"
+	@echo "released: $$(ls demo-out/released | tr "\n" " ")  map (keep private): demo-out/map.csv"
 
 test: setup
 	$(BIN)/python -m pytest -q
