@@ -132,3 +132,30 @@ def test_output_that_cannot_be_written_leaves_nothing(tmp_path):
     assert str(src) in proc.stderr and "too large" in proc.stderr.lower()
     assert sha256(src) == before
     assert not list(out.glob("*.svs")) and not list(out.glob(".*partial"))
+
+
+def test_generic_tiff_keeps_every_tiled_level_and_drops_the_rest(tmp_path):
+    import numpy as np
+    import openslide
+    import tifffile
+
+    from conftest import all_files, found_needles
+
+    src = tmp_path / "scan.tif"
+    img = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(img, tile=(256, 256), compression="jpeg", metadata=None,
+                 description="Patient GENERIC-QUACK", datetime="2020:01:02 03:04:05",
+                 extratags=[(315, "s", 0, "ARTIST-GENERIC-QUACK", True)])
+        tw.write(img[::2, ::2], tile=(256, 256), compression="jpeg", metadata=None)  # no NST flag
+        tw.write(img[::8, ::8], compression="jpeg", metadata=None, description="label LBL-QUACK")
+    out = tmp_path / "out"
+    proc = run("deid", src, "-o", out, check=0)
+    assert "unknown vendor" in proc.stderr
+    [dst] = out.glob("*.tif")
+    assert found_needles(all_files(out), ["GENERIC-QUACK", "LBL-QUACK", "2020:01:02"]) == {}
+    with openslide.OpenSlide(str(src)) as a, openslide.OpenSlide(str(dst)) as b:
+        assert b.properties["openslide.vendor"] == "generic-tiff"
+        assert b.level_dimensions == a.level_dimensions
+    with tifffile.TiffFile(dst) as tf:  # both tiled IFDs kept (OpenSlide shows only flagged ones)
+        assert [p.shape[:2] for p in tf.pages] == [(1024, 1024), (512, 512)]
