@@ -90,6 +90,8 @@ DatesOpt = typer.Option("remove", "--dates", help=f"Dates: {' | '.join(DATE_MODE
 DeviceOpt = typer.Option(False, "--keep-device-id", help="Keep scanner serial numbers.")
 LabelOpt = typer.Option("drop", "--label", help="Label image: keep | drop.")
 MacroOpt = typer.Option("drop", "--macro", help="Macro (overview) image: keep | drop.")
+MapOpt = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR).")
+KeyOpt = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts (created if missing).")
 
 
 @app.command()
@@ -102,8 +104,8 @@ def deid(
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
     macro: str = MacroOpt,
-    map_file: Optional[Path] = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR)."),
-    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms and date shifts (created if missing)."),
+    map_file: Optional[Path] = MapOpt,
+    key_file: Optional[Path] = KeyOpt,
     retain_uids: bool = typer.Option(False, "--retain-uids", help="DICOM: PS3.15 Retain UIDs Option."),
     retain_institution: bool = typer.Option(False, "--retain-institution", help="DICOM: Retain Institution Identity Option."),
     retain_patient_characteristics: bool = typer.Option(False, "--retain-patient-characteristics", help="DICOM: Retain Patient Characteristics Option."),
@@ -288,8 +290,8 @@ def convert(
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
     macro: str = MacroOpt,
-    map_file: Optional[Path] = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR)."),
-    key_file: Optional[Path] = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts."),
+    map_file: Optional[Path] = MapOpt,
+    key_file: Optional[Path] = KeyOpt,
     allow_transcode: bool = typer.Option(False, "--allow-transcode", help="Accept re-encoded tiles when the lossless path is unavailable."),
     report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json)."),
 ) -> None:
