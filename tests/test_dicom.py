@@ -192,3 +192,13 @@ def test_instance_without_image_type_is_reported_not_released(tmp_path):
     proc = run("deid", folder, "-o", out, check=0)
     assert "wsideid: warning:" in proc.stderr and "unknown" in proc.stderr
     assert outputs(out) == []
+
+
+def test_scan_flags_the_input_and_passes_the_output(tmp_path):
+    src = series_copy(tmp_path, "highdicom-sm")
+    proc = run("scan", src, check=1)
+    assert "PatientName" in proc.stdout
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    proc = run("scan", out, check=0)
+    assert "clean" in proc.stdout

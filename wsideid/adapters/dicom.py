@@ -192,6 +192,9 @@ class DicomPlanner:
                 return
             code = "X/Z"  # free text or structured content cannot be cleaned safely: removed
         choices = code.split("/")
+        if "Z" in choices and _is_empty(elem) and tag not in TYPE1:
+            fields.append(Field(name, path, "", "keep", why=why + ", already empty"))
+            return
         if tag in PSEUDONYMISED and ("D" in choices or "Z" in choices) and elem.value:
             new = self.pseudonym(PSEUDONYMISED[tag], str(elem.value))
             elem.value = new
@@ -269,6 +272,11 @@ def image_of(ds: Dataset, index: str, action: str) -> Image:
 
 
 BINARY_VRS = ("OB", "OW", "OF", "OD", "OL", "OV", "UN")
+
+
+def _is_empty(elem) -> bool:
+    value = elem.value
+    return value is None or value == "" or (elem.VR == "SQ" and len(value) == 0)
 
 
 def _text(elem) -> str:
