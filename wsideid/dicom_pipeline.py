@@ -25,7 +25,7 @@ from .pipeline import Result
 from .policy import Policy
 from .pseudonym import Keyring
 from .readers import openslide_view
-from .tiff.writer import copy_range, start_writeback
+from .tiff.writer import copy_range
 
 FULL_COMPARE_BYTES = 256 << 20
 SAMPLE_FRAMES = 256
@@ -70,7 +70,7 @@ def plan_series(files: list[Path], policy: Policy, keyring: Keyring,
         planner.deidentify(ds, fields, where)
         inst = Instance(path, role, ds, None, {})
         pending = sink.begin(inst, pixel_start) if sink is not None else None
-        inst.pixels = locate_pixels(path, pixel_start)
+        inst.pixels = locate_pixels(path, pixel_start, pending.copy_to if pending else None)
         inst.edits = _clean_fragments(path, str(syntax), inst.pixels, fields, where)
         if inst.edits:
             for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table: offsets change
@@ -124,9 +124,10 @@ def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring, outdi
     tmp = outdir / f".{result.pseudonym}.{secrets.token_hex(4)}.partial"
     tmp.mkdir()
     try:
-        checks = _Background(lambda: {f: dciodvfy_errors(f) for f in files})  # inputs, meanwhile
         writer = _Writer(tmp)
         plan, instances = plan_series(files, policy, keyring, sink=writer)
+        # inputs are in the page cache now: check them while the outputs are verified
+        checks = _Background(lambda: {f: dciodvfy_errors(f) for f in files})
         result.plan = plan
         if not writer.written:
             roles = sorted({inst.role for inst in instances})
@@ -175,38 +176,50 @@ class _Background:
         return self.value
 
 
+@dataclass
+class _Pending:
+    inst: Instance
+    out: Path
+    fd: int
+    header_end: int
+
+    @property
+    def copy_to(self) -> tuple[int, int]:
+        return self.fd, self.header_end
+
+
 class _Writer:
-    """Writes each kept instance while plan_series screens its frames: the header first, then
-    the kernel copies everything from the pixel data element on; once the element's end is
-    known the file is cut there (or rewritten, when a fragment lost a text segment)."""
+    """Writes each kept instance as plan_series goes: the header as soon as it is planned,
+    then the pixel data element is written by the very pass that walks its frame items (one
+    sequential read of the input; concurrent readers of one cold file thrash a virtual disk:
+    25 s instead of 5 s measured for a 2 GB series), and cut at the element's end, or rebuilt
+    when a fragment lost a text segment."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.written: list[tuple[Instance, Path]] = []
 
-    def begin(self, inst: Instance, pixel_start: int):
+    def begin(self, inst: Instance, pixel_start: int) -> _Pending:
         out = self.folder / f"{len(self.written):04d}.dcm"
         self.written.append((inst, out))
         inst.dataset.save_as(out, enforce_file_format=True)
-        header_end = out.stat().st_size
-        size = inst.source.stat().st_size
+        fd = os.open(out, os.O_RDWR)
+        return _Pending(inst, out, fd, os.fstat(fd).st_size)
 
-        def copy() -> None:
-            with open(inst.source, "rb") as src, open(out, "r+b") as dst:
-                copy_range(src.fileno(), dst.fileno(), pixel_start, size, header_end)
-
-        return inst, out, header_end, _Background(copy)
-
-    def finish(self, pending) -> None:
-        inst, out, header_end, copier = pending
-        copier.join()
+    def finish(self, pending: _Pending) -> None:
+        inst = pending.inst
+        try:
+            if not len(inst.pixels.frame_offsets):  # native pixel data: no walk copied it
+                with open(inst.source, "rb") as src:
+                    copy_range(src.fileno(), pending.fd, inst.pixels.start, inst.pixels.end,
+                               pending.header_end)
+            os.ftruncate(pending.fd, pending.header_end + inst.pixels.end - inst.pixels.start)
+            if not inst.edits:
+                os.fsync(pending.fd)
+        finally:
+            os.close(pending.fd)
         if inst.edits:
-            _write_instance(inst, out)  # rare: rebuild the file with the cleaned fragments
-            return
-        with open(out, "r+b") as fh:
-            fh.truncate(header_end + inst.pixels.end - inst.pixels.start)
-            start_writeback(fh.fileno())
-            os.fsync(fh.fileno())
+            _write_instance(inst, pending.out)  # rare: rebuild with the cleaned fragments
 
 
 def _write_instance(inst: Instance, out: Path) -> None:
