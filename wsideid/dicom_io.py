@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 
 from .errors import SlideError
+from .tiff.writer import read_sequentially
 
 ITEM = (0xFFFE, 0xE000)
 SEQ_END = (0xFFFE, 0xE0DD)
@@ -47,7 +48,8 @@ def locate_pixels(path: Path, start: int, copy_to: tuple[int, int] | None = None
     and the copy are one sequential pass over the file (the caller cuts what was copied past
     the element's end)."""
     size = os.path.getsize(path)
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:
+        read_sequentially(fh.fileno())
         fh.seek(start)
         head = fh.read(12)
         if len(head) < 12:
