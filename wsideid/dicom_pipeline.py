@@ -7,7 +7,6 @@ import secrets
 import shutil
 import struct
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from .adapters import dicom
 from .dicom_io import PixelElement, locate_pixels, read_header
 from .images import segments
 
+from .background import Background
 from .errors import SlideError, VerificationError
 from .model import Field, Plan
 from .pipeline import Result
@@ -127,7 +127,7 @@ def deidentify_series(files: list[Path], policy: Policy, keyring: Keyring, outdi
         writer = _Writer(tmp)
         plan, instances = plan_series(files, policy, keyring, sink=writer)
         # inputs are in the page cache now: check them while the outputs are verified
-        checks = _Background(lambda: {f: dciodvfy_errors(f) for f in files})
+        checks = Background(lambda: {f: dciodvfy_errors(f) for f in files})
         result.plan = plan
         if not writer.written:
             roles = sorted({inst.role for inst in instances})
@@ -152,28 +152,6 @@ def release(staging: Path, target: Path, problems: list[str]) -> None:
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
-
-
-class _Background:
-    """Run a function in a thread; join() returns its result or re-raises."""
-
-    def __init__(self, fn):
-        self.value, self.error = None, None
-
-        def run() -> None:
-            try:
-                self.value = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to join()
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def join(self):
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 @dataclass

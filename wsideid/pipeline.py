@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import open_slide
 from .adapters.ometiff import Naming, OmeTiffSlide
+from .background import Background
 from .errors import SlideError, VerificationError
 from .model import Plan
 from .policy import Policy
@@ -63,11 +63,8 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            problems = verify_tiff(path, slide, plan, chain, policy, before, input_intact=False)
-            if problems:
-                raise VerificationError("; ".join(problems))
-            os.replace(path, target)
-            _fsync_dir(target.parent)
+            _release(verify_tiff(path, slide, plan, chain, policy, before, input_intact=False),
+                     path, target)
         else:
             assert outdir is not None
             target = outdir / name
@@ -77,7 +74,7 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
                 try:
                     # The kernel copies while this thread plans (both read the input once,
                     # through the page cache); writeback starts as soon as the copy is done.
-                    copier = _Background(lambda: (copy_file(path, fd), start_writeback(fd)))
+                    copier = Background(lambda: (copy_file(path, fd), start_writeback(fd)))
                     try:
                         plan, chain = slide.plan(policy)
                     finally:
@@ -87,11 +84,8 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                problems = verify_tiff(tmp, slide, plan, chain, policy, before, input_intact=True)
-                if problems:
-                    raise VerificationError("; ".join(problems))
-                os.replace(tmp, target)
-                _fsync_dir(outdir)
+                _release(verify_tiff(tmp, slide, plan, chain, policy, before, input_intact=True),
+                         tmp, target)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -102,25 +96,12 @@ def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None
         slide.close()
 
 
-class _Background:
-    """Run a function in a thread; join() re-raises what it raised."""
-
-    def __init__(self, fn):
-        self.error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to join()
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+def _release(problems: list[str], written: Path, target: Path) -> None:
+    """Give a verified file its final name (durably); refuse an unverified one."""
+    if problems:
+        raise VerificationError("; ".join(problems))
+    os.replace(written, target)
+    _fsync_dir(target.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
