@@ -84,3 +84,43 @@ def shared_slide(rel: str) -> Path:
     if not path.exists():
         pytest.fail(f"real test slide missing: {path} (../shared/slides must sit beside the project)")
     return path
+
+
+def stored_runs(fh, page) -> list[bytes]:
+    """The stored (compressed) bytes of every tile or strip of a tifffile page."""
+    runs = []
+    for off, n in zip(page.dataoffsets, page.databytecounts):
+        fh.seek(off)
+        runs.append(fh.read(n))
+    return runs
+
+
+def deid_real_copy(tmp_path: Path, rel: str, *options) -> tuple[Path, Path, Path]:
+    """Copy a real slide from ../shared/slides, de-identify it through the CLI, and check that
+    its input stayed as it was; returns (input copy, output folder, the one output slide)."""
+    import shutil
+
+    original = shared_slide(rel)
+    src = tmp_path / original.name
+    shutil.copy(original, src)
+    before = sha256(src)
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, *options, check=0)
+    assert sha256(src) == before
+    [dst] = [p for p in out.iterdir() if p.name != "wsideid-report.json"]
+    return src, out, dst
+
+
+def assert_rejected(src: Path, expect: str, *command) -> None:
+    """Bad input: exit 2, exactly one error line naming the file and the problem, no
+    traceback, the input unchanged, and nothing (not even a partial file) in the output."""
+    before = sha256(src)
+    out = src.parent / "out"
+    proc = run(*(command or ("deid",)), src, "-o", out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("wsideid: error:")]
+    assert len(errors) == 1 and str(src) in errors[0] and expect in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sha256(src) == before
+    left = [p.name for p in out.iterdir()] if out.exists() else []
+    assert left in ([], ["wsideid-report.json"]), left

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from pydicom.encaps import generate_frames
 
-from conftest import all_files, found_needles, run, shared_slide
+from conftest import all_files, assert_rejected, found_needles, run, shared_slide
 from test_dicom import wsidicom_levels
 from test_real_svs import CMU_NEEDLES
 from wsideid.dicom_pipeline import dciodvfy_errors
@@ -90,10 +90,7 @@ def test_convert_is_stable_with_a_key(tmp_path):
 def test_convert_bad_input(tmp_path):
     src = tmp_path / "notes.svs"
     src.write_text("not a slide")
-    out = tmp_path / "out"
-    proc = run("convert", src, "--to", "dicom", "-o", out)
-    assert proc.returncode == 2 and str(src) in proc.stderr
-    assert not list(out.glob("wsi-*")) and not list(out.glob(".*partial"))
+    assert_rejected(src, "not a TIFF", "convert", "--to", "dicom")
 
 
 def test_convert_refuses_when_the_lossless_path_is_missing(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import openslide
 import pytest
 import tifffile
 
-from conftest import all_files, found_needles, run, sha256
+from conftest import all_files, found_needles, run, sha256, stored_runs
 from fixtures.svs import APPMAG, MPP, PLANTED, SvsSpec, write_svs
 
 VARIANTS = {
@@ -27,18 +27,8 @@ NEEDLES = list(PLANTED.values())
 
 def raw_runs(path: Path) -> list[list[bytes]]:
     """The stored bytes of every tile of every tiled (pyramid) IFD, in order."""
-    levels = []
     with tifffile.TiffFile(path) as tf:
-        fh = tf.filehandle
-        for page in tf.pages:
-            if not page.is_tiled:
-                continue
-            runs = []
-            for off, n in zip(page.dataoffsets, page.databytecounts):
-                fh.seek(off)
-                runs.append(fh.read(n))
-            levels.append(runs)
-    return levels
+        return [stored_runs(tf.filehandle, page) for page in tf.pages if page.is_tiled]
 
 
 def without_comment(stream: bytes, text: bytes) -> bytes:

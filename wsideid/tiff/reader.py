@@ -309,8 +309,3 @@ class TiffFile:
         _, _, offs, cnts = regions
         if len(offs) and (np.any(offs < 0) or np.any(cnts < 0) or np.any((offs + cnts)[cnts > 0] > self.size)):
             raise SlideError(f"{ifd.label}: image data offsets point past the end of the file")
-
-    # ---- helpers ------------------------------------------------------------------------
-    def all_ifds(self):
-        for ifd in self.ifds:
-            yield from ifd.walk()
