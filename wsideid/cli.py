@@ -14,7 +14,7 @@ from rich.table import Table
 from . import needles as needle_search
 from . import report as audit
 from .errors import SlideError, VerificationError
-from .magic import is_dicom, is_tiff
+from .magic import is_dicom, is_mrxs, is_tiff
 from .pipeline import Result, deidentify, plan_slide
 from .policy import DATE_MODES, Policy
 from .pseudonym import Keyring, load_key
@@ -39,7 +39,15 @@ def fail(message: str, code: int = EXIT_INPUT) -> None:
 
 
 def looks_like_slide(path: Path) -> bool:
-    return is_tiff(path) or is_dicom(path)
+    return is_tiff(path) or is_dicom(path) or is_mrxs(path)
+
+
+def slide_files(path: Path) -> list[Path]:
+    """Every file a slide consists of (a MIRAX slide: NAME.mrxs and the files in NAME/)."""
+    if is_mrxs(path):
+        folder = path.with_name(path.name[: -len(".mrxs")])
+        return [path] + (sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else [])
+    return [path]
 
 
 def group_jobs(files: list[Path]) -> tuple[list[list[Path]], list[tuple[Path, str]]]:
@@ -156,8 +164,9 @@ def deid(
     results: list[Result] = []
     seen: dict[str, Path] = {}
     for job in jobs:
-        if in_place and is_dicom(job[0]):
-            result = Result(job[0], status="error", message="--in-place is not supported for DICOM")
+        if in_place and (is_dicom(job[0]) or is_mrxs(job[0])):
+            kind = "DICOM" if is_dicom(job[0]) else "MIRAX"
+            result = Result(job[0], status="error", message=f"--in-place is not supported for {kind}")
             error_line(f"{job[0]}: {result.message}")
         else:
             result = _run_one(job, policy, keyring, outdir, in_place, seen)
@@ -179,6 +188,10 @@ def _plan_job(job: list[Path], policy: Policy, keyring: Keyring):
         from .dicom_pipeline import plan_series
 
         return plan_series(job, policy, keyring)[0]
+    if is_mrxs(job[0]):
+        from .mrxs_pipeline import plan_mrxs
+
+        return plan_mrxs(job[0], policy, keyring)
     return plan_slide(job[0], policy)
 
 
@@ -191,6 +204,10 @@ def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | N
             from .dicom_pipeline import deidentify_series
 
             return deidentify_series(job, policy, keyring, outdir)
+        if is_mrxs(path):
+            from .mrxs_pipeline import deidentify_mrxs
+
+            return deidentify_mrxs(path, policy, keyring, outdir)
         return deidentify(path, policy, keyring, outdir, in_place)
 
     result = _attempt(path, work)
@@ -382,7 +399,9 @@ def scan(
         lines = [f"{f.location}: {f.name} ({f.action})" for f in plan.fields
                  if f.action not in ("keep", "replace")]
         lines += [f"{i.index}: {i.role} image present" for i in plan.images if i.action != "keep"]
-        lines += [f"identifier {n!r} found in the raw bytes" for n in needle_search.find_in_file(path, targets)]
+        for part in slide_files(path):
+            lines += [f"identifier {n!r} found in the raw bytes of {part.name}"
+                      for n in needle_search.find_in_file(part, targets)]
         for line in lines:
             out.print(f"{path}: {line}", markup=False, highlight=False)
         if not lines:

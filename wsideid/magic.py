@@ -15,6 +15,12 @@ def is_tiff(path: Path) -> bool:
         return False
 
 
+def is_mrxs(path: Path) -> bool:
+    """MIRAX has no magic number: OpenSlide's rule is a name ending in .mrxs (case matters)
+    with a folder of the same name beside it; the adapter checks the folder."""
+    return path.name.endswith(".mrxs") and path.is_file()
+
+
 def is_dicom(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:

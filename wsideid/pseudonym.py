@@ -61,6 +61,13 @@ class Keyring:
         """A new, stable UUID for the output file (OME UUID)."""
         return f"urn:uuid:{uuid.UUID(bytes=self._mac('uuid', fp)[:16], version=4)}"
 
+    def slide_identifier(self, fp: bytes, like: str) -> str:
+        """A stable replacement for a vendor's slide identifier, as long as the original (MIRAX
+        repeats it at fixed offsets) and, like it, lower- or upper-case hex."""
+        size = len(like.encode("utf-8"))
+        digits = (self._mac("slide-id", fp).hex() * (size // 64 + 1))[:size]
+        return digits.upper() if like.isupper() else digits
+
     def date_shift_days(self) -> int:
         """Days to move every date back by: 1..3650, fixed for a key."""
         return 1 + int.from_bytes(self._mac("date-shift", b"")[:4], "big") % MAX_SHIFT_DAYS
@@ -69,13 +76,14 @@ class Keyring:
 DATE_FORMATS = ("%m/%d/%y", "%m/%d/%Y", "%Y-%m-%d", "%Y:%m:%d", "%Y/%m/%d", "%Y%m%d", "%d.%m.%Y")
 
 
-def transform_date(value: str, mode: str, shift_days: int) -> str | None:
+def transform_date(value: str, mode: str, shift_days: int,
+                   formats: tuple[str, ...] = DATE_FORMATS) -> str | None:
     """Shift a date back by `shift_days` or reduce it to January 1st of its year.
 
     The value keeps its own format (and any time part after the date). Returns None when the
     value is not a date we can parse: the caller then removes it."""
     value = value.strip()
-    for fmt in DATE_FORMATS:
+    for fmt in formats:
         width = len(datetime.now().strftime(fmt))
         head, tail = value[:width], value[width:]
         try:

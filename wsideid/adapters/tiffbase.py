@@ -203,7 +203,7 @@ class TiffSlide:
             raise SlideError(f"{where} JPEGTables: {exc}") from exc
         node.tags[347] = NewValue(tag.dtype, len(cleaned), cleaned) if removed else tag
         for marker, payload in removed:
-            fields.append(Field(f"jpeg:{marker}", f"{where} JPEGTables", _payload_text(payload),
+            fields.append(Field(f"jpeg:{marker}", f"{where} JPEGTables", segments.payload_text(payload),
                                 "remove", why="text segment inside the JPEG tables"))
         fields.append(Field("tiff:JPEGTables", where, "", "clean" if removed else "keep",
                             why="quantisation and Huffman tables"))
@@ -234,7 +234,7 @@ class TiffSlide:
             trailing = sum(len(p) for m, p in removed if m == "trailing data")
             node.header_shifts[index] = len(data) - len(cleaned) - trailing
             for marker, payload in removed:
-                key = (marker, _payload_text(payload))
+                key = (marker, segments.payload_text(payload))
                 seen[key] = seen.get(key, 0) + 1
         for (marker, text), n in list(seen.items())[:MAX_REPORTED_SEGMENTS]:
             fields.append(Field(f"codestream:{marker}", f"{ifd.label} image data ({n} runs)", text,
@@ -247,7 +247,3 @@ def _hidden_text(tag: Tag) -> str:
     _, _, rest = tag.data.partition(b"\x00")
     rest = rest.strip(b"\x00")
     return rest.decode("latin-1") if rest else ""
-
-
-def _payload_text(payload: bytes) -> str:
-    return payload.decode("latin-1").strip("\x00 \r\n")

@@ -54,6 +54,32 @@ class MalformedStream(ValueError):
     pass
 
 
+def payload_text(payload: bytes) -> str:
+    """A removed segment's payload as text (for the plan and the residue search)."""
+    return payload.decode("latin-1").strip("\x00 \r\n")
+
+
+SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the first SOF segment (T.81 B.2.2); (0, 0) if there is none."""
+    pos = 2 if data[:2] == b"\xff\xd8" else len(data)
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        if marker in SOF_MARKERS and pos + 9 <= len(data):
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        if marker == 0xDA:
+            break
+        pos += 2 + length
+    return 0, 0
+
+
 def clean_jpeg(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     """Remove APPn/COM segments before SOS and non-zero bytes after the last EOI."""
     if data[:2] != b"\xff\xd8":

@@ -1,0 +1,346 @@
+"""3DHistech MIRAX: the synthetic generator checked against OpenSlide, then de-identification
+through the command line, and bad input."""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+
+from conftest import all_files, found_needles, run, sha256
+from fixtures.mrxs import MPP, PLANTED, MrxsSpec, _pattern, write_mrxs
+from wsideid.mrxs.index import IndexFile
+from wsideid.mrxs.slidedat import Slidedat
+
+NEEDLES = sorted(set(PLANTED.values()))
+
+
+def tree_hashes(mrxs: Path) -> dict[str, str]:
+    folder = mrxs.with_suffix("")
+    return {str(p.relative_to(mrxs.parent)): sha256(p) for p in [mrxs, *sorted(folder.iterdir())]}
+
+
+def output_slide(out: Path) -> Path:
+    [mrxs] = [p for p in out.iterdir() if p.name.endswith(".mrxs")]
+    return mrxs
+
+
+def pixels(slide: openslide.OpenSlide, level: int, box=None) -> np.ndarray:
+    w, h = slide.level_dimensions[level]
+    x, y, bw, bh = box or (0, 0, w, h)
+    ds = slide.level_downsamples[level]
+    return np.asarray(slide.read_region((int(x * ds), int(y * ds)), level, (bw, bh)))
+
+
+def tile_records(mrxs: Path) -> list[tuple[int, int, int, int]]:
+    folder = mrxs.with_suffix("")
+    ini = Slidedat.parse((folder / "Slidedat.ini").read_bytes())
+    levels = int(ini.sections["HIERARCHICAL"]["HIER_0_COUNT"])
+    nonhier = sum(int(ini.sections["HIERARCHICAL"][f"NONHIER_{i}_COUNT"])
+                  for i in range(int(ini.sections["HIERARCHICAL"]["NONHIER_COUNT"])))
+    index = IndexFile.parse((folder / "Index.dat").read_bytes(), ini.sections["GENERAL"]["SLIDE_ID"],
+                            int(ini.sections["HIERARCHICAL"]["HIER_COUNT"]) - 1 + levels, nonhier)
+    return [item for record in index.hier[:levels] if record for item in record.items()]
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory) -> Path:
+    return write_mrxs(tmp_path_factory.mktemp("mrxs") / "S26-PLANT-0815.mrxs")
+
+
+def test_generator_is_a_mirax_slide_openslide_reads(slide):
+    with openslide.OpenSlide(str(slide)) as s:
+        assert s.properties["openslide.vendor"] == "mirax"
+        assert s.level_dimensions == ((2048, 1536), (1024, 768), (512, 384), (256, 192))
+        assert float(s.properties["openslide.mpp-x"]) == pytest.approx(MPP)
+        assert s.properties["openslide.objective-power"] == "20"
+        assert {k: v.size for k, v in s.associated_images.items()} == {
+            "macro": (1000, 380), "label": (300, 200), "thumbnail": (320, 240)}
+        # image (x=3, y=2) of level 0 is where OpenSlide draws it: its own pattern, not a neighbour's
+        region = pixels(s, 0, (768, 512, 256, 256))[..., :3].astype(int)
+        own = np.abs(region - _pattern(256, 256, 2 * 8 + 3)).mean()
+        neighbour = np.abs(region - _pattern(256, 256, 2 * 8 + 2)).mean()
+        assert own < 10 < neighbour
+        region = pixels(s, 1, (512, 256, 256, 256))[..., :3].astype(int)   # level 1, image (4, 2)
+        assert np.abs(region - _pattern(256, 256, 10007 + 2 * 8 + 4)).mean() < 10
+    raw = (slide.with_suffix("") / "Slidedat.ini").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+
+
+@pytest.fixture(scope="module")
+def deidentified(slide, tmp_path_factory):
+    before = tree_hashes(slide)
+    out = tmp_path_factory.mktemp("out")
+    proc = run("deid", slide, "-o", out, check=0)
+    assert tree_hashes(slide) == before
+    return out, proc
+
+
+def test_default_output_has_no_planted_identifier(deidentified):
+    out, _ = deidentified
+    assert found_needles(all_files(out), NEEDLES) == {}
+    mrxs = output_slide(out)
+    folder = mrxs.with_suffix("")
+    assert mrxs.name.startswith("wsi-") and folder.is_dir()
+    assert sorted(p.name for p in folder.iterdir()) == ["Data0000.dat", "Data0001.dat",
+                                                        "Index.dat", "Slidedat.ini"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([mrxs.name, folder.name, "wsideid-report.json"])
+
+
+def test_default_output_reads_the_same_in_openslide(slide, deidentified):
+    out, _ = deidentified
+    with openslide.OpenSlide(str(slide)) as a, openslide.OpenSlide(str(output_slide(out))) as b:
+        assert b.properties["openslide.vendor"] == "mirax"
+        assert a.level_dimensions == b.level_dimensions
+        for key in ("openslide.mpp-x", "openslide.mpp-y", "openslide.objective-power"):
+            assert a.properties[key] == b.properties[key]
+        assert set(b.associated_images) == {"thumbnail"}     # label and macro dropped
+        assert np.array_equal(np.asarray(a.associated_images["thumbnail"]),
+                              np.asarray(b.associated_images["thumbnail"]))
+        for level in range(a.level_count):
+            assert np.array_equal(pixels(a, level), pixels(b, level)), level
+
+
+def test_tiles_are_byte_identical_except_the_removed_comment(slide, deidentified):
+    out, _ = deidentified
+    mrxs = output_slide(out)
+    src, dst = slide.with_suffix(""), mrxs.with_suffix("")
+    before, after = tile_records(slide), tile_records(mrxs)
+    assert len(before) == len(after) == 48 + 12 + 4 + 1
+    changed = 0
+    for (i, off, n, f), (i2, off2, n2, f2) in zip(before, after):
+        assert (i, off, f) == (i2, off2, f2)
+        old = (src / f"Data{f:04d}.dat").read_bytes()[off:off + n]
+        new = (dst / f"Data{f2:04d}.dat").read_bytes()[off2:off2 + n2]
+        if old != new:
+            changed += 1
+            comment = PLANTED["tile_comment"].encode()
+            assert old.replace(b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment, b"") == new
+    assert changed == 1
+
+
+def test_slidedat_keeps_bom_crlf_and_renumbers_records(deidentified):
+    out, _ = deidentified
+    folder = output_slide(out).with_suffix("")
+    raw = (folder / "Slidedat.ini").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    ini = Slidedat.parse(raw).sections
+    hier = ini["HIERARCHICAL"]
+    # the profile layer (1) went, so the position buffer (2) is now layer 1, and its sections too
+    assert hier["NONHIER_COUNT"] == "2"
+    assert (hier["NONHIER_0_COUNT"], hier["NONHIER_0_VAL_0"]) == ("1", "ScanDataLayer_SlidePreview")
+    assert hier["NONHIER_0_VAL_0_SECTION"] == "NONHIERLAYER_0_LEVEL_0_SECTION"
+    assert ini["NONHIERLAYER_0_LEVEL_0_SECTION"] == {"PREVIEW_IMAGE_TYPE": "JPEG"}
+    assert hier["NONHIER_1_NAME"] == "VIMSLIDE_POSITION_BUFFER"
+    assert hier["NONHIER_1_VAL_0_SECTION"] == "NONHIERLAYER_1_LEVEL_0_SECTION"
+    assert ini["NONHIERLAYER_1_SECTION"] == {"VIMSLIDE_POSITION_DATA_FORMAT_VERSION": "257"}
+    assert not any(name.startswith("NONHIERLAYER_2") for name in ini)
+    assert "CUSTOM_INFO_SECTION" not in ini
+    general = ini["GENERAL"]
+    assert len(general["SLIDE_ID"]) == len(PLANTED["slide_id"]) and general["SLIDE_ID"] != PLANTED["slide_id"]
+    assert general["SLIDE_NAME"] == folder.name
+    for key in ("PROJECT_NAME", "SLIDE_CREATIONDATETIME", "SLIDE_UTC_CREATIONDATETIME",
+                "SCANNER_HARDWARE_ID", "SCAN_OPERATOR_NOTE"):
+        assert key not in general
+    # the new identifier is in Index.dat and in every data file header
+    for name in ("Index.dat", "Data0000.dat", "Data0001.dat"):
+        assert (folder / name).read_bytes()[:37] == b"01.02" + general["SLIDE_ID"].encode()
+
+
+def test_dropped_records_leave_only_zeros(slide, deidentified):
+    """Every data-file byte that no kept record uses is zero (the label, macro, overview and
+    profile records, and the ProfileName after the header)."""
+    out, _ = deidentified
+    mrxs = output_slide(out)
+    folder = mrxs.with_suffix("")
+    ini = Slidedat.parse((folder / "Slidedat.ini").read_bytes()).sections
+    index = IndexFile.parse((folder / "Index.dat").read_bytes(), ini["GENERAL"]["SLIDE_ID"], 5, 2)
+    used: dict[int, np.ndarray] = {}
+    for f in range(2):
+        data = np.frombuffer((folder / f"Data{f:04d}.dat").read_bytes(), dtype=np.uint8)
+        used[f] = np.zeros(len(data), bool)
+        used[f][:37] = True
+    for record in index.hier + index.nonhier:
+        for item in (record.items() if record else ()):
+            off, n, f = item[-3:]
+            used[f][off:off + n] = True
+    for f, mask in used.items():
+        data = np.frombuffer((folder / f"Data{f:04d}.dat").read_bytes(), dtype=np.uint8)
+        assert not data[~mask].any(), f
+        assert mask[-1], "the file ends with its last kept record"
+
+
+def test_keep_label_and_macro_removes_their_text_only(slide, tmp_path):
+    out = tmp_path / "out"
+    run("deid", slide, "-o", out, "--label", "keep", "--macro", "keep", check=0)
+    mrxs = output_slide(out)
+    with openslide.OpenSlide(str(slide)) as a, openslide.OpenSlide(str(mrxs)) as b:
+        assert set(b.associated_images) == {"label", "macro", "thumbnail"}
+        for name in ("label", "macro"):
+            assert np.array_equal(np.asarray(a.associated_images[name]), np.asarray(b.associated_images[name]))
+    # the label's JPEG comment and its section's BARCODE_VALUE are gone; the overview is kept too
+    assert found_needles(all_files(out), [PLANTED["label_comment"], PLANTED["barcode_value"]]) == {}
+    ini = Slidedat.parse((mrxs.with_suffix("") / "Slidedat.ini").read_bytes()).sections
+    assert [ini["HIERARCHICAL"][f"NONHIER_0_VAL_{j}"] for j in range(4)] == [
+        "ScanDataLayer_SlideThumbnail", "ScanDataLayer_SlideBarcode",
+        "ScanDataLayer_SlidePreview", "ScanDataLayer_WholeSlide"]
+
+
+def test_options_dates_shift_device_id_and_stable_pseudonyms(slide, tmp_path):
+    key = tmp_path / "key"
+    outs = []
+    for n in range(2):
+        out = tmp_path / f"out{n}"
+        run("deid", slide, "-o", out, "--dates", "shift", "--keep-device-id", "--key-file", key, check=0)
+        outs.append(output_slide(out))
+    assert outs[0].name == outs[1].name
+    inis = [Slidedat.parse((m.with_suffix("") / "Slidedat.ini").read_bytes()).sections["GENERAL"] for m in outs]
+    assert inis[0]["SLIDE_ID"] == inis[1]["SLIDE_ID"]
+    assert inis[0]["SCANNER_HARDWARE_ID"] == PLANTED["scanner_id"]
+    shifted = inis[0]["SLIDE_CREATIONDATETIME"]
+    assert shifted != PLANTED["created"] and shifted.endswith(" 13:37:42")
+    day, month, year = map(int, shifted[:10].split("/"))
+    assert 2011 <= year <= 2021 and 1 <= month <= 12 and 1 <= day <= 31
+    report = (outs[0].parent / "wsideid-report.json").read_text()
+    assert '"dates": "shift"' in report and '"keep_device_id": true' in report
+
+
+def test_dry_run_and_scan(slide, deidentified):
+    out, _ = deidentified
+    proc = run("deid", slide, "--dry-run", check=0)
+    assert "ScanDataLayer_SlideBarcode" in proc.stdout and PLANTED["project"] not in proc.stdout
+    proc = run("scan", slide)
+    assert proc.returncode == 1 and "label image present" in proc.stdout
+    needles = out.parent / "needles.txt"
+    needles.write_text("\n".join(NEEDLES))
+    proc = run("scan", output_slide(out), "--needles", needles)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("clean")
+
+
+def test_without_label_and_with_many_levels_still_opens(tmp_path):
+    """A slide without a label record (indices shift differently) and without planted text."""
+    src = write_mrxs(tmp_path / "plain.mrxs", MrxsSpec(label=False, plant=False, levels=3))
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    with openslide.OpenSlide(str(output_slide(out))) as b:
+        assert set(b.associated_images) == {"thumbnail"}
+        assert b.level_count == 3
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+def broken_copy(slide: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "case" / slide.name
+    dst.parent.mkdir()
+    shutil.copy(slide, dst)
+    shutil.copytree(slide.with_suffix(""), dst.with_suffix(""))
+    return dst
+
+
+def set_key(mrxs: Path, old: str, new: str) -> None:
+    ini = mrxs.with_suffix("") / "Slidedat.ini"
+    data = ini.read_bytes()
+    assert old.encode() in data
+    ini.write_bytes(data.replace(old.encode(), new.encode()))
+
+
+def assert_mrxs_rejected(mrxs: Path, expect: str) -> None:
+    before = tree_hashes(mrxs) if mrxs.with_suffix("").is_dir() else {}
+    out = mrxs.parent / "out"
+    proc = run("deid", mrxs, "-o", out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("wsideid: error:")]
+    assert len(errors) == 1 and str(mrxs) in errors[0] and expect in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    if before:
+        assert tree_hashes(mrxs) == before
+    assert [p.name for p in out.iterdir()] in ([], ["wsideid-report.json"])
+
+
+def test_missing_data_file(slide, tmp_path):
+    bad = broken_copy(slide, tmp_path)
+    (bad.with_suffix("") / "Data0001.dat").unlink()
+    assert_mrxs_rejected(bad, "missing file")
+
+
+def test_index_pointing_past_the_end(slide, tmp_path):
+    bad = broken_copy(slide, tmp_path)
+    index = bad.with_suffix("") / "Index.dat"
+    data = bytearray(index.read_bytes())
+    hier_table = struct.unpack_from("<i", data, 37)[0]
+    struct.pack_into("<i", data, hier_table, len(data) + 1000)   # zoom level 0's record
+    index.write_bytes(bytes(data))
+    assert_mrxs_rejected(bad, "past")
+
+
+def test_record_pointing_past_the_end_of_its_data_file(slide, tmp_path):
+    bad = broken_copy(slide, tmp_path)
+    index = bad.with_suffix("") / "Index.dat"
+    data = bytearray(index.read_bytes())
+    head = struct.unpack_from("<i", data, struct.unpack_from("<i", data, 37)[0])[0]
+    page = struct.unpack_from("<i", data, head + 4)[0]
+    struct.pack_into("<i", data, page + 8 + 8, 1 << 30)        # first tile's length
+    index.write_bytes(bytes(data))
+    assert_mrxs_rejected(bad, "points past the end of Data")
+
+
+def test_slidedat_without_the_sections_readers_need(slide, tmp_path):
+    bad = broken_copy(slide, tmp_path)
+    set_key(bad, "[HIERARCHICAL]", "[HIERARCHICAL_GONE]")
+    assert_mrxs_rejected(bad, "no [HIERARCHICAL] section")
+
+
+@pytest.mark.parametrize("name", ["../escape.dat", "/etc/passwd", "sub/../../x.dat"])
+def test_data_file_name_escaping_the_folder(slide, tmp_path, name):
+    bad = broken_copy(slide, tmp_path)
+    (tmp_path / "case" / "escape.dat").write_bytes(b"x" * 10)
+    set_key(bad, "FILE_1 = Data0001.dat", f"FILE_1 = {name}")
+    assert_mrxs_rejected(bad, "outside the slide folder")
+
+
+def test_data_file_that_is_a_symlink(slide, tmp_path):
+    bad = broken_copy(slide, tmp_path)
+    folder = bad.with_suffix("")
+    target = tmp_path / "elsewhere.dat"
+    shutil.move(folder / "Data0001.dat", target)
+    os.symlink(target, folder / "Data0001.dat")
+    assert_mrxs_rejected(bad, "symbolic link")
+
+
+def test_missing_slide_folder_and_slide_id_mismatch(slide, tmp_path):
+    lonely = tmp_path / "lonely.mrxs"
+    lonely.write_bytes(b"")
+    assert_mrxs_rejected(lonely, "slide folder lonely/ is missing")
+    bad = broken_copy(slide, tmp_path)
+    set_key(bad, f"SLIDE_ID = {PLANTED['slide_id']}", "SLIDE_ID = 0000000000000000000000000000dead")
+    assert_mrxs_rejected(bad, "SLIDE_ID")
+
+
+def test_batch_goes_on_after_a_broken_slide(slide, tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(slide, batch / f"{name}.mrxs")
+        shutil.copytree(slide.with_suffix(""), batch / name)
+    set_key(batch / "b.mrxs", "[DATAFILE]", "[NOPE]")
+    (batch / "a" / "Slidedat.ini").write_bytes((batch / "a" / "Slidedat.ini").read_bytes() + b"\r\n")
+    out = tmp_path / "out"
+    proc = run("deid", batch, "-o", out)
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if "error" in line] == [
+        f"wsideid: error: {batch / 'b.mrxs'}: Slidedat.ini has no [DATAFILE] section"]
+    assert len([p for p in out.iterdir() if p.name.endswith(".mrxs")]) == 1
+
+
+def test_in_place_is_refused(slide, tmp_path):
+    copy = broken_copy(slide, tmp_path)
+    before = tree_hashes(copy)
+    proc = run("deid", copy, "--in-place")
+    assert proc.returncode == 2 and "--in-place is not supported for MIRAX" in proc.stderr
+    assert tree_hashes(copy) == before

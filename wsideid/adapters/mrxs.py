@@ -1,0 +1,504 @@
+"""3DHistech MIRAX: `NAME.mrxs` plus the folder `NAME/` with Slidedat.ini, Index.dat and the
+data files (layout: https://openslide.org/formats/mirax/ and OpenSlide's
+openslide-vendor-mirax.c, whose checks this adapter repeats so that what it accepts OpenSlide
+opens, and what it writes OpenSlide still opens).
+
+Plan: Slidedat.ini key by key through `formats/mirax.toml`; non-hierarchical records (label,
+macro, overview, preview, camera positions, anything else) kept or dropped by role, with
+their keys and sections renumbered; SLIDE_ID replaced by a keyed value of the same length
+everywhere (Slidedat.ini, Index.dat, data file headers); every data file byte that no kept
+record points at is zeroed; text segments inside kept JPEGs removed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import catalog
+from ..errors import SlideError
+from ..images import segments
+from ..model import Field, Image, Plan
+from ..mrxs.index import VERSION, IndexFile, Record
+from ..mrxs.slidedat import Slidedat
+from ..policy import Policy
+from ..pseudonym import transform_date
+
+EXTENSION = ".mrxs"
+GENERAL, HIERARCHICAL, DATAFILE = "GENERAL", "HIERARCHICAL", "DATAFILE"
+ZOOM_LAYER = "Slide zoom level"
+LEVEL_KEYS = ("IMAGE_CONCAT_FACTOR", "OVERLAP_X", "OVERLAP_Y", "MICROMETER_PER_PIXEL_X",
+              "MICROMETER_PER_PIXEL_Y", "IMAGE_FILL_COLOR_BGR", "DIGITIZER_WIDTH",
+              "DIGITIZER_HEIGHT", "IMAGE_FORMAT")
+IMAGE_ROLES = ("label", "macro", "overview", "thumbnail")
+TEXT_RUN = re.compile(rb"[\x20-\x7e]{6,}")
+TEXT_RUN_UTF16 = re.compile(rb"(?:[\x20-\x7e]\x00){6,}")
+MAX_TEXT_SCAN = 1 << 20
+MAX_TEXT_FIELDS = 20
+INDEX_NAME = "Index.dat"
+# Slidedat.ini dates are day first ("14/03/2021 13:37:42"); a date in any other shape is removed.
+DATE_FORMATS = ("%d/%m/%Y", "%Y-%m-%d", "%d.%m.%Y")
+
+
+def data_file_name(number: int) -> str:
+    return f"Data{number:04d}.dat"
+
+
+@dataclass
+class NonhierValue:
+    layer: int
+    index: int
+    layer_name: str
+    name: str
+    section: str | None
+    record: Record | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer_name}/{self.name}"
+
+
+@dataclass
+class Naming:
+    pseudonym: str
+    slide_id: str
+
+
+@dataclass
+class DataFileOut:
+    """What the writer does to one data file: keep these byte ranges, write the header and
+    the cleaned records, zero everything else, cut the file after its last kept byte."""
+    source: Path
+    name: str
+    keep: list[tuple[int, int]] = field(default_factory=list)
+    header: bytes = b""
+    replacements: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def end(self) -> int:
+        return max([len(self.header)] + [b for _, b in self.keep])
+
+
+@dataclass
+class MrxsOutput:
+    slidedat: bytes
+    index: bytes
+    data_files: list[DataFileOut]
+
+
+class MrxsSlide:
+    extension = EXTENSION
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.name.endswith(EXTENSION):
+            raise SlideError("not a MIRAX slide (the name does not end in .mrxs)")
+        if not self.path.is_file():
+            raise SlideError("no such file")
+        self.folder = self.path.with_name(self.path.name[:-len(EXTENSION)])
+        if self.folder.is_symlink() or not self.folder.is_dir():
+            raise SlideError(f"the slide folder {self.folder.name}/ is missing")
+        self.ini = Slidedat.parse(self._inside("Slidedat.ini").read_bytes())
+        ini = self.ini
+        for key in ("SLIDE_VERSION", "OBJECTIVE_MAGNIFICATION"):
+            ini.value(GENERAL, key)
+        self.slide_id = ini.value(GENERAL, "SLIDE_ID")
+        if not self.slide_id:
+            raise SlideError("Slidedat.ini [GENERAL] SLIDE_ID is empty")
+        self.images_x = ini.integer(GENERAL, "IMAGENUMBER_X", 1)
+        self.images_y = ini.integer(GENERAL, "IMAGENUMBER_Y", 1)
+        self._read_layers()
+        self.data_paths = [self._inside(ini.value(DATAFILE, f"FILE_{i}"))
+                           for i in range(ini.integer(DATAFILE, "FILE_COUNT", 1))]
+        self.data_sizes = [p.stat().st_size for p in self.data_paths]
+        index_path = self._inside(ini.value(HIERARCHICAL, "INDEXFILE"))
+        self.index = IndexFile.parse(index_path.read_bytes(), self.slide_id,
+                                     sum(len(v) for _, v in self.hier_layers),
+                                     sum(len(v) for _, _, v in self.nonhier_layers))
+        self._check_records()
+        self.malformed: list[str] = []
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _inside(self, name: str) -> Path:
+        """A file named inside Slidedat.ini: it must be a plain file in the slide folder."""
+        if (not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name
+                or os.path.isabs(name)):
+            raise SlideError(f"Slidedat.ini names a file outside the slide folder: {name[:80]!r}")
+        path = self.folder / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            raise SlideError(f"missing file {self.folder.name}/{name}") from None
+        if stat.S_ISLNK(mode):
+            raise SlideError(f"{self.folder.name}/{name} is a symbolic link (refused)")
+        if not stat.S_ISREG(mode):
+            raise SlideError(f"{self.folder.name}/{name} is not a regular file")
+        return path
+
+    def _read_layers(self) -> None:
+        ini = self.ini
+        self.hier_layers: list[tuple[str, list[str | None]]] = []
+        for i in range(ini.integer(HIERARCHICAL, "HIER_COUNT", 1)):
+            name = ini.value(HIERARCHICAL, f"HIER_{i}_NAME")
+            count = ini.integer(HIERARCHICAL, f"HIER_{i}_COUNT", 0)
+            sections = [ini.sections[HIERARCHICAL].get(f"HIER_{i}_VAL_{j}_SECTION")
+                        for j in range(count)]
+            self.hier_layers.append((name, sections))
+        if self.hier_layers[0][0] != ZOOM_LAYER:
+            raise SlideError(f"Slidedat.ini: HIER_0 is not {ZOOM_LAYER!r} (OpenSlide requires it)")
+        self.level_sections = self.hier_layers[0][1]
+        if not self.level_sections:
+            raise SlideError("Slidedat.ini: the slide has no zoom levels")
+        for n, section in enumerate(self.level_sections):
+            if section is None:
+                raise SlideError(f"Slidedat.ini [HIERARCHICAL] has no HIER_0_VAL_{n}_SECTION")
+            for key in LEVEL_KEYS:
+                ini.value(section, key)
+            ini.integer(section, "DIGITIZER_WIDTH", 1)
+            ini.integer(section, "DIGITIZER_HEIGHT", 1)
+            ini.integer(section, "IMAGE_CONCAT_FACTOR", 0 if n == 0 else 1)
+        self.nonhier_layers: list[tuple[int, str, list[tuple[str, str | None]]]] = []
+        for i in range(ini.integer(HIERARCHICAL, "NONHIER_COUNT", 0)):
+            name = ini.value(HIERARCHICAL, f"NONHIER_{i}_NAME")
+            count = ini.integer(HIERARCHICAL, f"NONHIER_{i}_COUNT", 1)
+            values = [(ini.value(HIERARCHICAL, f"NONHIER_{i}_VAL_{j}"),
+                       ini.sections[HIERARCHICAL].get(f"NONHIER_{i}_VAL_{j}_SECTION"))
+                      for j in range(count)]
+            self.nonhier_layers.append((i, name, values))
+
+    def _check_records(self) -> None:
+        for what, records in (("zoom level", self.index.hier[:len(self.level_sections)]),
+                              ("record", self.index.nonhier)):
+            for n, record in enumerate(records):
+                for item in (record.items() if record else ()):
+                    offset, length, fileno = item[-3:]
+                    if not 0 <= fileno < len(self.data_paths):
+                        raise SlideError(f"Index.dat {what} {n} names data file {fileno}, "
+                                         f"but there are {len(self.data_paths)}")
+                    if offset < 0 or length < 0 or offset + length > self.data_sizes[fileno]:
+                        raise SlideError(f"Index.dat {what} {n} points past the end of "
+                                         f"{self.data_paths[fileno].name}")
+        for n, record in enumerate(self.index.hier[len(self.level_sections):]):
+            for item in (record.items() if record else ()):
+                offset, length, fileno = item[-3:]
+                if not (0 <= fileno < len(self.data_paths) and 0 <= offset
+                        and offset + length <= self.data_sizes[fileno]):
+                    raise SlideError(f"Index.dat hierarchical record {n + len(self.level_sections)}"
+                                     " points past the end of its data file")
+
+    def nonhier_values(self) -> list[NonhierValue]:
+        out = []
+        record_no = 0
+        for i, layer_name, values in self.nonhier_layers:
+            for j, (name, section) in enumerate(values):
+                out.append(NonhierValue(i, j, layer_name, name, section, self.index.nonhier[record_no]))
+                record_no += 1
+        return out
+
+    def read(self, fileno: int, offset: int, length: int) -> bytes:
+        with open(self.data_paths[fileno], "rb") as fh:
+            return os.pread(fh.fileno(), length, offset)
+
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        """As OpenSlide computes them (overlap subtracted at camera-photo boundaries)."""
+        ini, first = self.ini, self.level_sections[0]
+        w, h = ini.integer(first, "DIGITIZER_WIDTH"), ini.integer(first, "DIGITIZER_HEIGHT")
+        ox, oy = float(ini.value(first, "OVERLAP_X")), float(ini.value(first, "OVERLAP_Y"))
+        div = int(ini.sections[GENERAL].get("CameraImageDivisionsPerSide", "1") or 1)
+        base_w = sum(w if (i % div != div - 1 or i == self.images_x - 1) else w - ox
+                     for i in range(self.images_x))
+        base_h = sum(h if (i % div != div - 1 or i == self.images_y - 1) else h - oy
+                     for i in range(self.images_y))
+        dims, concat = [], 0
+        for section in self.level_sections:
+            concat += ini.integer(section, "IMAGE_CONCAT_FACTOR")
+            dims.append((int(base_w) >> concat, int(base_h) >> concat))
+        return dims
+
+    def close(self) -> None:
+        pass
+
+    # -- planning --------------------------------------------------------------------------
+
+    def plan(self, policy: Policy, naming: Naming | None = None,
+             scan_codestreams: bool = True) -> tuple[Plan, MrxsOutput]:
+        naming = naming or Naming("slide", self.slide_id)
+        fields: list[Field] = []
+        images = [Image(f"zoom level {n}", "level", w, h, self.ini.value(s, "IMAGE_FORMAT"))
+                  for n, ((w, h), s) in enumerate(zip(self.level_dimensions(), self.level_sections))]
+        kept_values = self._plan_records(policy, images, fields)
+        files = [DataFileOut(p, data_file_name(i)) for i, p in enumerate(self.data_paths)]
+        nonhier = self._keep_records(kept_values, files, fields)
+        hier = self._keep_levels(files, fields, scan_codestreams)
+        ini = self._plan_slidedat(policy, naming, kept_values, fields)
+        fields.append(Field("mirax:Index.dat SLIDE_ID", INDEX_NAME, self.slide_id, "replace",
+                            naming.slide_id, "the slide identifier, repeated from Slidedat.ini"))
+        self._plan_headers(files, naming, fields)
+        self._plan_mrxs_file(fields)
+        index = IndexFile(naming.slide_id, hier, nonhier).to_bytes(naming.slide_id)
+        plan = Plan("3DHistech MIRAX", images, fields,
+                    [f"{m}" for m in self.malformed])
+        return plan, MrxsOutput(ini.to_bytes(), index, files)
+
+    def _plan_records(self, policy: Policy, images: list[Image],
+                      fields: list[Field]) -> list[NonhierValue]:
+        records = catalog.load("mirax", "records")
+        kept = []
+        for value in self.nonhier_values():
+            entry = records.lookup(value.key)
+            role = entry.action if entry is not catalog.UNKNOWN else "unknown"
+            where = f"non-hierarchical record {value.key}"
+            if role in IMAGE_ROLES:
+                action = policy.image_action(role)
+                w, h = self._jpeg_size(value.record)
+                images.append(Image(value.key, role, w, h, "JPEG", action))
+            else:
+                action = "keep" if role == "geometry" else "drop"
+                fields.append(Field(f"mirax:record {value.key}", where, "",
+                                    "keep" if action == "keep" else "remove", why=entry.why))
+                if action == "drop":
+                    fields += self._record_text(value, where)
+            if action == "keep":
+                kept.append(value)
+        return kept
+
+    def _jpeg_size(self, record: Record | None) -> tuple[int, int]:
+        for _, _, offset, length, fileno in (record.items() if record else ()):
+            return segments.jpeg_size(self.read(fileno, offset, min(length, 1 << 16)))
+        return 0, 0
+
+    def _record_text(self, value: NonhierValue, where: str) -> list[Field]:
+        """Text inside a record that is removed: searched for in the output by verification."""
+        out: list[Field] = []
+        for _, _, offset, length, fileno in (value.record.items() if value.record else ()):
+            if length <= MAX_TEXT_SCAN:
+                out += text_fields(self.read(fileno, offset, length), "mirax:record text", where)
+        return out[:MAX_TEXT_FIELDS]
+
+    def _keep_records(self, kept: list[NonhierValue], files: list[DataFileOut],
+                      fields: list[Field]) -> list[Record | None]:
+        """The non-hierarchical records of the output, in the order of the kept values; text
+        segments of kept JPEG images are removed (the record gets shorter)."""
+        records = catalog.load("mirax", "records")
+        out: list[Record | None] = []
+        for value in kept:
+            if value.record is None:
+                out.append(None)
+                continue
+            is_image = records.lookup(value.key).action in IMAGE_ROLES
+            pages = []
+            for page in value.record.pages:
+                items = []
+                for a, b, offset, length, fileno in page:
+                    if is_image:
+                        length = self._clean_jpeg(files[fileno], fileno, offset, length,
+                                                  fields, f"record {value.key}")
+                    files[fileno].keep.append((offset, offset + length))
+                    items.append((a, b, offset, length, fileno))
+                pages.append(items)
+            out.append(Record(pages))
+        return out
+
+    def _keep_levels(self, files: list[DataFileOut], fields: list[Field],
+                     scan_codestreams: bool) -> list[Record | None]:
+        hier = list(self.index.hier)
+        n_levels = len(self.level_sections)
+        jpeg_levels = {n for n, s in enumerate(self.level_sections)
+                       if self.ini.value(s, "IMAGE_FORMAT") == "JPEG"}
+        for record in hier:
+            for item in (record.items() if record else ()):
+                offset, length, fileno = item[-3:]
+                files[fileno].keep.append((offset, offset + length))
+        if not scan_codestreams:
+            return hier
+        # Screen every JPEG tile for APPn/COM text segments, one data file at a time.
+        flagged: dict[tuple[int, int], int] = {}
+        for fileno, path in enumerate(self.data_paths):
+            runs = [(item[1], item[2]) for n in jpeg_levels if hier[n]
+                    for item in hier[n].items() if item[3] == fileno and item[2] > 0]
+            if not runs:
+                continue
+            offs = np.array([r[0] for r in runs], dtype=np.int64)
+            cnts = np.array([r[1] for r in runs], dtype=np.int64)
+            with open(path, "rb") as fh:
+                hits = segments.screen_runs(fh.fileno(), self.data_sizes[fileno], offs, cnts,
+                                            segments.screen_jpeg)
+            for k in np.nonzero(hits)[0].tolist():
+                offset, length = int(offs[k]), int(cnts[k])
+                flagged[(fileno, offset)] = self._clean_jpeg(files[fileno], fileno, offset, length,
+                                                             fields, "zoom level tile")
+        if not flagged:
+            return hier
+        for n in range(n_levels):
+            record = hier[n]
+            if record is None:
+                continue
+            hier[n] = Record([[(i, o, flagged.get((f, o), l), f) for i, o, l, f in page]
+                              for page in record.pages])
+        for fileno, out in enumerate(files):   # the shortened tiles keep only their new length
+            out.keep = [(a, a + len(out.replacements[a])) if a in out.replacements else (a, b)
+                        for a, b in out.keep]
+        return hier
+
+    def _clean_jpeg(self, out: DataFileOut, fileno: int, offset: int, length: int,
+                    fields: list[Field], where: str) -> int:
+        data = self.read(fileno, offset, length)
+        try:
+            cleaned, removed = segments.clean_jpeg(data)
+        except segments.MalformedStream as exc:
+            self.malformed.append(f"{where} in {self.data_paths[fileno].name} at {offset}: "
+                                  f"unparseable JPEG left as is ({exc})")
+            return length
+        if not removed:
+            return length
+        out.replacements[offset] = cleaned
+        for marker, payload in removed:
+            fields.append(Field(f"codestream:{marker}", f"{where} ({out.name})",
+                                segments.payload_text(payload), "remove",
+                                why="text segment inside the image codestream"))
+        return len(cleaned)
+
+    def _plan_slidedat(self, policy: Policy, naming: Naming, kept: list[NonhierValue],
+                       fields: list[Field]) -> Slidedat:
+        keys = catalog.load("mirax", "fields")
+        groups = self._section_groups(kept)
+        renamed = self._renamed_sections(kept)
+        new: dict[str, dict[str, str]] = {}
+        for section, entries in self.ini.sections.items():
+            group = groups.get(section)
+            if group is None:
+                for key, value in entries.items():
+                    fields.append(Field(f"mirax:[{section}] {key}", "Slidedat.ini", value, "remove",
+                                        why="section of a removed record, or not in the catalog"))
+                continue
+            out = new.setdefault(renamed.get(section, section), {})
+            for key, value in entries.items():
+                if group == HIERARCHICAL.lower() and key.startswith("NONHIER_"):
+                    continue
+                entry = keys.lookup(f"{group}.{key}")
+                name = f"mirax:{group}.{key}"
+                result = self._key_action(policy, naming, group, key, value, entry)
+                action, new_value = result
+                fields.append(Field(name, f"Slidedat.ini [{section}]", value, action, new_value,
+                                    entry.why))
+                if new_value is not None:
+                    out[key] = new_value
+            if group == HIERARCHICAL.lower():
+                out.update(self._nonhier_keys(kept, renamed))
+        for entries in new.values():   # the old identifier wherever else it was repeated
+            for key, value in entries.items():
+                if self.slide_id in value:
+                    entries[key] = value.replace(self.slide_id, naming.slide_id)
+        return Slidedat(new, self.ini.bom)
+
+    def _key_action(self, policy: Policy, naming: Naming, group: str, key: str, value: str,
+                    entry: catalog.Entry) -> tuple[str, str | None]:
+        action = entry.action
+        if action == "keep":
+            return "keep", value
+        if action == "structure":
+            if group == "datafile":
+                return "replace", data_file_name(int(key[len("FILE_"):]))
+            return "replace", INDEX_NAME       # hierarchical.INDEXFILE
+        if action == "replace":
+            return "replace", naming.slide_id if key == "SLIDE_ID" else naming.pseudonym
+        action = policy.field_action(action)
+        if action == "date":
+            new_value = transform_date(value, policy.dates, policy.date_shift_days, DATE_FORMATS)
+            return ("date", new_value) if new_value is not None else ("remove", None)
+        if action == "keep":
+            return "keep", value
+        return "remove", None
+
+    def _section_groups(self, kept: list[NonhierValue]) -> dict[str, str]:
+        groups = {GENERAL: "general", HIERARCHICAL: "hierarchical", DATAFILE: "datafile"}
+        for section in self.level_sections:
+            groups.setdefault(section, "level")
+        for _, sections in self.hier_layers[1:]:
+            for section in sections:
+                if section:
+                    groups.setdefault(section, "hier")
+        for layer in {v.layer for v in kept}:
+            groups.setdefault(f"NONHIERLAYER_{layer}_SECTION", "layer")
+        for value in kept:
+            if value.section:
+                groups.setdefault(value.section, "record")
+        return groups
+
+    def _new_positions(self, kept: list[NonhierValue]) -> dict[tuple[int, int], tuple[int, int]]:
+        """(old layer, old index) -> (new layer, new index) for every kept record."""
+        layers = sorted({v.layer for v in kept})
+        out, counts = {}, {}
+        for value in kept:
+            new_layer = layers.index(value.layer)
+            out[(value.layer, value.index)] = (new_layer, counts.get(new_layer, 0))
+            counts[new_layer] = counts.get(new_layer, 0) + 1
+        return out
+
+    def _renamed_sections(self, kept: list[NonhierValue]) -> dict[str, str]:
+        """Sections that follow the scanner's naming get names that match their new numbers."""
+        renamed = {}
+        positions = self._new_positions(kept)
+        for (layer, index), (new_layer, new_index) in positions.items():
+            renamed[f"NONHIERLAYER_{layer}_SECTION"] = f"NONHIERLAYER_{new_layer}_SECTION"
+        for value in kept:
+            new_layer, new_index = positions[(value.layer, value.index)]
+            if value.section == f"NONHIERLAYER_{value.layer}_LEVEL_{value.index}_SECTION":
+                renamed[value.section] = f"NONHIERLAYER_{new_layer}_LEVEL_{new_index}_SECTION"
+        targets = list(renamed.values())
+        if len(set(targets)) != len(targets):
+            raise SlideError("Slidedat.ini: non-hierarchical sections cannot be renumbered consistently")
+        return renamed
+
+    def _nonhier_keys(self, kept: list[NonhierValue], renamed: dict[str, str]) -> dict[str, str]:
+        positions = self._new_positions(kept)
+        names = {positions[(v.layer, v.index)][0]: v.layer_name for v in kept}
+        keys = {"NONHIER_COUNT": str(len(names))}
+        for new_layer, name in sorted(names.items()):
+            values = [v for v in kept if positions[(v.layer, v.index)][0] == new_layer]
+            keys[f"NONHIER_{new_layer}_NAME"] = name
+            keys[f"NONHIER_{new_layer}_COUNT"] = str(len(values))
+            for value in values:
+                prefix = f"NONHIER_{new_layer}_VAL_{positions[(value.layer, value.index)][1]}"
+                keys[prefix] = value.name
+                if value.section is not None:
+                    keys[f"{prefix}_SECTION"] = renamed.get(value.section, value.section)
+        return keys
+
+    def _plan_headers(self, files: list[DataFileOut], naming: Naming, fields: list[Field]) -> None:
+        """Data files start with "01.02" + SLIDE_ID (rewritten); every other byte before the
+        first record (a ProfileName, for example) and between records is zeroed."""
+        old = VERSION + self.slide_id.encode("utf-8")
+        for fileno, out in enumerate(files):
+            first = min([a for a, _ in out.keep], default=self.data_sizes[fileno])
+            head = self.read(fileno, 0, min(first, MAX_TEXT_SCAN))
+            rest = head
+            if head.startswith(old):
+                out.header = VERSION + naming.slide_id.encode("utf-8")
+                rest = head[len(old):]
+                fields.append(Field("mirax:data file SLIDE_ID", f"{out.name} header", self.slide_id,
+                                    "replace", naming.slide_id, "the slide identifier, repeated"))
+            fields += text_fields(rest, "mirax:data file header text", f"{out.name} header")[:MAX_TEXT_FIELDS]
+
+    def _plan_mrxs_file(self, fields: list[Field]) -> None:
+        """OpenSlide reads nothing from NAME.mrxs; the output's is empty."""
+        size = self.path.stat().st_size
+        if size:
+            data = self.path.read_bytes()[:MAX_TEXT_SCAN]
+            fields.append(Field("mirax:.mrxs content", self.path.name, "", "remove",
+                                why=f"{size} bytes no reader needs"))
+            fields += text_fields(data, "mirax:.mrxs text", self.path.name)[:MAX_TEXT_FIELDS]
+
+
+def text_fields(data: bytes, name: str, where: str) -> list[Field]:
+    """Printable runs (ASCII and UTF-16LE) of bytes that are being removed."""
+    runs = {m.group().decode("ascii") for m in TEXT_RUN.finditer(data)}
+    runs |= {m.group().decode("utf-16-le") for m in TEXT_RUN_UTF16.finditer(data)}
+    return [Field(name, where, run, "remove", why="text in bytes that no kept record uses")
+            for run in sorted(runs)]

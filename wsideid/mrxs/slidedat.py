@@ -1,0 +1,69 @@
+"""Slidedat.ini: the MIRAX key file, read and written the way OpenSlide's reader expects.
+
+OpenSlide reads it with GLib's GKeyFile (openslide-vendor-mirax.c): UTF-8, an optional BOM,
+`[group]` lines, `key=value` lines with the spaces around `=` ignored, `#` comments. The
+scanner writes a BOM and CRLF line ends; this writer does the same and never shortens a line.
+"""
+from __future__ import annotations
+
+from ..errors import SlideError
+
+BOM = b"\xef\xbb\xbf"
+MAX_SIZE = 1 << 20  # OpenSlide refuses larger Slidedat.ini files (SLIDEDAT_MAX_SIZE)
+
+
+class Slidedat:
+    def __init__(self, sections: dict[str, dict[str, str]], bom: bool = True):
+        self.sections = sections
+        self.bom = bom
+
+    @classmethod
+    def parse(cls, data: bytes) -> "Slidedat":
+        if len(data) > MAX_SIZE:
+            raise SlideError(f"Slidedat.ini is larger than {MAX_SIZE} bytes")
+        bom = data.startswith(BOM)
+        try:
+            text = data[len(BOM) if bom else 0:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SlideError(f"Slidedat.ini is not UTF-8 (byte {exc.start})") from None
+        sections: dict[str, dict[str, str]] = {}
+        current: dict[str, str] | None = None
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                current = sections.setdefault(line[1:-1], {})   # repeated groups merge (GKeyFile)
+                continue
+            key, eq, value = line.partition("=")
+            if not eq or current is None or not key.strip():
+                raise SlideError(f"Slidedat.ini line {number} is not a group, key=value or comment")
+            current[key.strip()] = value.strip()
+        return cls(sections, bom)
+
+    def to_bytes(self) -> bytes:
+        lines: list[str] = []
+        for name, keys in self.sections.items():
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {value}" for key, value in keys.items()]
+        return (BOM if self.bom else b"") + ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def has(self, section: str, key: str) -> bool:
+        return key in self.sections.get(section, {})
+
+    def value(self, section: str, key: str) -> str:
+        if section not in self.sections:
+            raise SlideError(f"Slidedat.ini has no [{section}] section")
+        if key not in self.sections[section]:
+            raise SlideError(f"Slidedat.ini [{section}] has no {key}")
+        return self.sections[section][key]
+
+    def integer(self, section: str, key: str, minimum: int = 0) -> int:
+        text = self.value(section, key)
+        try:
+            number = int(text)
+        except ValueError:
+            raise SlideError(f"Slidedat.ini [{section}] {key} is not a number: {text[:40]!r}") from None
+        if number < minimum:
+            raise SlideError(f"Slidedat.ini [{section}] {key} is {number} (must be >= {minimum})")
+        return number

@@ -1,0 +1,232 @@
+"""De-identify one MIRAX slide: write NAME.mrxs + NAME/ under a hidden staging folder in
+OUTDIR, verify it, then rename both into place."""
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import needles
+from .adapters.mrxs import INDEX_NAME, MrxsOutput, MrxsSlide, Naming
+from .background import Background
+from .errors import SlideError, VerificationError
+from .model import Plan
+from .pipeline import Result, _fsync_dir
+from .policy import Policy
+from .pseudonym import Keyring
+from .readers import ReaderView, openslide_view
+from .tiff.writer import copy_file, data_extents, start_writeback, zero_gaps
+from .verify import FULL_COMPARE_BYTES, SAMPLE_RUNS, _decode_corners
+
+ASSOCIATED = {"label": "label", "macro": "macro", "thumbnail": "thumbnail"}
+
+
+def slide_naming(slide: MrxsSlide, keyring: Keyring) -> Naming:
+    """Pseudonym and new SLIDE_ID from the slide's content (its Slidedat.ini names the slide
+    uniquely), so renaming the input does not change them."""
+    fp = hashlib.sha256((slide.folder / "Slidedat.ini").read_bytes()).digest()
+    return Naming(keyring.slide_pseudonym(fp), keyring.slide_identifier(fp, slide.slide_id))
+
+
+def plan_mrxs(path: Path, policy: Policy, keyring: Keyring) -> Plan:
+    slide = MrxsSlide(path)
+    return slide.plan(policy, slide_naming(slide, keyring))[0]
+
+
+def deidentify_mrxs(path: Path, policy: Policy, keyring: Keyring, outdir: Path) -> Result:
+    slide = MrxsSlide(path)
+    naming = slide_naming(slide, keyring)
+    result = Result(path, pseudonym=naming.pseudonym)
+    before = openslide_view(path)
+    staging = outdir / f".{naming.pseudonym}.{secrets.token_hex(4)}.partial"
+    staging.mkdir()
+    folder = staging / naming.pseudonym
+    folder.mkdir()
+    try:
+        fds = [os.open(folder / f"Data{i:04d}.dat", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+               for i in range(len(slide.data_paths))]
+        try:
+            copier = Background(lambda: [(copy_file(src, fd), start_writeback(fd))
+                                         for src, fd in zip(slide.data_paths, fds)])
+            try:
+                plan, output = slide.plan(policy, naming)
+            finally:
+                copier.join()
+            result.plan = plan
+            result.zeroed_bytes = sum(_finish_data_file(fd, out) for fd, out in zip(fds, output.data_files))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        _write_durably(folder / "Slidedat.ini", output.slidedat)
+        _write_durably(folder / INDEX_NAME, output.index)
+        mrxs = staging / f"{naming.pseudonym}.mrxs"
+        _write_durably(mrxs, b"")
+        _fsync_dir(folder)
+        problems = verify_mrxs(mrxs, slide, plan, output, policy, naming, before)
+        result.output = _release(problems, staging, outdir, naming.pseudonym)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _finish_data_file(fd: int, out) -> int:
+    """Zero every byte no kept record uses, write the new header and the cleaned records,
+    cut the file after its last kept byte, and flush it."""
+    keep = list(out.keep) + ([(0, len(out.header))] if out.header else [])
+    end = out.end
+    zeroed = 0
+    if keep:
+        starts = np.array([a for a, _ in keep] + [end], dtype=np.int64)
+        ends = np.array([b for _, b in keep] + [end], dtype=np.int64)
+        zeroed = zero_gaps(fd, starts, ends)
+    else:
+        end = 0
+    for offset, data in out.replacements.items():
+        os.pwrite(fd, data, offset)
+    if out.header:
+        os.pwrite(fd, out.header, 0)
+    size = os.fstat(fd).st_size
+    os.ftruncate(fd, end)
+    os.fsync(fd)
+    return zeroed + max(0, size - end)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _release(problems: list[str], staging: Path, outdir: Path, name: str) -> Path:
+    """Folder first, then NAME.mrxs: a slide whose .mrxs exists is complete. An earlier run's
+    output of the same slide is replaced."""
+    if problems:
+        raise VerificationError("; ".join(problems))
+    target, mrxs = outdir / name, outdir / f"{name}.mrxs"
+    mrxs.unlink(missing_ok=True)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    os.replace(staging / name, target)
+    os.replace(staging / f"{name}.mrxs", mrxs)
+    staging.rmdir()
+    _fsync_dir(outdir)
+    return mrxs
+
+
+# -- verification ----------------------------------------------------------------------------
+
+def verify_mrxs(mrxs: Path, source: MrxsSlide, plan: Plan, output: MrxsOutput, policy: Policy,
+                naming: Naming, before: ReaderView | None) -> list[str]:
+    try:
+        out = MrxsSlide(mrxs)
+        out_plan, _ = out.plan(policy, naming, scan_codestreams=True)
+    except SlideError as exc:
+        return [f"the output does not read back: {exc}"]
+    problems = _check_plan(plan, out_plan, naming)
+    problems += _check_residue(out, plan, output)
+    problems += _check_records(source, out, output)
+    problems += _check_reader(mrxs, plan, before)
+    return problems
+
+
+def _check_plan(plan: Plan, out_plan: Plan, naming: Naming) -> list[str]:
+    written_dates = {f.new_value for f in plan.fields if f.action == "date"}
+    problems = [f"{f.location}: {f.name} is still present" for f in out_plan.fields
+                if f.action in ("remove", "clean")
+                or (f.action == "date" and f.value not in written_dates)]
+    problems += [f"{img.index}: {img.role} image still present" for img in out_plan.images
+                 if img.action == "drop"]
+    kept = {f.name for f in plan.fields if f.action in ("keep", "date")}
+    missing = kept - {f.name for f in out_plan.fields if f.action in ("keep", "date")}
+    problems += [f"{name} was to be kept but is missing" for name in sorted(missing)]
+    if out_plan.images and [i.role for i in out_plan.images if i.role == "level"] != \
+            [i.role for i in plan.images if i.role == "level"]:
+        problems.append("the number of zoom levels changed")
+    return problems
+
+
+def _check_residue(out: MrxsSlide, plan: Plan, output: MrxsOutput) -> list[str]:
+    """Every removed value is absent from Slidedat.ini, Index.dat and NAME.mrxs; every data
+    file byte outside the kept records is zero apart from the header."""
+    kept_texts = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
+    targets = needles.usable(plan.removed_values(), kept_texts)
+    problems = []
+    for path in (out.folder / "Slidedat.ini", out.folder / INDEX_NAME, out.path):
+        found = needles.find_in_file(path, targets)
+        problems += [f"{path.name}: a removed value of {len(n)} characters is still there" for n in found]
+    for path, spec in zip(out.data_paths, output.data_files):
+        with open(path, "rb") as fh:
+            fd = fh.fileno()
+            size = os.fstat(fd).st_size
+            if size != spec.end:
+                problems.append(f"{path.name}: {size} bytes, expected {spec.end}")
+            header = os.pread(fd, len(spec.header), 0)
+            if header != spec.header or needles.find_in(header, targets):
+                problems.append(f"{path.name}: the header is not the rewritten one")
+            for a, b in _gaps(spec, size):
+                for x, y in data_extents(fd, a, b):
+                    if np.frombuffer(os.pread(fd, y - x, x), dtype=np.uint8).any():
+                        problems.append(f"{path.name}: bytes {x}-{y} belong to no kept record "
+                                        "and are not zero")
+                        break
+    return problems
+
+
+def _gaps(spec, size: int):
+    ranges = sorted(spec.keep + [(0, len(spec.header))])
+    pos = 0
+    for a, b in ranges:
+        if a > pos:
+            yield pos, a
+        pos = max(pos, b)
+    if pos < size:
+        yield pos, size
+
+
+def _check_records(source: MrxsSlide, out: MrxsSlide, output: MrxsOutput) -> list[str]:
+    """Kept records are the input's bytes (or their cleaned version), all of them up to
+    FULL_COMPARE_BYTES, a spread sample above that plus every rewritten one."""
+    problems = []
+    for fileno, spec in enumerate(output.data_files):
+        ranges = sorted(set(spec.keep))
+        total = sum(b - a for a, b in ranges)
+        picks = range(len(ranges))
+        if total > FULL_COMPARE_BYTES and len(ranges) > SAMPLE_RUNS:
+            picks = sorted(set(np.linspace(0, len(ranges) - 1, SAMPLE_RUNS).astype(int).tolist())
+                           | {i for i, (a, _) in enumerate(ranges) if a in spec.replacements})
+        with open(source.data_paths[fileno], "rb") as src, open(out.data_paths[fileno], "rb") as dst:
+            for i in picks:
+                a, b = ranges[i]
+                want = spec.replacements.get(a) or os.pread(src.fileno(), b - a, a)
+                if os.pread(dst.fileno(), b - a, a) != want[:b - a]:
+                    problems.append(f"{out.data_paths[fileno].name}: record at {a} differs from the input")
+                    break
+    return problems
+
+
+def _check_reader(mrxs: Path, plan: Plan, before: ReaderView | None) -> list[str]:
+    if before is None:
+        return []
+    after = openslide_view(mrxs)
+    if after is None:
+        return ["OpenSlide can no longer open the slide"]
+    problems = [f"OpenSlide {name} changed: {getattr(before, name)} -> {getattr(after, name)}"
+                for name in ("vendor", "level_dimensions", "mpp_x", "mpp_y", "objective_power")
+                if getattr(before, name) != getattr(after, name)]
+    dropped = {ASSOCIATED[i.role] for i in plan.images if i.action == "drop" and i.role in ASSOCIATED}
+    expected = before.associated - dropped
+    if after.associated != expected:
+        problems.append(f"OpenSlide shows {sorted(after.associated)}, expected {sorted(expected)}")
+    try:
+        _decode_corners(mrxs, after)
+    except Exception as exc:  # noqa: BLE001 - OpenSlide raises several types
+        problems.append(f"OpenSlide cannot decode the output: {exc}")
+    return problems
