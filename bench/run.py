@@ -1,10 +1,11 @@
 """Benchmarks: de-identify generated slides, against `cp` of the same file in the same run.
 
-    python bench/run.py [--case svs|ndpi|ome|all] [--size-gb 2] [--rounds 3]
+    python bench/run.py [--case svs|ndpi|ome|dicom|mrxs|convert|all] [--size-gb 2] [--rounds 3]
 
 Cases: `svs`, a ~2 GB tiled-JPEG Aperio SVS; `ndpi`, a 5 GB sparse NDPI (every offset above
 4 GB); `ome`, a ~1 GB pyramidal OME-TIFF with label and macro; `dicom`, a ~2 GB DICOM WSI
-series folder (compared with `cp -r`). For each: wall-time ratios
+series folder (compared with `cp -r`); `mrxs`, a ~1 GB MIRAX slide (slide.mrxs + slide/, compared
+with `cp -r` of both). For each: wall-time ratios
 (deid / cp and deid / cp+fsync; as root the page cache is emptied before every run), the
 in-place time (inside the process after imports, and for the whole command) and peak RSS.
 """
@@ -100,11 +101,26 @@ def make_big_dicom(path: Path, size_gb: float) -> Path:
     return path
 
 
+def make_big_mrxs(path: Path, size_gb: float) -> Path:
+    """A folder holding slide.mrxs and slide/ (what `cp -r` copies): ~1 GB of JPEG images in
+    four data files, 6 zoom levels, label, macro, preview, overview and positions."""
+    from fixtures.mrxs import MrxsSpec, _pattern, jpeg, write_mrxs
+
+    tile_bytes = len(jpeg(_pattern(512, 512, 1), 95))
+    side = max(8, int((size_gb * (1 << 30) / tile_bytes * 3 / 4) ** 0.5))
+    path.mkdir(parents=True, exist_ok=True)
+    write_mrxs(path / MRXS_SLIDE, MrxsSpec(images_x=side, images_y=side, image_size=512, levels=6,
+                                           data_files=4, quality=95, distinct_tiles=64))
+    return path
+
+
+MRXS_SLIDE = "slide.mrxs"
 CASES = {  # name: (generator, file name, default size in GB)
     "svs": (None, "big.svs", 2.0),
     "ndpi": (make_big_ndpi, "big.ndpi", 5.0),
     "ome": (make_big_ome, "big.ome.tif", 1.0),
     "dicom": (make_big_dicom, "big-dicom", 2.0),
+    "mrxs": (make_big_mrxs, "big-mrxs", 1.0),
 }
 
 
@@ -208,7 +224,7 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
         t0 = time.perf_counter()
         if folder:
             shutil.copytree(big, OUT / "copy-sync")
-            for p in (OUT / "copy-sync").iterdir():
+            for p in (OUT / "copy-sync").rglob("*"):
                 fd = os.open(p, os.O_RDONLY)
                 os.fsync(fd)
                 os.close(fd)
@@ -216,7 +232,8 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
             cp_fsync(big, OUT / f"copy-sync{suffix}")
         cp_sync_times.append(time.perf_counter() - t0)
         settle()
-        t, rss = timed(wsideid + ["deid", str(big), "-o", str(OUT / "copy-deid")])
+        slide = big / MRXS_SLIDE if name == "mrxs" else big
+        t, rss = timed(wsideid + ["deid", str(slide), "-o", str(OUT / "copy-deid")])
         deid_times.append(t)
         deid_rss.append(rss)
     settle()
@@ -227,7 +244,7 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
     from wsideid.pseudonym import Keyring
 
     inplace_work, inplace_cmd, inplace_rss = [], [], []
-    for _ in range(0 if folder else rounds):  # DICOM has no in-place mode
+    for _ in range(0 if folder else rounds):  # DICOM and MIRAX have no in-place mode
         target = OUT / f"inplace{suffix}"
         cp_fsync(big, target)  # flushed first, so the timed fsync only covers our own writes
         os.sync()

@@ -14,6 +14,7 @@ from . import needles
 from .adapters.mrxs import INDEX_NAME, MrxsOutput, MrxsSlide, Naming
 from .background import Background
 from .errors import SlideError, VerificationError
+from .images import segments
 from .model import Plan
 from .pipeline import Result, _fsync_dir
 from .policy import Policy
@@ -125,15 +126,28 @@ def _release(problems: list[str], staging: Path, outdir: Path, name: str) -> Pat
 
 def verify_mrxs(mrxs: Path, source: MrxsSlide, plan: Plan, output: MrxsOutput, policy: Policy,
                 naming: Naming, before: ReaderView | None) -> list[str]:
+    """Re-read and re-plan the output (tiles are not screened again: they are compared with
+    the screened input instead, and the rewritten ones are screened here), search it for every
+    removed value, compare kept records with the input, and open it with OpenSlide."""
     try:
         out = MrxsSlide(mrxs)
-        out_plan, _ = out.plan(policy, naming, scan_codestreams=True)
+        out_plan, _ = out.plan(policy, naming, scan_codestreams=False)
     except SlideError as exc:
         return [f"the output does not read back: {exc}"]
     problems = _check_plan(plan, out_plan, naming)
+    problems += _check_rewritten(output)
     problems += _check_residue(out, plan, output)
     problems += _check_records(source, out, output)
     problems += _check_reader(mrxs, plan, before)
+    return problems
+
+
+def _check_rewritten(output: MrxsOutput) -> list[str]:
+    problems = []
+    for spec in output.data_files:
+        for offset, data in spec.replacements.items():
+            if segments.clean_jpeg(data)[1]:
+                problems.append(f"{spec.name}: the JPEG rewritten at {offset} still has text segments")
     return problems
 
 
