@@ -28,6 +28,7 @@ demo: setup
 	$(BIN)/python -m fixtures.svs demo-out/incoming/S26-PLANT-4711.svs
 	$(BIN)/python -m fixtures.ndpi demo-out/incoming/NDPI-REF-HS26.ndpi
 	$(BIN)/python -m fixtures.ometiff demo-out/incoming/S26-OMEPLANT-4711.ome.tif
+	$(BIN)/python -m fixtures.mrxs demo-out/incoming/S26-MRXSPLANT-0815.mrxs
 	$(BIN)/wsideid deid demo-out/incoming -o demo-out/released --map demo-out/map.csv --key-file demo-out/secret.key
 	$(BIN)/wsideid scan demo-out/released
 	@echo "released: $$(ls demo-out/released | tr "\n" " ")  map (keep private): demo-out/map.csv"

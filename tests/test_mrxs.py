@@ -344,3 +344,17 @@ def test_in_place_is_refused(slide, tmp_path):
     proc = run("deid", copy, "--in-place")
     assert proc.returncode == 2 and "--in-place is not supported for MIRAX" in proc.stderr
     assert tree_hashes(copy) == before
+
+
+def test_convert_to_dicom_needs_allow_transcode(slide, tmp_path):
+    out = tmp_path / "dicom"
+    proc = run("convert", slide, "--to", "dicom", "-o", out)
+    assert proc.returncode == 2 and "--allow-transcode" in proc.stderr
+    assert [p.name for p in out.iterdir()] in ([], ["wsideid-report.json"])
+    run("convert", slide, "--to", "dicom", "-o", out, "--allow-transcode", check=0)
+    [series] = [p for p in out.iterdir() if p.is_dir()]
+    assert found_needles(all_files(out), NEEDLES) == {}
+    with openslide.OpenSlide(str(slide)) as a, openslide.OpenSlide(str(sorted(series.iterdir())[0])) as b:
+        assert b.properties["openslide.vendor"] == "dicom"
+        assert a.level_dimensions == b.level_dimensions
+        assert "label" not in b.associated_images

@@ -20,9 +20,11 @@ import numpy as np
 
 from . import needles
 from .adapters import dicom, open_slide
+from .adapters.mrxs import MrxsSlide
 from .dicom_io import locate_pixels, read_header
 from .dicom_pipeline import dciodvfy_errors, header_problems, release
 from .errors import SlideError
+from .magic import is_mrxs
 from .model import Field, Plan
 from .pipeline import Result
 from .policy import Policy
@@ -62,13 +64,22 @@ def convert(path: Path, policy: Policy, keyring: Keyring, outdir: Path,
     problem = lossless_available()
     if problem and not allow_transcode:
         raise SlideError(f"lossless conversion unavailable: {problem} (or pass --allow-transcode)")
-    slide = open_slide(path)  # refuses what is not a supported slide, before writing anything
-    try:
-        source_tiles = _source_level0_tiles(slide)
-        before = openslide_view(path)
-    finally:
-        slide.close()
-    fp = fingerprint(path)
+    if is_mrxs(path):
+        MrxsSlide(path)  # refuses what is not a readable MIRAX slide, before writing anything
+        if not allow_transcode:
+            raise SlideError("MIRAX images cannot become DICOM tiles unchanged (camera images "
+                             "overlap and do not form a regular tile grid): pass "
+                             "--allow-transcode to accept re-encoded tiles")
+        source_tiles: list = []
+        fp = fingerprint(path.with_name(path.name[:-len(".mrxs")]) / "Slidedat.ini")
+    else:
+        slide = open_slide(path)  # refuses what is not a supported slide, before writing anything
+        try:
+            source_tiles = _source_level0_tiles(slide)
+        finally:
+            slide.close()
+        fp = fingerprint(path)
+    before = openslide_view(path)
     pseudonym = keyring.slide_pseudonym(fp)
     planner = dicom.DicomPlanner(policy, keyring.key)
     fields: list[Field] = []

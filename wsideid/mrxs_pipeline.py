@@ -2,7 +2,6 @@
 OUTDIR, verify it, then rename both into place."""
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
@@ -18,7 +17,7 @@ from .images import segments
 from .model import Plan
 from .pipeline import Result, _fsync_dir
 from .policy import Policy
-from .pseudonym import Keyring
+from .pseudonym import Keyring, fingerprint
 from .readers import ReaderView, openslide_view
 from .tiff.writer import copy_file, data_extents, start_writeback, zero_gaps
 from .verify import FULL_COMPARE_BYTES, SAMPLE_RUNS, _decode_corners
@@ -29,7 +28,7 @@ ASSOCIATED = {"label": "label", "macro": "macro", "thumbnail": "thumbnail"}
 def slide_naming(slide: MrxsSlide, keyring: Keyring) -> Naming:
     """Pseudonym and new SLIDE_ID from the slide's content (its Slidedat.ini names the slide
     uniquely), so renaming the input does not change them."""
-    fp = hashlib.sha256((slide.folder / "Slidedat.ini").read_bytes()).digest()
+    fp = fingerprint(slide.folder / "Slidedat.ini")
     return Naming(keyring.slide_pseudonym(fp), keyring.slide_identifier(fp, slide.slide_id))
 
 
