@@ -358,3 +358,35 @@ def test_convert_to_dicom_needs_allow_transcode(slide, tmp_path):
         assert b.properties["openslide.vendor"] == "dicom"
         assert a.level_dimensions == b.level_dimensions
         assert "label" not in b.associated_images
+
+
+def test_identifiers_in_unusual_places_of_slidedat(slide, tmp_path):
+    """Text in layer and level names, section names, comments, typed keys and unknown
+    [HIERARCHICAL] keys; SLIDE_ID repeated inside a kept value; a line over 100 characters."""
+    src = broken_copy(slide, tmp_path)
+    long_name = "Plan-Apochromat 20x/0.8 " + "M27 " * 30
+    set_key(src, "HIER_1_VAL_0 = FilterLevel_0", "HIER_1_VAL_0 = MRXS-HIERVAL-QUACK")
+    set_key(src, "HIER_1_NAME = Slide filter level", "HIER_1_NAME = MRXS-HIERNAME-QUACK")
+    set_key(src, "LAYER_1_LEVEL_0_SECTION", "SMITH-JOHN-MRXS-SECTION")
+    set_key(src, "IMAGE_QUALITY = 90", "IMAGE_QUALITY = MRXS-TYPED-QUACK")
+    set_key(src, "INDEXFILE = Index.dat", "INDEXFILE = Index.dat\r\nHIER_NOTE = MRXS-HIERNOTE-QUACK\r\n"
+                                           "# scanned by MRXS-COMMENT-QUACK")
+    set_key(src, "OBJECTIVE_NAME = Plan-Apochromat",
+            f"OBJECTIVE_NAME = {long_name}{PLANTED['slide_id']}")
+    planted = ["MRXS-HIERVAL-QUACK", "MRXS-HIERNAME-QUACK", "SMITH-JOHN-MRXS-SECTION",
+               "MRXS-TYPED-QUACK", "MRXS-HIERNOTE-QUACK", "MRXS-COMMENT-QUACK"]
+    with openslide.OpenSlide(str(src)) as s:   # still a slide OpenSlide reads
+        assert s.level_count == 4
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    assert found_needles(all_files(out), planted + NEEDLES) == {}
+    mrxs = output_slide(out)
+    ini = Slidedat.parse((mrxs.with_suffix("") / "Slidedat.ini").read_bytes()).sections
+    hier = ini["HIERARCHICAL"]
+    assert (hier["HIER_1_NAME"], hier["HIER_1_VAL_0"]) == ("Layer 1", "Level_0")
+    assert hier["HIER_1_VAL_0_SECTION"] == "LAYER_1_LEVEL_0_SECTION"
+    assert ini["LAYER_1_LEVEL_0_SECTION"] == {"FILTER_NAME": "RGB"}
+    assert "IMAGE_QUALITY" not in ini["LAYER_0_LEVEL_0_SECTION"]
+    assert ini["GENERAL"]["OBJECTIVE_NAME"] == long_name + ini["GENERAL"]["SLIDE_ID"]
+    with openslide.OpenSlide(str(slide)) as a, openslide.OpenSlide(str(mrxs)) as b:
+        assert a.level_dimensions == b.level_dimensions

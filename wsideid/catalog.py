@@ -2,10 +2,27 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+TIME = re.compile(r"\d{1,2}:\d{2}(:\d{2})?(\.\d+)?")
+CODEC = re.compile(r"JPEG|PNG|BMP24|JPEG2000|JPEGXR|RAW")  # MIRAX image formats
+
+
+def has_type(value: str, kind: str) -> bool:
+    """Kept values must look like what the catalog says they are (a number cannot carry a name)."""
+    if kind == "number":
+        return bool(NUMBER.fullmatch(value))
+    if kind == "time":
+        return bool(TIME.fullmatch(value))
+    if kind == "codec":
+        return bool(CODEC.fullmatch(value))
+    return "\x00" not in value
+
 
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "formats"
 

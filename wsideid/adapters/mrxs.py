@@ -41,6 +41,12 @@ TEXT_RUN_UTF16 = re.compile(rb"(?:[\x20-\x7e]\x00){6,}")
 MAX_TEXT_SCAN = 1 << 20
 MAX_TEXT_FIELDS = 20
 INDEX_NAME = "Index.dat"
+# [HIERARCHICAL] vocabulary: OpenSlide needs HIER_0 to be the zoom level layer; the other names
+# seen in scanner output name filter and focus layers; level names are a word and a number.
+HIER_LAYER_NAMES = re.compile(r"Slide (zoom|filter|focus) level|Microscope focus level")
+HIER_VALUE = re.compile(r"(Zoom|Filter|Focus)Level_\d{1,4}")
+SCANNER_SECTION = re.compile(r"(NONHIER)?LAYER_\d+(_LEVEL_\d+)?_SECTION")
+STRUCTURE_KEY = re.compile(r"HIER_COUNT|NONHIER_COUNT|INDEXFILE|(NON)?HIER_\d+_(NAME|COUNT|VAL_\d+(_SECTION)?)")
 # Slidedat.ini dates are day first ("14/03/2021 13:37:42"); a date in any other shape is removed.
 DATE_FORMATS = ("%d/%m/%Y", "%Y-%m-%d", "%d.%m.%Y")
 
@@ -250,7 +256,7 @@ class MrxsSlide:
                       fields: list[Field]) -> list[NonhierValue]:
         records = catalog.load("mirax", "records")
         kept = []
-        for value in self.nonhier_values():
+        for number, value in enumerate(self.nonhier_values()):
             entry = records.lookup(value.key)
             role = entry.action if entry is not catalog.UNKNOWN else "unknown"
             where = f"non-hierarchical record {value.key}"
@@ -260,8 +266,11 @@ class MrxsSlide:
                 images.append(Image(value.key, role, w, h, "JPEG", action))
             else:
                 action = "keep" if role == "geometry" else "drop"
-                fields.append(Field(f"mirax:record {value.key}", where, "",
-                                    "keep" if action == "keep" else "remove", why=entry.why))
+                if action == "drop":   # named by position: an unknown layer's name is free text
+                    where = f"non-hierarchical record {number}"
+                fields.append(Field(f"mirax:record {value.key if action == 'keep' else '(unknown)'}",
+                                    where, "", "keep" if action == "keep" else "remove",
+                                    why=entry.why))
                 if action == "drop":
                     fields += self._record_text(value, where)
             if action == "keep":
@@ -366,110 +375,133 @@ class MrxsSlide:
 
     def _plan_slidedat(self, policy: Policy, naming: Naming, kept: list[NonhierValue],
                        fields: list[Field]) -> Slidedat:
-        keys = catalog.load("mirax", "fields")
-        groups = self._section_groups(kept)
-        renamed = self._renamed_sections(kept)
+        """Slidedat.ini rebuilt from its structure: [GENERAL] and every section a kept level or
+        record refers to, key by key through the catalog, under the scanner's own section names
+        (LAYER_i_LEVEL_j_SECTION, NONHIERLAYER_i[_LEVEL_j]_SECTION), so no free text survives
+        in a section name; [HIERARCHICAL] and [DATAFILE] written for what is kept."""
         new: dict[str, dict[str, str]] = {}
-        for section, entries in self.ini.sections.items():
-            group = groups.get(section)
-            if group is None:
-                for key, value in entries.items():
-                    fields.append(Field(f"mirax:[{section}] {key}", "Slidedat.ini", value, "remove",
-                                        why="section of a removed record, or not in the catalog"))
-                continue
-            out = new.setdefault(renamed.get(section, section), {})
+        used: set[str] = set()
+
+        def copy(old: str | None, group: str, target: str) -> None:
+            entries = self.ini.sections.get(old, {}) if old else {}
+            if old:
+                used.add(old)
+            out = new.setdefault(target, {})
             for key, value in entries.items():
-                if group == HIERARCHICAL.lower() and key.startswith("NONHIER_"):
-                    continue
-                entry = keys.lookup(f"{group}.{key}")
-                name = f"mirax:{group}.{key}"
-                result = self._key_action(policy, naming, group, key, value, entry)
-                action, new_value = result
-                fields.append(Field(name, f"Slidedat.ini [{section}]", value, action, new_value,
-                                    entry.why))
-                if new_value is not None:
-                    out[key] = new_value
-            if group == HIERARCHICAL.lower():
-                out.update(self._nonhier_keys(kept, renamed))
+                field = self._plan_key(policy, naming, group, target, key, value)
+                fields.append(field)
+                if field.action in ("keep", "replace", "date") and field.new_value is not None:
+                    out[key] = field.new_value
+
+        copy(GENERAL, "general", GENERAL)
+        hier: dict[str, str] = {"HIER_COUNT": str(len(self.hier_layers))}
+        level_sections: list[tuple[str | None, str, str]] = []
+        for i, (name, sections) in enumerate(self.hier_layers):
+            hier[f"HIER_{i}_NAME"] = self._vocabulary(fields, f"HIER_{i}_NAME", name,
+                                                      HIER_LAYER_NAMES, f"Layer {i}")
+            hier[f"HIER_{i}_COUNT"] = str(len(sections))
+            for j, section in enumerate(sections):
+                value = self.ini.value(HIERARCHICAL, f"HIER_{i}_VAL_{j}")
+                hier[f"HIER_{i}_VAL_{j}"] = self._vocabulary(fields, f"HIER_{i}_VAL_{j}", value,
+                                                             HIER_VALUE, f"Level_{j}")
+                if section is not None:
+                    target = f"LAYER_{i}_LEVEL_{j}_SECTION"
+                    hier[f"HIER_{i}_VAL_{j}_SECTION"] = target
+                    level_sections.append((section, "level" if i == 0 else "hier", target))
+        positions = self._new_positions(kept)
+        layers = {positions[(v.layer, v.index)][0]: v for v in kept}
+        hier["NONHIER_COUNT"] = str(len(layers))
+        record_sections: list[tuple[str | None, str, str]] = []
+        for new_layer, first in sorted(layers.items()):
+            values = [v for v in kept if positions[(v.layer, v.index)][0] == new_layer]
+            hier[f"NONHIER_{new_layer}_NAME"] = first.layer_name
+            hier[f"NONHIER_{new_layer}_COUNT"] = str(len(values))
+            layer_section = f"NONHIERLAYER_{first.layer}_SECTION"
+            if layer_section in self.ini.sections:
+                record_sections.append((layer_section, "layer", f"NONHIERLAYER_{new_layer}_SECTION"))
+            for value in values:
+                prefix = f"NONHIER_{new_layer}_VAL_{positions[(value.layer, value.index)][1]}"
+                hier[prefix] = value.name
+                if value.section is not None:
+                    target = f"NONHIERLAYER_{new_layer}_LEVEL_{positions[(value.layer, value.index)][1]}_SECTION"
+                    hier[f"{prefix}_SECTION"] = target
+                    record_sections.append((value.section, "record", target))
+        hier["INDEXFILE"] = INDEX_NAME
+        new[HIERARCHICAL] = hier
+        used.add(HIERARCHICAL)
+        for key, value in self.ini.sections[HIERARCHICAL].items():
+            if not STRUCTURE_KEY.fullmatch(key):
+                fields.append(Field(f"mirax:hierarchical.{key}", f"Slidedat.ini [{HIERARCHICAL}]",
+                                    value, "remove", why="not in the catalog"))
+        new[DATAFILE] = {"FILE_COUNT": str(len(self.data_paths)),
+                         **{f"FILE_{i}": data_file_name(i) for i in range(len(self.data_paths))}}
+        used.add(DATAFILE)
+        for i, path in enumerate(self.data_paths):
+            fields.append(Field(f"mirax:datafile.FILE_{i}", f"Slidedat.ini [{DATAFILE}]", path.name,
+                                "replace", data_file_name(i), "data files are named DataNNNN.dat"))
+        for old, group, target in level_sections + record_sections:
+            copy(old, group, target)
+        # reported by position: a section's name is free text of the slide's
+        for number, (section, entries) in enumerate(self.ini.sections.items()):
+            if section in used:
+                continue
+            name = "" if SCANNER_SECTION.fullmatch(section) else section
+            fields.append(Field("mirax:section", f"Slidedat.ini section {number}", name, "remove",
+                                why="section of a removed record, or not in the catalog"))
+            for key, value in entries.items():
+                fields.append(Field("mirax:section key", f"Slidedat.ini section {number}",
+                                    f"{key} = {value}", "remove", why="in a removed section"))
+                fields.append(Field("mirax:section value", f"Slidedat.ini section {number}",
+                                    value, "remove", why="in a removed section"))
         for entries in new.values():   # the old identifier wherever else it was repeated
             for key, value in entries.items():
                 if self.slide_id in value:
                     entries[key] = value.replace(self.slide_id, naming.slide_id)
         return Slidedat(new, self.ini.bom)
 
-    def _key_action(self, policy: Policy, naming: Naming, group: str, key: str, value: str,
-                    entry: catalog.Entry) -> tuple[str, str | None]:
+    @staticmethod
+    def _vocabulary(fields: list[Field], key: str, value: str, allowed: re.Pattern,
+                    neutral: str) -> str:
+        """Layer and level names are structure, not text: a name outside the format's
+        vocabulary is replaced by a neutral one (readers locate levels by position)."""
+        if allowed.fullmatch(value):
+            fields.append(Field(f"mirax:hierarchical.{key}", f"Slidedat.ini [{HIERARCHICAL}]", value,
+                                "keep", value, "layer structure from the format's vocabulary"))
+            return value
+        fields.append(Field(f"mirax:hierarchical.{key}", f"Slidedat.ini [{HIERARCHICAL}]", value,
+                            "replace", neutral, "not a name from the format's vocabulary"))
+        return neutral
+
+    def _plan_key(self, policy: Policy, naming: Naming, group: str, section: str, key: str,
+                  value: str) -> Field:
+        entry = catalog.load("mirax", "fields").lookup(f"{group}.{key}")
+        name, where = f"mirax:{group}.{key}", f"Slidedat.ini [{section}]"
         action = entry.action
-        if action == "keep":
-            return "keep", value
-        if action == "structure":
-            if group == "datafile":
-                return "replace", data_file_name(int(key[len("FILE_"):]))
-            return "replace", INDEX_NAME       # hierarchical.INDEXFILE
         if action == "replace":
-            return "replace", naming.slide_id if key == "SLIDE_ID" else naming.pseudonym
+            new_value = naming.slide_id if key == "SLIDE_ID" else naming.pseudonym
+            return Field(name, where, value, "replace", new_value, entry.why)
         action = policy.field_action(action)
         if action == "date":
             new_value = transform_date(value, policy.dates, policy.date_shift_days, DATE_FORMATS)
-            return ("date", new_value) if new_value is not None else ("remove", None)
+            if new_value is not None:
+                return Field(name, where, value, "date", new_value, entry.why)
+            return Field(name, where, value, "remove", why="not a date this tool can shift")
         if action == "keep":
-            return "keep", value
-        return "remove", None
-
-    def _section_groups(self, kept: list[NonhierValue]) -> dict[str, str]:
-        groups = {GENERAL: "general", HIERARCHICAL: "hierarchical", DATAFILE: "datafile"}
-        for section in self.level_sections:
-            groups.setdefault(section, "level")
-        for _, sections in self.hier_layers[1:]:
-            for section in sections:
-                if section:
-                    groups.setdefault(section, "hier")
-        for layer in {v.layer for v in kept}:
-            groups.setdefault(f"NONHIERLAYER_{layer}_SECTION", "layer")
-        for value in kept:
-            if value.section:
-                groups.setdefault(value.section, "record")
-        return groups
+            if not catalog.has_type(value, entry.type):
+                return Field(name, where, value, "remove", why=f"value is not a {entry.type}")
+            return Field(name, where, value, "keep", value, entry.why)
+        return Field(name, where, value, "remove", why=entry.why)
 
     def _new_positions(self, kept: list[NonhierValue]) -> dict[tuple[int, int], tuple[int, int]]:
         """(old layer, old index) -> (new layer, new index) for every kept record."""
         layers = sorted({v.layer for v in kept})
-        out, counts = {}, {}
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        counts: dict[int, int] = {}
         for value in kept:
             new_layer = layers.index(value.layer)
             out[(value.layer, value.index)] = (new_layer, counts.get(new_layer, 0))
             counts[new_layer] = counts.get(new_layer, 0) + 1
         return out
-
-    def _renamed_sections(self, kept: list[NonhierValue]) -> dict[str, str]:
-        """Sections that follow the scanner's naming get names that match their new numbers."""
-        renamed = {}
-        positions = self._new_positions(kept)
-        for (layer, index), (new_layer, new_index) in positions.items():
-            renamed[f"NONHIERLAYER_{layer}_SECTION"] = f"NONHIERLAYER_{new_layer}_SECTION"
-        for value in kept:
-            new_layer, new_index = positions[(value.layer, value.index)]
-            if value.section == f"NONHIERLAYER_{value.layer}_LEVEL_{value.index}_SECTION":
-                renamed[value.section] = f"NONHIERLAYER_{new_layer}_LEVEL_{new_index}_SECTION"
-        targets = list(renamed.values())
-        if len(set(targets)) != len(targets):
-            raise SlideError("Slidedat.ini: non-hierarchical sections cannot be renumbered consistently")
-        return renamed
-
-    def _nonhier_keys(self, kept: list[NonhierValue], renamed: dict[str, str]) -> dict[str, str]:
-        positions = self._new_positions(kept)
-        names = {positions[(v.layer, v.index)][0]: v.layer_name for v in kept}
-        keys = {"NONHIER_COUNT": str(len(names))}
-        for new_layer, name in sorted(names.items()):
-            values = [v for v in kept if positions[(v.layer, v.index)][0] == new_layer]
-            keys[f"NONHIER_{new_layer}_NAME"] = name
-            keys[f"NONHIER_{new_layer}_COUNT"] = str(len(values))
-            for value in values:
-                prefix = f"NONHIER_{new_layer}_VAL_{positions[(value.layer, value.index)][1]}"
-                keys[prefix] = value.name
-                if value.section is not None:
-                    keys[f"{prefix}_SECTION"] = renamed.get(value.section, value.section)
-        return keys
 
     def _plan_headers(self, files: list[DataFileOut], naming: Naming, fields: list[Field]) -> None:
         """Data files start with "01.02" + SLIDE_ID (rewritten); every other byte before the

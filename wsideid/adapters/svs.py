@@ -29,8 +29,7 @@ HEADER_TOKEN = re.compile(r"""(?x)
     label|macro|thumbnail
 """)
 LINE_SPLIT = re.compile(r"(\r\n|\r|\n)")
-NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-TIME = re.compile(r"\d{1,2}:\d{2}(:\d{2})?(\.\d+)?")
+TIME = catalog.TIME
 
 
 def is_aperio(tiff: TiffFile) -> bool:
@@ -128,7 +127,7 @@ class SvsSlide(TiffSlide):
             return Field(name, where, key, "remove", why="fragment without '='")
         entry = self.fields_catalog.lookup(key)
         action = policy.field_action(entry.action)
-        if action == "keep" and not _has_type(value, entry.type):
+        if action == "keep" and not catalog.has_type(value, entry.type):
             return Field(name, where, value, "remove", why=f"value is not a {entry.type}")
         if action == "date":
             if entry.type == "date":
@@ -140,11 +139,3 @@ class SvsSlide(TiffSlide):
             if action == "keep" and entry.type == "time" and not TIME.fullmatch(value):
                 return Field(name, where, value, "remove", why="value is not a time")
         return Field(name, where, value, action, why=entry.why)
-
-
-def _has_type(value: str, kind: str) -> bool:
-    if kind == "number":
-        return bool(NUMBER.fullmatch(value))
-    if kind == "time":
-        return bool(TIME.fullmatch(value))
-    return "\x00" not in value
