@@ -154,3 +154,50 @@ def test_reader_rejects_absurd_counts(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(SlideError, match="absurd count"):
         TiffFile(path)
+
+
+# -- MIRAX containers ------------------------------------------------------------------------
+
+def test_slidedat_reads_like_gkeyfile_and_writes_bom_crlf():
+    from wsideid.errors import SlideError
+    from wsideid.mrxs.slidedat import Slidedat
+
+    text = ("\ufeff[GENERAL]\r\n# a comment\r\n  SLIDE_ID =  abc \r\nEMPTY=\r\n\r\n[LEVEL]\nA=1\n"
+            "[GENERAL]\r\nLATER = x=y\r\nLONG = " + "z" * 300 + "\r\n")
+    ini = Slidedat.parse(text.encode("utf-8"))
+    assert ini.sections == {"GENERAL": {"SLIDE_ID": "abc", "EMPTY": "", "LATER": "x=y", "LONG": "z" * 300},
+                            "LEVEL": {"A": "1"}}
+    out = ini.to_bytes()
+    assert out.startswith(b"\xef\xbb\xbf") and b"\n" not in out.replace(b"\r\n", b"")
+    assert Slidedat.parse(out).sections == ini.sections
+    assert not Slidedat.parse(b"[G]\nA=1\n").to_bytes().startswith(b"\xef\xbb\xbf")
+    for bad, why in ((b"A=1\n", "line 1"), (b"[G]\njust text\n", "line 2"),
+                     (b"[G]\nA=\xff\xfe\n", "not UTF-8"), (b"[G]\n" + b"A=1\n" * 300000, "larger")):
+        with pytest.raises(SlideError, match=why):
+            Slidedat.parse(bad)
+
+
+def test_index_round_trip_multi_page_and_guards():
+    import struct
+
+    from wsideid.errors import SlideError
+    from wsideid.mrxs.index import IndexFile, Record
+
+    hier = [Record([[(0, 10, 5, 0), (1, 15, 5, 0)], [(2, 20, 5, 1)]]), None]
+    nonhier = [Record([[(1253, 0, 40, 7, 0)]])]
+    data = IndexFile("ID42", hier, nonhier).to_bytes("ID42")
+    back = IndexFile.parse(data, "ID42", 2, 1)
+    assert [r.pages if r else None for r in back.hier] == [[list(p) for p in hier[0].pages], None]
+    assert back.nonhier[0].pages == [[(1253, 0, 40, 7, 0)]]
+    # OpenSlide reads a record's pages one after another: the second page follows the first
+    head = struct.unpack_from("<i", data, struct.unpack_from("<i", data, 9)[0])[0]
+    first = struct.unpack_from("<i", data, head + 4)[0]
+    assert struct.unpack_from("<i", data, first + 4)[0] == first + 8 + 2 * 16
+    with pytest.raises(SlideError, match="SLIDE_ID"):
+        IndexFile.parse(data, "ID43", 2, 1)
+    looped = bytearray(data)
+    struct.pack_into("<i", looped, first + 8 + 2 * 16 + 4, first)   # last page points back
+    with pytest.raises(SlideError, match="loop"):
+        IndexFile.parse(bytes(looped), "ID42", 2, 1)
+    with pytest.raises(SlideError, match="past its end"):
+        IndexFile.parse(data[:len(data) - 30], "ID42", 2, 1)
