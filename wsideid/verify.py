@@ -56,7 +56,7 @@ def verify_tiff(out_path: Path, source: TiffSlide, plan: Plan, chain: list[IfdOu
         problems += _check_residue(out, plan, out_plan)
     finally:
         out.close()
-    problems += _check_reader(out_path, plan, before)
+    problems += check_reader(out_path, {img.role for img in plan.images if img.action == "drop"}, before)
     return problems
 
 
@@ -179,7 +179,11 @@ def _sample(cnts: np.ndarray, edits: dict[int, bytes]) -> list[int]:
     return sorted(picks)
 
 
-def _check_reader(out_path: Path, plan: Plan, before: ReaderView | None) -> list[str]:
+def check_reader(out_path: Path, dropped: set[str], before: ReaderView | None,
+                 exact: bool = False) -> list[str]:
+    """OpenSlide must show the output as it showed the input: vendor, levels, MPP, objective
+    power, every level and associated image decodable, and none of the `dropped` associated
+    images (with `exact`, every other one it showed before must still be there)."""
     if before is None:
         return []
     after = openslide_view(out_path)
@@ -193,10 +197,12 @@ def _check_reader(out_path: Path, plan: Plan, before: ReaderView | None) -> list
         _decode_corners(out_path, after)
     except Exception as exc:  # noqa: BLE001 - OpenSlide raises several types
         problems.append(f"OpenSlide cannot decode the output: {exc}")
-    dropped = {img.role for img in plan.images if img.action == "drop"}
     left = sorted(dropped & after.associated)
     if left:
         problems.append(f"OpenSlide still shows dropped images: {', '.join(left)}")
+    missing = sorted((before.associated - dropped) - after.associated) if exact else []
+    if missing:
+        problems.append(f"OpenSlide no longer shows kept images: {', '.join(missing)}")
     return problems
 
 
