@@ -390,3 +390,27 @@ def test_identifiers_in_unusual_places_of_slidedat(slide, tmp_path):
     assert ini["GENERAL"]["OBJECTIVE_NAME"] == long_name + ini["GENERAL"]["SLIDE_ID"]
     with openslide.OpenSlide(str(slide)) as a, openslide.OpenSlide(str(mrxs)) as b:
         assert a.level_dimensions == b.level_dimensions
+
+
+def test_unreadable_records_that_are_dropped_anyway_and_extra_files(slide, tmp_path):
+    """Like OpenSlide, only records that are needed must be readable: a broken label record is
+    dropped with a warning; a broken preview (kept) is refused. Extra files in the folder are
+    not part of the output."""
+    src = broken_copy(slide, tmp_path)
+    folder = src.with_suffix("")
+    (folder / "Notes-MRXS-EXTRA-QUACK.txt").write_text("MRXS-EXTRA-QUACK")
+    index = folder / "Index.dat"
+    data = bytearray(index.read_bytes())
+    nonhier_table = struct.unpack_from("<i", data, 41)[0]
+    label_head = struct.unpack_from("<i", data, nonhier_table + 4)[0]      # record 1: the label
+    struct.pack_into("<i", data, label_head, 7)                             # head page not empty
+    index.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    proc = run("deid", src, "-o", out, check=0)
+    assert "non-hierarchical record 1" in proc.stderr and "warning" in proc.stderr
+    assert found_needles(all_files(out), ["MRXS-EXTRA-QUACK"]) == {}
+    assert sorted(p.name for p in output_slide(out).with_suffix("").iterdir()) == [
+        "Data0000.dat", "Data0001.dat", "Index.dat", "Slidedat.ini"]
+    out2 = tmp_path / "out2"
+    proc = run("deid", src, "-o", out2, "--label", "keep")
+    assert proc.returncode == 2 and "non-hierarchical record 1" in proc.stderr

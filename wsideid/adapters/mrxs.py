@@ -63,6 +63,7 @@ class NonhierValue:
     name: str
     section: str | None
     record: Record | None
+    number: int = 0
 
     @property
     def key(self) -> str:
@@ -122,10 +123,11 @@ class MrxsSlide:
         self.data_paths = [self._inside(ini.value(DATAFILE, f"FILE_{i}"))
                            for i in range(ini.integer(DATAFILE, "FILE_COUNT", 1))]
         self.data_sizes = [p.stat().st_size for p in self.data_paths]
-        index_path = self._inside(ini.value(HIERARCHICAL, "INDEXFILE"))
-        self.index = IndexFile.parse(index_path.read_bytes(), self.slide_id,
+        self.index_path = self._inside(ini.value(HIERARCHICAL, "INDEXFILE"))
+        self.index = IndexFile.parse(self.index_path.read_bytes(), self.slide_id,
                                      sum(len(v) for _, v in self.hier_layers),
                                      sum(len(v) for _, _, v in self.nonhier_layers))
+        self.warnings: list[str] = []
         self._check_records()
         self.malformed: list[str] = []
 
@@ -179,31 +181,46 @@ class MrxsSlide:
             self.nonhier_layers.append((i, name, values))
 
     def _check_records(self) -> None:
-        for what, records in (("zoom level", self.index.hier[:len(self.level_sections)]),
-                              ("record", self.index.nonhier)):
-            for n, record in enumerate(records):
-                for item in (record.items() if record else ()):
-                    offset, length, fileno = item[-3:]
-                    if not 0 <= fileno < len(self.data_paths):
-                        raise SlideError(f"Index.dat {what} {n} names data file {fileno}, "
-                                         f"but there are {len(self.data_paths)}")
-                    if offset < 0 or length < 0 or offset + length > self.data_sizes[fileno]:
-                        raise SlideError(f"Index.dat {what} {n} points past the end of "
-                                         f"{self.data_paths[fileno].name}")
-        for n, record in enumerate(self.index.hier[len(self.level_sections):]):
-            for item in (record.items() if record else ()):
-                offset, length, fileno = item[-3:]
-                if not (0 <= fileno < len(self.data_paths) and 0 <= offset
-                        and offset + length <= self.data_sizes[fileno]):
-                    raise SlideError(f"Index.dat hierarchical record {n + len(self.level_sections)}"
-                                     " points past the end of its data file")
+        """Zoom level records must be readable and inside their data files (OpenSlide fails
+        otherwise); any other record that is not is dropped, or refused if it is to be kept."""
+        self.bad_records: dict[int, str] = {}
+        levels = len(self.level_sections)
+        for (kind, n), message in sorted(self.index.errors.items()):
+            if kind == "hier" and n < levels:
+                raise SlideError(message)
+            if kind == "nonhier":
+                self.bad_records[n] = message
+            else:
+                self.warnings.append(f"{message}: the record is left out")
+        for n, record in enumerate(self.index.hier):
+            problem = self._record_problem(record)
+            if problem and n < levels:
+                raise SlideError(f"Index.dat zoom level {n} {problem}")
+            if problem:
+                self.index.hier[n] = None
+                self.warnings.append(f"Index.dat hierarchical record {n} {problem}: left out")
+        for n, record in enumerate(self.index.nonhier):
+            problem = self._record_problem(record)
+            if problem:
+                self.index.nonhier[n] = None
+                self.bad_records[n] = f"Index.dat non-hierarchical record {n} {problem}"
+
+    def _record_problem(self, record: Record | None) -> str | None:
+        for item in (record.items() if record else ()):
+            offset, length, fileno = item[-3:]
+            if not 0 <= fileno < len(self.data_paths):
+                return f"names data file {fileno}, but there are {len(self.data_paths)}"
+            if offset < 0 or length < 0 or offset + length > self.data_sizes[fileno]:
+                return f"points past the end of {self.data_paths[fileno].name}"
+        return None
 
     def nonhier_values(self) -> list[NonhierValue]:
         out = []
         record_no = 0
         for i, layer_name, values in self.nonhier_layers:
             for j, (name, section) in enumerate(values):
-                out.append(NonhierValue(i, j, layer_name, name, section, self.index.nonhier[record_no]))
+                out.append(NonhierValue(i, j, layer_name, name, section,
+                                        self.index.nonhier[record_no], record_no))
                 record_no += 1
         return out
 
@@ -248,8 +265,7 @@ class MrxsSlide:
         self._plan_headers(files, naming, fields)
         self._plan_mrxs_file(fields)
         index = IndexFile(naming.slide_id, hier, nonhier).to_bytes(naming.slide_id)
-        plan = Plan("3DHistech MIRAX", images, fields,
-                    [f"{m}" for m in self.malformed])
+        plan = Plan("3DHistech MIRAX", images, fields, self.warnings + self.malformed)
         return plan, MrxsOutput(ini.to_bytes(), index, files)
 
     def _plan_records(self, policy: Policy, images: list[Image],
@@ -273,6 +289,10 @@ class MrxsSlide:
                                     why=entry.why))
                 if action == "drop":
                     fields += self._record_text(value, where)
+            if value.number in self.bad_records:
+                if action == "keep":
+                    raise SlideError(self.bad_records[value.number])
+                self.warnings.append(f"{self.bad_records[value.number]}: dropped")
             if action == "keep":
                 kept.append(value)
         return kept
@@ -519,7 +539,12 @@ class MrxsSlide:
             fields += text_fields(rest, "mirax:data file header text", f"{out.name} header")[:MAX_TEXT_FIELDS]
 
     def _plan_mrxs_file(self, fields: list[Field]) -> None:
-        """OpenSlide reads nothing from NAME.mrxs; the output's is empty."""
+        """OpenSlide reads nothing from NAME.mrxs; the output's is empty. Files in the slide
+        folder that Slidedat.ini does not name are not part of the slide: not written."""
+        known = {"Slidedat.ini", self.index_path.name, *(p.name for p in self.data_paths)}
+        for number, extra in enumerate(sorted(p.name for p in self.folder.iterdir() if p.name not in known)):
+            fields.append(Field("mirax:extra file", f"slide folder entry {number}", extra, "remove",
+                                why="not a file of the slide (Slidedat.ini does not name it)"))
         size = self.path.stat().st_size
         if size:
             data = self.path.read_bytes()[:MAX_TEXT_SCAN]

@@ -30,10 +30,14 @@ class Record:
 
 
 class IndexFile:
-    def __init__(self, slide_id: str, hier: list[Record | None], nonhier: list[Record | None]):
+    def __init__(self, slide_id: str, hier: list[Record | None], nonhier: list[Record | None],
+                 errors: dict[tuple[str, int], str] | None = None):
         self.slide_id = slide_id
         self.hier = hier
         self.nonhier = nonhier
+        # records that could not be read, by ("hier" | "nonhier", number): like OpenSlide, the
+        # caller fails only for the records it needs
+        self.errors = errors or {}
 
     @classmethod
     def parse(cls, data: bytes, slide_id: str, hier_count: int, nonhier_count: int) -> "IndexFile":
@@ -44,11 +48,22 @@ class IndexFile:
             raise SlideError("Index.dat does not carry the SLIDE_ID of Slidedat.ini")
         root = len(VERSION) + len(slide_id.encode("utf-8"))
         hier_table, nonhier_table = reader.int32(root), reader.int32(root + 4)
-        hier = [reader.record(reader.int32(hier_table + 4 * i), HIER_ITEM, f"hierarchical record {i}")
-                for i in range(hier_count)]
-        nonhier = [reader.record(reader.int32(nonhier_table + 4 * i), NONHIER_ITEM,
-                                 f"non-hierarchical record {i}") for i in range(nonhier_count)]
-        return cls(slide_id, hier, nonhier)
+        errors: dict[tuple[str, int], str] = {}
+
+        def records(kind: str, table: int, count: int, width: int) -> list[Record | None]:
+            out: list[Record | None] = []
+            for i in range(count):
+                head = reader.int32(table + 4 * i)
+                try:
+                    name = "hierarchical" if kind == "hier" else "non-hierarchical"
+                    out.append(reader.record(head, width, f"{name} record {i}"))
+                except SlideError as exc:
+                    errors[(kind, i)] = str(exc)
+                    out.append(None)
+            return out
+
+        return cls(slide_id, records("hier", hier_table, hier_count, HIER_ITEM),
+                   records("nonhier", nonhier_table, nonhier_count, NONHIER_ITEM), errors)
 
     def to_bytes(self, slide_id: str) -> bytes:
         """A fresh Index.dat: pages of a record follow each other (OpenSlide reads the
