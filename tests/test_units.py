@@ -200,7 +200,7 @@ def test_index_round_trip_multi_page_and_guards():
     struct.pack_into("<i", looped, first + 8 + 2 * 16 + 4, first)   # last page points back
     # a broken record is reported for the caller to decide (OpenSlide fails only for those it needs)
     assert "loop" in IndexFile.parse(bytes(looped), "ID42", 2, 1).errors[("hier", 0)]
-    assert "past the end" in IndexFile.parse(data[:len(data) - 30], "ID42", 2, 1).errors[("nonhier", 0)]
+    assert "past" in IndexFile.parse(data[:len(data) - 30], "ID42", 2, 1).errors[("nonhier", 0)]
     with pytest.raises(SlideError, match="past its end"):   # the tables themselves must be there
         IndexFile.parse(data[:12], "ID42", 2, 1)
 
