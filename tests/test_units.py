@@ -1,7 +1,6 @@
-"""Unit tests where the logic is intricate: codestream segments, dates, Aperio headers, TIFF engine, MIRAX containers, the DICOM chunk writer."""
+"""Unit tests where the logic is intricate: codestream segments, dates, Aperio headers, TIFF engine, MIRAX containers."""
 from __future__ import annotations
 
-import os
 import struct
 
 import imagecodecs
@@ -203,23 +202,3 @@ def test_index_round_trip_multi_page_and_guards():
     assert "past" in IndexFile.parse(data[:len(data) - 30], "ID42", 2, 1).errors[("nonhier", 0)]
     with pytest.raises(SlideError, match="past its end"):   # the tables themselves must be there
         IndexFile.parse(data[:12], "ID42", 2, 1)
-
-
-def test_chunk_writer_writes_in_order_and_reports_a_failed_write(tmp_path):
-    from wsideid.dicom_io import ChunkWriter
-
-    out = tmp_path / "out.bin"
-    fd = os.open(out, os.O_RDWR | os.O_CREAT)
-    writer = ChunkWriter(fd, 10)
-    for n in range(8):
-        writer.write(bytes([n]) * 1000, n * 1000)
-    writer.close()
-    os.close(fd)
-    data = out.read_bytes()
-    assert data[:10] == b"\x00" * 10 and all(data[10 + n * 1000: 10 + (n + 1) * 1000] == bytes([n]) * 1000 for n in range(8))
-    readonly = os.open(out, os.O_RDONLY)   # every write fails (EBADF), like a full disk would
-    writer = ChunkWriter(readonly, 0)
-    writer.write(b"x" * 10, 0)
-    with pytest.raises(OSError):
-        writer.close()
-    os.close(readonly)
