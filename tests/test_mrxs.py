@@ -414,3 +414,21 @@ def test_unreadable_records_that_are_dropped_anyway_and_extra_files(slide, tmp_p
     out2 = tmp_path / "out2"
     proc = run("deid", src, "-o", out2, "--label", "keep")
     assert proc.returncode == 2 and "non-hierarchical record 1" in proc.stderr
+
+
+def test_overlapping_camera_photos_with_stitching_positions(tmp_path):
+    """Camera photos split into 2x2 images that overlap, positions zlib-compressed in
+    StitchingIntensityLayer (OpenSlide's other position source): geometry and pixels unchanged."""
+    src = write_mrxs(tmp_path / "stitched.mrxs",
+                     MrxsSpec(images_x=8, images_y=8, divisions=2, overlap=12, stitching=True))
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    mrxs = output_slide(out)
+    with openslide.OpenSlide(str(src)) as a, openslide.OpenSlide(str(mrxs)) as b:
+        assert a.level_dimensions == b.level_dimensions == ((2012, 2012), (1006, 1006), (503, 503), (251, 251))
+        for level in range(a.level_count):
+            assert np.array_equal(pixels(a, level), pixels(b, level)), level
+    ini = Slidedat.parse((mrxs.with_suffix("") / "Slidedat.ini").read_bytes()).sections
+    assert ini["GENERAL"]["CameraImageDivisionsPerSide"] == "2"
+    assert ini["HIERARCHICAL"]["NONHIER_1_NAME"] == "StitchingIntensityLayer"
+    assert found_needles(all_files(out), NEEDLES) == {}
