@@ -432,3 +432,17 @@ def test_overlapping_camera_photos_with_stitching_positions(tmp_path):
     assert ini["GENERAL"]["CameraImageDivisionsPerSide"] == "2"
     assert ini["HIERARCHICAL"]["NONHIER_1_NAME"] == "StitchingIntensityLayer"
     assert found_needles(all_files(out), NEEDLES) == {}
+
+
+def test_png_levels_lose_their_text_chunks(tmp_path):
+    src = write_mrxs(tmp_path / "png.mrxs", MrxsSpec(image_format="PNG", levels=3))
+    planted = found_needles(all_files(src.with_suffix("")), [PLANTED["tile_comment"]])
+    assert list(planted.values()) == [[PLANTED["tile_comment"]]]   # in one tile's tEXt chunk
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    mrxs = output_slide(out)
+    assert found_needles(all_files(out), NEEDLES) == {}
+    with openslide.OpenSlide(str(src)) as a, openslide.OpenSlide(str(mrxs)) as b:
+        assert a.level_dimensions == b.level_dimensions
+        for level in range(a.level_count):
+            assert np.array_equal(pixels(a, level), pixels(b, level)), level

@@ -202,3 +202,24 @@ def test_index_round_trip_multi_page_and_guards():
     assert "past" in IndexFile.parse(data[:len(data) - 30], "ID42", 2, 1).errors[("nonhier", 0)]
     with pytest.raises(SlideError, match="past its end"):   # the tables themselves must be there
         IndexFile.parse(data[:12], "ID42", 2, 1)
+
+
+def test_clean_png_keeps_pixels_and_rendering_chunks_only():
+    import io
+
+    from PIL import Image as PilImage
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Author", "Dr PNG-QUACK")
+    info.add_itxt("Description", "PATIENT-ITXT-QUACK")
+    buf = io.BytesIO()
+    img = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    PilImage.fromarray(img).save(buf, format="PNG", pnginfo=info, dpi=(300, 300))
+    data = buf.getvalue() + b"TRAILING-QUACK"
+    cleaned, removed = segments.clean_image(data)
+    assert sorted(kind for kind, _ in removed) == ["iTXt", "tEXt", "trailing data"]
+    assert b"QUACK" not in cleaned and b"pHYs" in cleaned
+    assert np.array_equal(np.asarray(PilImage.open(io.BytesIO(cleaned))), img)
+    with pytest.raises(segments.MalformedStream):
+        segments.clean_png(data[:40])

@@ -146,8 +146,8 @@ def _check_rewritten(output: MrxsOutput) -> list[str]:
     problems = []
     for spec in output.data_files:
         for offset, data in spec.replacements.items():
-            if segments.clean_jpeg(data)[1]:
-                problems.append(f"{spec.name}: the JPEG rewritten at {offset} still has text segments")
+            if segments.clean_image(data)[1]:
+                problems.append(f"{spec.name}: the image rewritten at {offset} still has text segments")
     return problems
 
 

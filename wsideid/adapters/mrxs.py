@@ -326,7 +326,7 @@ class MrxsSlide:
                 items = []
                 for a, b, offset, length, fileno in page:
                     if is_image:
-                        length = self._clean_jpeg(files[fileno], fileno, offset, length,
+                        length = self._clean_image(files[fileno], fileno, offset, length,
                                                   fields, f"record {value.key}")
                     files[fileno].keep.append((offset, offset + length))
                     items.append((a, b, offset, length, fileno))
@@ -360,8 +360,17 @@ class MrxsSlide:
                                             segments.screen_jpeg)
             for k in np.nonzero(hits)[0].tolist():
                 offset, length = int(offs[k]), int(cnts[k])
-                flagged[(fileno, offset)] = self._clean_jpeg(files[fileno], fileno, offset, length,
+                flagged[(fileno, offset)] = self._clean_image(files[fileno], fileno, offset, length,
                                                              fields, "zoom level tile")
+        # PNG tiles (IMAGE_FORMAT = PNG): no vectorised screen; every chunk list is walked
+        for n, section in enumerate(self.level_sections):
+            if self.ini.value(section, "IMAGE_FORMAT") != "PNG" or hier[n] is None:
+                continue
+            for _, offset, length, fileno in hier[n].items():
+                new_length = self._clean_image(files[fileno], fileno, offset, length, fields,
+                                               "zoom level tile")
+                if offset in files[fileno].replacements:
+                    flagged[(fileno, offset)] = new_length
         if not flagged:
             return hier
         for n in range(n_levels):
@@ -375,14 +384,16 @@ class MrxsSlide:
                         for a, b in out.keep]
         return hier
 
-    def _clean_jpeg(self, out: DataFileOut, fileno: int, offset: int, length: int,
-                    fields: list[Field], where: str) -> int:
+    def _clean_image(self, out: DataFileOut, fileno: int, offset: int, length: int,
+                     fields: list[Field], where: str) -> int:
+        """Remove text segments (JPEG APPn/COM, PNG text chunks) from one stored image; the
+        cleaned image replaces it at the same offset. Returns its new length."""
         data = self.read(fileno, offset, length)
         try:
-            cleaned, removed = segments.clean_jpeg(data)
+            cleaned, removed = segments.clean_image(data)
         except segments.MalformedStream as exc:
             self.malformed.append(f"{where} in {self.data_paths[fileno].name} at {offset}: "
-                                  f"unparseable JPEG left as is ({exc})")
+                                  f"unparseable image left as is ({exc})")
             return length
         if not removed:
             return length

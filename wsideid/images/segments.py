@@ -80,6 +80,48 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     return 0, 0
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Ancillary PNG chunks that only describe how to render the pixels (PNG 3rd ed. 11.3); every
+# other ancillary chunk (tEXt, zTXt, iTXt, eXIf, tIME, private ones) is removed. Critical
+# chunks (upper-case first letter) are always kept.
+PNG_RENDERING_CHUNKS = {b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"tRNS", b"bKGD",
+                        b"cICP", b"mDCV", b"cLLI", b"hIST", b"sPLT"}
+
+
+def clean_png(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Remove text-bearing ancillary chunks and anything after IEND."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise MalformedStream("PNG stream does not start with the PNG signature")
+    out = bytearray(PNG_SIGNATURE)
+    removed: list[tuple[str, bytes]] = []
+    pos = len(PNG_SIGNATURE)
+    while True:
+        if pos + 12 > len(data):
+            raise MalformedStream("PNG chunk truncated")
+        length = struct.unpack_from(">I", data, pos)[0]
+        kind = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            raise MalformedStream("PNG chunk length out of range")
+        if kind[:1].islower() and kind not in PNG_RENDERING_CHUNKS:
+            removed.append((kind.decode("latin-1"), data[pos + 8:end - 4]))
+        else:
+            out += data[pos:end]
+        pos = end
+        if kind == b"IEND":
+            break
+    if data[pos:].strip(b"\x00"):
+        removed.append(("trailing data", data[pos:]))
+    return bytes(out), removed
+
+
+def clean_image(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A JPEG or PNG image without its text segments (chosen by the image's own signature)."""
+    if data.startswith(PNG_SIGNATURE):
+        return clean_png(data)
+    return clean_jpeg(data)
+
+
 def clean_jpeg(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     """Remove APPn/COM segments before SOS and non-zero bytes after the last EOI."""
     if data[:2] != b"\xff\xd8":
