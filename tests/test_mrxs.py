@@ -373,6 +373,7 @@ def test_identifiers_in_unusual_places_of_slidedat(slide, tmp_path):
                                            "# scanned by MRXS-COMMENT-QUACK")
     set_key(src, "OBJECTIVE_NAME = Plan-Apochromat",
             f"OBJECTIVE_NAME = {long_name}{PLANTED['slide_id']}")
+    set_key(src, "CAMERA_TYPE = CIS VCC-FC60FR19CL", f"CAMERA_TYPE = CIS {PLANTED['slide_name']}")
     planted = ["MRXS-HIERVAL-QUACK", "MRXS-HIERNAME-QUACK", "SMITH-JOHN-MRXS-SECTION",
                "MRXS-TYPED-QUACK", "MRXS-HIERNOTE-QUACK", "MRXS-COMMENT-QUACK"]
     with openslide.OpenSlide(str(src)) as s:   # still a slide OpenSlide reads
@@ -388,6 +389,7 @@ def test_identifiers_in_unusual_places_of_slidedat(slide, tmp_path):
     assert ini["LAYER_1_LEVEL_0_SECTION"] == {"FILTER_NAME": "RGB"}
     assert "IMAGE_QUALITY" not in ini["LAYER_0_LEVEL_0_SECTION"]
     assert ini["GENERAL"]["OBJECTIVE_NAME"] == long_name + ini["GENERAL"]["SLIDE_ID"]
+    assert "CAMERA_TYPE" not in ini["GENERAL"]    # it repeated the slide name
     with openslide.OpenSlide(str(slide)) as a, openslide.OpenSlide(str(mrxs)) as b:
         assert a.level_dimensions == b.level_dimensions
 

@@ -488,7 +488,29 @@ class MrxsSlide:
             for key, value in entries.items():
                 if self.slide_id in value:
                     entries[key] = value.replace(self.slide_id, naming.slide_id)
+        self._drop_repeated_identifiers(new, fields)
         return Slidedat(new, self.ini.bom)
+
+    def _drop_repeated_identifiers(self, new: dict[str, dict[str, str]], fields: list[Field]) -> None:
+        """A kept free-text value that repeats a removed one (the slide name written into the
+        objective name, say) goes too: what is removed in one place must not stay in another."""
+        removed = {f.value.lower() for f in fields
+                   if f.action in ("remove", "replace") and f.name.startswith("mirax:general.")
+                   and len(f.value.strip()) >= 4 and not catalog.NUMBER.fullmatch(f.value.strip())
+                   and f.value != self.slide_id and f.value != f.new_value}
+        if not removed:
+            return
+        for f in fields:
+            if f.action not in ("keep", "date") or not f.location.startswith("Slidedat.ini ["):
+                continue
+            section, key = f.location[len("Slidedat.ini ["):-1], f.name.split(".", 1)[-1]
+            value = new.get(section, {}).get(key)
+            if section in (HIERARCHICAL, DATAFILE) or value is None:
+                continue
+            if any(r in value.lower() for r in removed):
+                del new[section][key]
+                f.action, f.new_value = "remove", None
+                f.why = "repeats a value removed elsewhere in the slide"
 
     @staticmethod
     def _vocabulary(fields: list[Field], key: str, value: str, allowed: re.Pattern,
