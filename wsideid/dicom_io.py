@@ -1,4 +1,4 @@
-"""Locate the Pixel Data element of a DICOM file without loading it, and copy it verbatim.
+"""Locate the Pixel Data element of a DICOM file and its frames without loading them.
 
 Explicit VR Little Endian data sets (every WSI transfer syntax): the element is
 tag (7FE0,0010), VR OB/OW, 2 reserved bytes, a 4-byte length; encapsulated pixel data has an
@@ -42,11 +42,9 @@ def read_header(path: Path) -> tuple[pydicom.Dataset, int]:
         raise SlideError(f"not a readable DICOM file: {exc}") from exc
 
 
-def locate_pixels(path: Path, start: int, copy_to: tuple[int, int] | None = None) -> PixelElement:
-    """Find the pixel data element that starts at `start`. With copy_to=(fd, offset), every
-    byte read while walking is also written to fd at offset + (position - start): the walk
-    and the copy are one sequential pass over the file (the caller cuts what was copied past
-    the element's end)."""
+def locate_pixels(path: Path, start: int) -> PixelElement:
+    """Find the pixel data element that starts at `start` and, when encapsulated, every frame
+    item in it."""
     size = os.path.getsize(path)
     with open(path, "rb", buffering=0) as fh:
         read_sequentially(fh.fileno())
@@ -63,16 +61,13 @@ def locate_pixels(path: Path, start: int, copy_to: tuple[int, int] | None = None
             if end > size:
                 raise SlideError("pixel data runs past the end of the file (truncated?)")
             return PixelElement(start, end, np.zeros(0, np.int64), np.zeros(0, np.int64))
-        if copy_to is not None:
-            os.pwrite(copy_to[0], head, copy_to[1])
-        offsets, lengths, end = _walk_items(fh, start + 12, size, copy_to, start)
+        offsets, lengths, end = _walk_items(fh, start + 12, size)
         # the first item is the Basic Offset Table
         return PixelElement(start, end, np.asarray(offsets[1:], np.int64),
                             np.asarray(lengths[1:], np.int64))
 
 
-def _walk_items(fh, pos: int, size: int, copy_to: tuple[int, int] | None = None,
-                origin: int = 0) -> tuple[list[int], list[int], int]:
+def _walk_items(fh, pos: int, size: int) -> tuple[list[int], list[int], int]:
     """Offsets and lengths of every item up to the sequence delimiter, and where the element
     ends; read sequentially in large chunks (a seek and a small read per item would be one
     disk request per frame)."""
@@ -87,8 +82,6 @@ def _walk_items(fh, pos: int, size: int, copy_to: tuple[int, int] | None = None,
             rel = 0
             if len(chunk) < 8:
                 raise SlideError("encapsulated pixel data is truncated")
-            if copy_to is not None:
-                os.pwrite(copy_to[0], chunk, copy_to[1] + chunk_at - origin)
         g, e, n = struct.unpack_from("<HHI", chunk, rel)
         if (g, e) == SEQ_END:
             return offsets, lengths, pos + 8
@@ -97,17 +90,3 @@ def _walk_items(fh, pos: int, size: int, copy_to: tuple[int, int] | None = None,
         offsets.append(pos + 8)
         lengths.append(n)
         pos += 8 + n
-        if copy_to is not None and pos > chunk_at + len(chunk):
-            # the item ends beyond this chunk: copy its remaining bytes before moving on
-            _copy_span(fh, chunk_at + len(chunk), pos, copy_to, origin)
-            chunk_at, chunk = pos, b""
-
-
-def _copy_span(fh, start: int, end: int, copy_to: tuple[int, int], origin: int) -> None:
-    while start < end:
-        fh.seek(start)
-        data = fh.read(min(CHUNK, end - start))
-        if not data:
-            raise SlideError("encapsulated pixel data is truncated")
-        os.pwrite(copy_to[0], data, copy_to[1] + start - origin)
-        start += len(data)

@@ -70,7 +70,9 @@ def plan_series(files: list[Path], policy: Policy, keyring: Keyring,
         planner.deidentify(ds, fields, where)
         inst = Instance(path, role, ds, None, {})
         pending = sink.begin(inst, pixel_start) if sink is not None else None
-        inst.pixels = locate_pixels(path, pixel_start, pending.copy_to if pending else None)
+        if pending is not None:
+            pending.copy_pixels(pixel_start)
+        inst.pixels = locate_pixels(path, pixel_start)
         inst.edits = _clean_fragments(path, str(syntax), inst.pixels, fields, where)
         if inst.edits:
             for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table: offsets change
@@ -161,17 +163,23 @@ class _Pending:
     fd: int
     header_end: int
 
-    @property
-    def copy_to(self) -> tuple[int, int]:
-        return self.fd, self.header_end
+    def copy_pixels(self, pixel_start: int) -> None:
+        """Kernel copy (as `cp` does) of everything from the pixel data element to the end of
+        the input; `finish` cuts the output at the element's end once the walk has found it.
+        The walk then reads the input from the page cache. Measured against walking and
+        writing in one pass, in one invocation, alternating, cold cache, 2.14 GB series:
+        4.2-5.7 s against 6.1-13.4 s."""
+        with open(self.inst.source, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            copy_range(src.fileno(), self.fd, pixel_start, size, self.header_end)
 
 
 class _Writer:
     """Writes each kept instance as plan_series goes: the header as soon as it is planned,
-    then the pixel data element is written by the very pass that walks its frame items (one
-    sequential read of the input; concurrent readers of one cold file thrash a virtual disk:
-    25 s instead of 5 s measured for a 2 GB series), and cut at the element's end, or rebuilt
-    when a fragment lost a text segment."""
+    then the pixel data element copied by the kernel before its frame items are walked (one
+    after the other, never side by side: concurrent readers of one cold file thrash a virtual
+    disk, 25 s instead of 5 s measured for a 2 GB series), cut at the element's end, or
+    rebuilt when a fragment lost a text segment."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -187,10 +195,6 @@ class _Writer:
     def finish(self, pending: _Pending) -> None:
         inst = pending.inst
         try:
-            if not len(inst.pixels.frame_offsets):  # native pixel data: no walk copied it
-                with open(inst.source, "rb") as src:
-                    copy_range(src.fileno(), pending.fd, inst.pixels.start, inst.pixels.end,
-                               pending.header_end)
             os.ftruncate(pending.fd, pending.header_end + inst.pixels.end - inst.pixels.start)
             if not inst.edits:
                 os.fsync(pending.fd)
