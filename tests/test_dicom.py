@@ -202,3 +202,31 @@ def test_scan_flags_the_input_and_passes_the_output(tmp_path):
     run("deid", src, "-o", out, check=0)
     proc = run("scan", out, check=0)
     assert "clean" in proc.stdout
+
+
+def test_verification_reads_the_written_frames(tmp_path):
+    """Verification checks the output's frame items where the copy must have put them: a frame
+    changed after writing, or an item tag moved, is found."""
+    import struct
+
+    from wsideid.dicom_pipeline import _Writer, plan_series, verify_series
+    from wsideid.policy import Policy
+    from wsideid.pseudonym import Keyring
+
+    files = sorted(shared_slide("dicom/openslide-boxes").glob("*.dcm"))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    writer = _Writer(staging)
+    plan, _ = plan_series(files, Policy(), Keyring(b"k" * 32), sink=writer)
+    assert verify_series(writer.written, plan) == []
+    inst, out = writer.written[0]
+    shift = out.stat().st_size - inst.pixels.end     # pixel data is last in both files
+    first = int(inst.pixels.frame_offsets[0]) + shift
+    data = bytearray(out.read_bytes())
+    data[first + 20] ^= 0xFF                           # one byte of the first frame
+    out.write_bytes(bytes(data))
+    assert any("differs" in p for p in verify_series(writer.written, plan))
+    data[first + 20] ^= 0xFF
+    struct.pack_into("<I", data, first - 4, int(inst.pixels.frame_lengths[0]) + 2)  # item length
+    out.write_bytes(bytes(data))
+    assert any("not where expected" in p for p in verify_series(writer.written, plan))

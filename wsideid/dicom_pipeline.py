@@ -239,17 +239,30 @@ def verify_series(written: list[tuple[Instance, Path]], plan: Plan,
     problems: list[str] = []
     kept = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
     targets = needles.usable(plan.removed_values(), kept)
+    # dciodvfy runs in the background while the headers and frames are checked
+    checks = [Background(lambda out=out: dciodvfy_errors(out)) for _, out in written]
     for inst, out in written:
         try:
             problems += header_problems(out, targets)
-            pixels = locate_pixels(out, read_header(out)[1])
+            start = read_header(out)[1]
+            pixels = (locate_pixels(out, start) if inst.edits or not len(inst.pixels.frame_offsets)
+                      else _expected_pixels(inst.pixels, start))
         except SlideError as exc:
             problems.append(f"{out.name}: cannot be read back: {exc}")
             continue
         problems += _check_frames(inst, out, pixels)
-        problems += _check_dciodvfy(inst.source, out, (input_errors or {}).get(inst.source))
+    for (inst, out), check in zip(written, checks):
+        problems += _check_dciodvfy(inst.source, check.join(), (input_errors or {}).get(inst.source),
+                                    out.name)
     problems += _check_openslide([(inst.source, out) for inst, out in written])
     return problems
+
+
+def _expected_pixels(src: PixelElement, start: int) -> PixelElement:
+    """Where the copied pixel data element and its frames must be in the output (the input's
+    layout moved to the output's header length); `_check_frames` reads the item tags there."""
+    shift = start - src.start
+    return PixelElement(start, src.end + shift, src.frame_offsets + shift, src.frame_lengths)
 
 
 def header_problems(out: Path, targets: list[str]) -> list[str]:
@@ -275,17 +288,23 @@ def _check_frames(inst: Instance, out: Path, pixels: PixelElement) -> list[str]:
     if len(src.frame_offsets) != len(pixels.frame_offsets):
         return [f"{out.name}: {len(pixels.frame_offsets)} fragments instead of {len(src.frame_offsets)}"]
     if not len(src.frame_offsets):  # native pixel data: one element, compared whole
-        pairs = [(src.start, src.end - src.start, pixels.start, pixels.end - pixels.start)]
+        pairs = [(0, src.start, src.end - src.start, pixels.start, pixels.end - pixels.start)]
     else:
         n = len(src.frame_offsets)
         total = int(src.frame_lengths.sum())
         picks = range(n) if total <= FULL_COMPARE_BYTES else sorted(
             set(np.linspace(0, n - 1, SAMPLE_FRAMES).astype(int).tolist()) | set(inst.edits))
-        pairs = [(int(src.frame_offsets[i]), int(src.frame_lengths[i]),
+        pairs = [(i, int(src.frame_offsets[i]), int(src.frame_lengths[i]),
                   int(pixels.frame_offsets[i]), int(pixels.frame_lengths[i])) for i in picks]
     with open(inst.source, "rb") as a, open(out, "rb") as b:
-        for i, (ao, an, bo, bn) in enumerate(pairs):
-            b.seek(bo)
+        if len(src.frame_offsets):   # the element is closed where expected, and nothing follows
+            b.seek(pixels.end - 8)
+            if b.read(8) != struct.pack("<HHI", 0xFFFE, 0xE0DD, 0) or b.read(1):
+                return [f"{out.name}: pixel data does not end where expected"]
+        for i, ao, an, bo, bn in pairs:
+            b.seek(bo - 8 if len(src.frame_offsets) else bo)
+            if len(src.frame_offsets) and b.read(8) != struct.pack("<HHI", 0xFFFE, 0xE000, bn):
+                return [f"{out.name}: frame item {i} is not where expected"]
             got = b.read(bn)
             a.seek(ao)
             want = a.read(an)
@@ -310,14 +329,15 @@ def _normalise(line: str) -> str:
     return line.split(" - ", 1)[-1].strip()
 
 
-def _check_dciodvfy(source: Path, out: Path, before: set[str] | None = None) -> list[str]:
-    after = dciodvfy_errors(out)
+def _check_dciodvfy(source: Path, after: set[str] | None, before: set[str] | None,
+                    name: str) -> list[str]:
+    """No dciodvfy error in the output that its input did not have."""
     if after is None or not after:
         return []
     if before is None:
         before = dciodvfy_errors(source) or set()
     new = sorted(after - before)
-    return [f"{out.name}: dciodvfy: {line}" for line in new[:3]]
+    return [f"{name}: dciodvfy: {line}" for line in new[:3]]
 
 
 def _check_openslide(written) -> list[str]:
