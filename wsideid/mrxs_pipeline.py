@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from . import needles
-from .adapters.mrxs import INDEX_NAME, MrxsOutput, MrxsSlide, Naming
+from .adapters.mrxs import MrxsOutput, MrxsSlide, Naming
+from .mrxs.slidedat import INDEX_NAME
 from .background import Background
 from .errors import SlideError, VerificationError
 from .images import segments

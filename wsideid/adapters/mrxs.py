@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +24,11 @@ from ..errors import SlideError
 from ..images import segments
 from ..model import Field, Image, Plan
 from ..mrxs.index import VERSION, IndexFile, Record
-from ..mrxs.slidedat import Slidedat
+from ..mrxs.slidedat import DATAFILE, GENERAL, HIERARCHICAL, INDEX_NAME, Slidedat, data_file_name
+from ..mrxs.slidedat_plan import SlidedatPlanner
 from ..policy import Policy
-from ..pseudonym import transform_date
 
 EXTENSION = ".mrxs"
-GENERAL, HIERARCHICAL, DATAFILE = "GENERAL", "HIERARCHICAL", "DATAFILE"
 ZOOM_LAYER = "Slide zoom level"
 LEVEL_KEYS = ("IMAGE_CONCAT_FACTOR", "OVERLAP_X", "OVERLAP_Y", "MICROMETER_PER_PIXEL_X",
               "MICROMETER_PER_PIXEL_Y", "IMAGE_FILL_COLOR_BGR", "DIGITIZER_WIDTH",
@@ -40,19 +38,6 @@ TEXT_RUN = re.compile(rb"[\x20-\x7e]{6,}")
 TEXT_RUN_UTF16 = re.compile(rb"(?:[\x20-\x7e]\x00){6,}")
 MAX_TEXT_SCAN = 1 << 20
 MAX_TEXT_FIELDS = 20
-INDEX_NAME = "Index.dat"
-# [HIERARCHICAL] vocabulary: OpenSlide needs HIER_0 to be the zoom level layer; the other names
-# seen in scanner output name filter and focus layers; level names are a word and a number.
-HIER_LAYER_NAMES = re.compile(r"Slide (zoom|filter|focus) level|Microscope focus level")
-HIER_VALUE = re.compile(r"(Zoom|Filter|Focus)Level_\d{1,4}")
-SCANNER_SECTION = re.compile(r"(NONHIER)?LAYER_\d+(_LEVEL_\d+)?_SECTION")
-STRUCTURE_KEY = re.compile(r"HIER_COUNT|NONHIER_COUNT|INDEXFILE|(NON)?HIER_\d+_(NAME|COUNT|VAL_\d+(_SECTION)?)")
-# Slidedat.ini dates are day first ("14/03/2021 13:37:42"); a date in any other shape is removed.
-DATE_FORMATS = ("%d/%m/%Y", "%Y-%m-%d", "%d.%m.%Y")
-
-
-def data_file_name(number: int) -> str:
-    return f"Data{number:04d}.dat"
 
 
 @dataclass
@@ -259,7 +244,7 @@ class MrxsSlide:
         files = [DataFileOut(p, data_file_name(i)) for i, p in enumerate(self.data_paths)]
         nonhier = self._keep_records(kept_values, files, fields)
         hier = self._keep_levels(files, fields, scan_codestreams)
-        ini = self._plan_slidedat(policy, naming, kept_values, fields)
+        ini = SlidedatPlanner(self, policy, naming, fields).build(kept_values)
         fields.append(Field("mirax:Index.dat SLIDE_ID", INDEX_NAME, self.slide_id, "replace",
                             naming.slide_id, "the slide identifier, repeated from Slidedat.ini"))
         self._plan_headers(files, naming, fields)
@@ -403,158 +388,6 @@ class MrxsSlide:
                                 segments.payload_text(payload), "remove",
                                 why="text segment inside the image codestream"))
         return len(cleaned)
-
-    def _plan_slidedat(self, policy: Policy, naming: Naming, kept: list[NonhierValue],
-                       fields: list[Field]) -> Slidedat:
-        """Slidedat.ini rebuilt from its structure: [GENERAL] and every section a kept level or
-        record refers to, key by key through the catalog, under the scanner's own section names
-        (LAYER_i_LEVEL_j_SECTION, NONHIERLAYER_i[_LEVEL_j]_SECTION), so no free text survives
-        in a section name; [HIERARCHICAL] and [DATAFILE] written for what is kept."""
-        new: dict[str, dict[str, str]] = {}
-        used: set[str] = set()
-
-        def copy(old: str | None, group: str, target: str) -> None:
-            entries = self.ini.sections.get(old, {}) if old else {}
-            if old:
-                used.add(old)
-            out = new.setdefault(target, {})
-            for key, value in entries.items():
-                field = self._plan_key(policy, naming, group, target, key, value)
-                fields.append(field)
-                if field.action in ("keep", "replace", "date") and field.new_value is not None:
-                    out[key] = field.new_value
-
-        copy(GENERAL, "general", GENERAL)
-        hier: dict[str, str] = {"HIER_COUNT": str(len(self.hier_layers))}
-        level_sections: list[tuple[str | None, str, str]] = []
-        for i, (name, sections) in enumerate(self.hier_layers):
-            hier[f"HIER_{i}_NAME"] = self._vocabulary(fields, f"HIER_{i}_NAME", name,
-                                                      HIER_LAYER_NAMES, f"Layer {i}")
-            hier[f"HIER_{i}_COUNT"] = str(len(sections))
-            for j, section in enumerate(sections):
-                value = self.ini.value(HIERARCHICAL, f"HIER_{i}_VAL_{j}")
-                hier[f"HIER_{i}_VAL_{j}"] = self._vocabulary(fields, f"HIER_{i}_VAL_{j}", value,
-                                                             HIER_VALUE, f"Level_{j}")
-                if section is not None:
-                    target = f"LAYER_{i}_LEVEL_{j}_SECTION"
-                    hier[f"HIER_{i}_VAL_{j}_SECTION"] = target
-                    level_sections.append((section, "level" if i == 0 else "hier", target))
-        positions = self._new_positions(kept)
-        layers = {positions[(v.layer, v.index)][0]: v for v in kept}
-        hier["NONHIER_COUNT"] = str(len(layers))
-        record_sections: list[tuple[str | None, str, str]] = []
-        for new_layer, first in sorted(layers.items()):
-            values = [v for v in kept if positions[(v.layer, v.index)][0] == new_layer]
-            hier[f"NONHIER_{new_layer}_NAME"] = first.layer_name
-            hier[f"NONHIER_{new_layer}_COUNT"] = str(len(values))
-            layer_section = f"NONHIERLAYER_{first.layer}_SECTION"
-            if layer_section in self.ini.sections:
-                record_sections.append((layer_section, "layer", f"NONHIERLAYER_{new_layer}_SECTION"))
-            for value in values:
-                prefix = f"NONHIER_{new_layer}_VAL_{positions[(value.layer, value.index)][1]}"
-                hier[prefix] = value.name
-                if value.section is not None:
-                    target = f"NONHIERLAYER_{new_layer}_LEVEL_{positions[(value.layer, value.index)][1]}_SECTION"
-                    hier[f"{prefix}_SECTION"] = target
-                    record_sections.append((value.section, "record", target))
-        hier["INDEXFILE"] = INDEX_NAME
-        new[HIERARCHICAL] = hier
-        used.add(HIERARCHICAL)
-        for key, value in self.ini.sections[HIERARCHICAL].items():
-            if not STRUCTURE_KEY.fullmatch(key):
-                fields.append(Field(f"mirax:hierarchical.{key}", f"Slidedat.ini [{HIERARCHICAL}]",
-                                    value, "remove", why="not in the catalog"))
-        new[DATAFILE] = {"FILE_COUNT": str(len(self.data_paths)),
-                         **{f"FILE_{i}": data_file_name(i) for i in range(len(self.data_paths))}}
-        used.add(DATAFILE)
-        for i, path in enumerate(self.data_paths):
-            fields.append(Field(f"mirax:datafile.FILE_{i}", f"Slidedat.ini [{DATAFILE}]", path.name,
-                                "replace", data_file_name(i), "data files are named DataNNNN.dat"))
-        for old, group, target in level_sections + record_sections:
-            copy(old, group, target)
-        # reported by position: a section's name is free text of the slide's
-        for number, (section, entries) in enumerate(self.ini.sections.items()):
-            if section in used:
-                continue
-            name = "" if SCANNER_SECTION.fullmatch(section) else section
-            fields.append(Field("mirax:section", f"Slidedat.ini section {number}", name, "remove",
-                                why="section of a removed record, or not in the catalog"))
-            for key, value in entries.items():
-                fields.append(Field("mirax:section key", f"Slidedat.ini section {number}",
-                                    f"{key} = {value}", "remove", why="in a removed section"))
-                fields.append(Field("mirax:section value", f"Slidedat.ini section {number}",
-                                    value, "remove", why="in a removed section"))
-        for entries in new.values():   # the old identifier wherever else it was repeated
-            for key, value in entries.items():
-                if self.slide_id in value:
-                    entries[key] = value.replace(self.slide_id, naming.slide_id)
-        self._drop_repeated_identifiers(new, fields)
-        return Slidedat(new, self.ini.bom)
-
-    def _drop_repeated_identifiers(self, new: dict[str, dict[str, str]], fields: list[Field]) -> None:
-        """A kept free-text value that repeats a removed one (the slide name written into the
-        objective name, say) goes too: what is removed in one place must not stay in another."""
-        removed = {f.value.lower() for f in fields
-                   if f.action in ("remove", "replace") and f.name.startswith("mirax:general.")
-                   and len(f.value.strip()) >= 4 and not catalog.NUMBER.fullmatch(f.value.strip())
-                   and f.value != self.slide_id and f.value != f.new_value}
-        if not removed:
-            return
-        for f in fields:
-            if f.action not in ("keep", "date") or not f.location.startswith("Slidedat.ini ["):
-                continue
-            section, key = f.location[len("Slidedat.ini ["):-1], f.name.split(".", 1)[-1]
-            value = new.get(section, {}).get(key)
-            if section in (HIERARCHICAL, DATAFILE) or value is None:
-                continue
-            if any(r in value.lower() for r in removed):
-                del new[section][key]
-                f.action, f.new_value = "remove", None
-                f.why = "repeats a value removed elsewhere in the slide"
-
-    @staticmethod
-    def _vocabulary(fields: list[Field], key: str, value: str, allowed: re.Pattern,
-                    neutral: str) -> str:
-        """Layer and level names are structure, not text: a name outside the format's
-        vocabulary is replaced by a neutral one (readers locate levels by position)."""
-        if allowed.fullmatch(value):
-            fields.append(Field(f"mirax:hierarchical.{key}", f"Slidedat.ini [{HIERARCHICAL}]", value,
-                                "keep", value, "layer structure from the format's vocabulary"))
-            return value
-        fields.append(Field(f"mirax:hierarchical.{key}", f"Slidedat.ini [{HIERARCHICAL}]", value,
-                            "replace", neutral, "not a name from the format's vocabulary"))
-        return neutral
-
-    def _plan_key(self, policy: Policy, naming: Naming, group: str, section: str, key: str,
-                  value: str) -> Field:
-        entry = catalog.load("mirax", "fields").lookup(f"{group}.{key}")
-        name, where = f"mirax:{group}.{key}", f"Slidedat.ini [{section}]"
-        action = entry.action
-        if action == "replace":
-            new_value = naming.slide_id if key == "SLIDE_ID" else naming.pseudonym
-            return Field(name, where, value, "replace", new_value, entry.why)
-        action = policy.field_action(action)
-        if action == "date":
-            new_value = transform_date(value, policy.dates, policy.date_shift_days, DATE_FORMATS)
-            if new_value is not None:
-                return Field(name, where, value, "date", new_value, entry.why)
-            return Field(name, where, value, "remove", why="not a date this tool can shift")
-        if action == "keep":
-            if not catalog.has_type(value, entry.type):
-                return Field(name, where, value, "remove", why=f"value is not a {entry.type}")
-            return Field(name, where, value, "keep", value, entry.why)
-        return Field(name, where, value, "remove", why=entry.why)
-
-    def _new_positions(self, kept: list[NonhierValue]) -> dict[tuple[int, int], tuple[int, int]]:
-        """(old layer, old index) -> (new layer, new index) for every kept record."""
-        layers = sorted({v.layer for v in kept})
-        out: dict[tuple[int, int], tuple[int, int]] = {}
-        counts: dict[int, int] = {}
-        for value in kept:
-            new_layer = layers.index(value.layer)
-            out[(value.layer, value.index)] = (new_layer, counts.get(new_layer, 0))
-            counts[new_layer] = counts.get(new_layer, 0) + 1
-        return out
 
     def _plan_headers(self, files: list[DataFileOut], naming: Naming, fields: list[Field]) -> None:
         """Data files start with "01.02" + SLIDE_ID (rewritten); every other byte before the

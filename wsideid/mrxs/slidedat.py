@@ -9,6 +9,8 @@ from __future__ import annotations
 from ..errors import SlideError
 
 BOM = b"\xef\xbb\xbf"
+GENERAL, HIERARCHICAL, DATAFILE = "GENERAL", "HIERARCHICAL", "DATAFILE"
+INDEX_NAME = "Index.dat"
 MAX_SIZE = 1 << 20  # OpenSlide refuses larger Slidedat.ini files (SLIDEDAT_MAX_SIZE)
 
 
@@ -67,3 +69,8 @@ class Slidedat:
         if number < minimum:
             raise SlideError(f"Slidedat.ini [{section}] {key} is {number} (must be >= {minimum})")
         return number
+
+
+def data_file_name(number: int) -> str:
+    """Output data files are named the scanner's way, whatever the input called them."""
+    return f"Data{number:04d}.dat"
