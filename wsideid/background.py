@@ -1,7 +1,9 @@
 """A function run in a thread, whose result (or exception) is collected later."""
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class Background:
@@ -24,3 +26,12 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+def checks_in_background(fn, items, workers: int | None = None) -> list[Future]:
+    """fn(item) for every item on a few threads (external checkers such as dciodvfy run as
+    processes, so threads overlap them); the futures come back in the items' order."""
+    pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
+    futures = [pool.submit(fn, item) for item in items]
+    pool.shutdown(wait=False)
+    return futures

@@ -21,6 +21,7 @@ import numpy as np
 from . import needles
 from .adapters import dicom, open_slide
 from .adapters.mrxs import MrxsSlide
+from .background import checks_in_background
 from .dicom_io import locate_pixels, read_header
 from .dicom_pipeline import dciodvfy_errors, header_problems, release
 from .errors import SlideError
@@ -127,16 +128,19 @@ def _verify(files: list[Path], plan: Plan, source_tiles: list[bytes], allow_tran
     kept = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
     targets = needles.usable(plan.removed_values(), kept)
     problems = []
+    # dciodvfy runs in the background while the headers and frames are checked
+    checks = checks_in_background(dciodvfy_errors, files)
     for f in files:
         try:
             problems += header_problems(f, targets)
         except SlideError as exc:
             problems.append(f"{f.name}: cannot be read back: {exc}")
-        errors = dciodvfy_errors(f)
-        if errors:
-            problems.append(f"{f.name}: dciodvfy: {sorted(errors)[0]}")
     if not allow_transcode:
         problems += _check_not_reencoded(files, source_tiles)
+    for f, check in zip(files, checks):
+        errors = check.result()
+        if errors:
+            problems.append(f"{f.name}: dciodvfy: {sorted(errors)[0]}")
     after = openslide_view(files[0])
     if after is None:
         problems.append("OpenSlide cannot open the converted slide")

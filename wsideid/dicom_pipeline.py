@@ -18,7 +18,7 @@ from .adapters import dicom
 from .dicom_io import PixelElement, locate_pixels, read_header
 from .images import segments
 
-from .background import Background
+from .background import Background, checks_in_background
 from .errors import SlideError, VerificationError
 from .model import Field, Plan
 from .pipeline import Result
@@ -240,7 +240,7 @@ def verify_series(written: list[tuple[Instance, Path]], plan: Plan,
     kept = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
     targets = needles.usable(plan.removed_values(), kept)
     # dciodvfy runs in the background while the headers and frames are checked
-    checks = [Background(lambda out=out: dciodvfy_errors(out)) for _, out in written]
+    checks = checks_in_background(dciodvfy_errors, [out for _, out in written])
     for inst, out in written:
         try:
             problems += header_problems(out, targets)
@@ -252,7 +252,7 @@ def verify_series(written: list[tuple[Instance, Path]], plan: Plan,
             continue
         problems += _check_frames(inst, out, pixels)
     for (inst, out), check in zip(written, checks):
-        problems += _check_dciodvfy(inst.source, check.join(), (input_errors or {}).get(inst.source),
+        problems += _check_dciodvfy(inst.source, check.result(), (input_errors or {}).get(inst.source),
                                     out.name)
     problems += _check_openslide([(inst.source, out) for inst, out in written])
     return problems
