@@ -448,3 +448,15 @@ def test_png_levels_lose_their_text_chunks(tmp_path):
         assert a.level_dimensions == b.level_dimensions
         for level in range(a.level_count):
             assert np.array_equal(pixels(a, level), pixels(b, level)), level
+
+
+def test_upper_case_extension_and_symlinked_folder_are_refused_clearly(slide, tmp_path):
+    upper = broken_copy(slide, tmp_path)
+    renamed = upper.with_name("S26-PLANT-0815.MRXS")
+    upper.rename(renamed)
+    assert_mrxs_rejected(renamed, "must end in .mrxs, in lower case")
+    linked = tmp_path / "linked" / "L.mrxs"
+    linked.parent.mkdir()
+    linked.write_bytes(b"")
+    os.symlink(slide.with_suffix(""), linked.with_suffix(""))
+    assert_mrxs_rejected(linked, "is a symbolic link")

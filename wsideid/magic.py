@@ -16,9 +16,10 @@ def is_tiff(path: Path) -> bool:
 
 
 def is_mrxs(path: Path) -> bool:
-    """MIRAX has no magic number: OpenSlide's rule is a name ending in .mrxs (case matters)
-    with a folder of the same name beside it; the adapter checks the folder."""
-    return path.name.endswith(".mrxs") and path.is_file()
+    """MIRAX has no magic number: OpenSlide's rule is a name ending in .mrxs with a folder of
+    the same name beside it. Any case is routed here so that the adapter can say what is
+    wrong (OpenSlide wants lower case; the adapter checks that and the folder)."""
+    return path.name.lower().endswith(".mrxs") and path.is_file()
 
 
 def is_dicom(path: Path) -> bool:

@@ -89,11 +89,13 @@ class MrxsSlide:
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.name.endswith(EXTENSION):
-            raise SlideError("not a MIRAX slide (the name does not end in .mrxs)")
+            raise SlideError("a MIRAX slide's name must end in .mrxs, in lower case (OpenSlide's rule)")
         if not self.path.is_file():
             raise SlideError("no such file")
         self.folder = self.path.with_name(self.path.name[:-len(EXTENSION)])
-        if self.folder.is_symlink() or not self.folder.is_dir():
+        if self.folder.is_symlink():
+            raise SlideError(f"the slide folder {self.folder.name}/ is a symbolic link (refused)")
+        if not self.folder.is_dir():
             raise SlideError(f"the slide folder {self.folder.name}/ is missing")
         self.ini = Slidedat.parse(self._inside("Slidedat.ini").read_bytes())
         ini = self.ini
