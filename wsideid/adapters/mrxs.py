@@ -93,11 +93,12 @@ class MrxsSlide:
         if not self.path.is_file():
             raise SlideError("no such file")
         self.folder = self.path.with_name(self.path.name[:-len(EXTENSION)])
+        # messages name files by their role, never by name: they go into the audit report
         if self.folder.is_symlink():
-            raise SlideError(f"the slide folder {self.folder.name}/ is a symbolic link (refused)")
+            raise SlideError("the slide folder beside the .mrxs file is a symbolic link (refused)")
         if not self.folder.is_dir():
-            raise SlideError(f"the slide folder {self.folder.name}/ is missing")
-        self.ini = Slidedat.parse(self._inside("Slidedat.ini").read_bytes())
+            raise SlideError("the slide folder beside the .mrxs file is missing")
+        self.ini = Slidedat.parse(self._inside("Slidedat.ini", "Slidedat.ini").read_bytes())
         ini = self.ini
         for key in ("SLIDE_VERSION", "OBJECTIVE_MAGNIFICATION"):
             ini.value(GENERAL, key)
@@ -107,10 +108,10 @@ class MrxsSlide:
         self.images_x = ini.integer(GENERAL, "IMAGENUMBER_X", 1)
         self.images_y = ini.integer(GENERAL, "IMAGENUMBER_Y", 1)
         self._read_layers()
-        self.data_paths = [self._inside(ini.value(DATAFILE, f"FILE_{i}"))
+        self.data_paths = [self._inside(ini.value(DATAFILE, f"FILE_{i}"), f"data file {i}")
                            for i in range(ini.integer(DATAFILE, "FILE_COUNT", 1))]
         self.data_sizes = [p.stat().st_size for p in self.data_paths]
-        self.index_path = self._inside(ini.value(HIERARCHICAL, "INDEXFILE"))
+        self.index_path = self._inside(ini.value(HIERARCHICAL, "INDEXFILE"), "index file")
         self.index = IndexFile.parse(self.index_path.read_bytes(), self.slide_id,
                                      sum(len(v) for _, v in self.hier_layers),
                                      sum(len(v) for _, _, v in self.nonhier_layers))
@@ -120,20 +121,20 @@ class MrxsSlide:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _inside(self, name: str) -> Path:
+    def _inside(self, name: str, role: str) -> Path:
         """A file named inside Slidedat.ini: it must be a plain file in the slide folder."""
         if (not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name
                 or os.path.isabs(name)):
-            raise SlideError(f"Slidedat.ini names a file outside the slide folder: {name[:80]!r}")
+            raise SlideError(f"Slidedat.ini names a {role} outside the slide folder (refused)")
         path = self.folder / name
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:
-            raise SlideError(f"missing file {self.folder.name}/{name}") from None
+            raise SlideError(f"missing file: the {role} named in Slidedat.ini") from None
         if stat.S_ISLNK(mode):
-            raise SlideError(f"{self.folder.name}/{name} is a symbolic link (refused)")
+            raise SlideError(f"the {role} is a symbolic link (refused)")
         if not stat.S_ISREG(mode):
-            raise SlideError(f"{self.folder.name}/{name} is not a regular file")
+            raise SlideError(f"the {role} is not a regular file")
         return path
 
     def _read_layers(self) -> None:
@@ -198,7 +199,7 @@ class MrxsSlide:
             if not 0 <= fileno < len(self.data_paths):
                 return f"names data file {fileno}, but there are {len(self.data_paths)}"
             if offset < 0 or length < 0 or offset + length > self.data_sizes[fileno]:
-                return f"points past the end of {self.data_paths[fileno].name}"
+                return f"points past the end of data file {fileno}"
         return None
 
     def nonhier_values(self) -> list[NonhierValue]:
@@ -379,7 +380,7 @@ class MrxsSlide:
         try:
             cleaned, removed = segments.clean_image(data)
         except segments.MalformedStream as exc:
-            self.malformed.append(f"{where} in {self.data_paths[fileno].name} at {offset}: "
+            self.malformed.append(f"{where} in data file {fileno} at {offset}: "
                                   f"unparseable image left as is ({exc})")
             return length
         if not removed:
