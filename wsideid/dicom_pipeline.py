@@ -7,6 +7,7 @@ import secrets
 import shutil
 import struct
 import subprocess
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from . import needles
 from .adapters import dicom
 from .dicom_io import PixelElement, locate_pixels, read_header
 from .images import segments
-
 from .background import checks_in_background
 from .errors import SlideError, VerificationError
 from .model import Field, Plan
@@ -234,12 +234,17 @@ def _first_series_uid(files: list[Path]) -> str:
 
 
 def verify_series(written: list[tuple[Instance, Path]], plan: Plan,
-                  input_errors: dict[Path, set[str] | None] | None = None) -> list[str]:
+                  input_errors: dict[Path, set[str] | None | Future] | None = None) -> list[str]:
     problems: list[str] = []
     kept = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
     targets = needles.usable(plan.removed_values(), kept)
-    # dciodvfy runs in the background while the headers and frames are checked
-    checks = checks_in_background(dciodvfy_errors, [out for _, out in written])
+    # dciodvfy runs on the outputs and their inputs (needed when an output has errors, to tell
+    # the new ones: scanner output often has some) while the headers and frames are checked
+    sources = [inst.source for inst, _ in written] if input_errors is None else []
+    futures = checks_in_background(dciodvfy_errors, [out for _, out in written] + sources)
+    checks = futures[:len(written)]
+    if input_errors is None:
+        input_errors = dict(zip(sources, futures[len(written):]))
     for inst, out in written:
         try:
             problems += header_problems(out, targets)
@@ -251,7 +256,9 @@ def verify_series(written: list[tuple[Instance, Path]], plan: Plan,
             continue
         problems += _check_frames(inst, out, pixels)
     for (inst, out), check in zip(written, checks):
-        problems += _check_dciodvfy(inst.source, check.result(), (input_errors or {}).get(inst.source),
+        before = input_errors.get(inst.source)
+        problems += _check_dciodvfy(inst.source, check.result(),
+                                    before.result() if isinstance(before, Future) else before,
                                     out.name)
     problems += _check_openslide([(inst.source, out) for inst, out in written])
     return problems
