@@ -463,3 +463,27 @@ def test_upper_case_extension_and_symlinked_folder_are_refused_clearly(slide, tm
     linked.write_bytes(b"")
     os.symlink(slide.with_suffix(""), linked.with_suffix(""))
     assert_mrxs_rejected(linked, "is a symbolic link")
+
+
+def test_full_disk_leaves_nothing_and_the_input_untouched(slide, tmp_path):
+    """A full disk, simulated with a file-size limit (EFBIG, like ENOSPC, in the data copy)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    src = broken_copy(slide, tmp_path)
+    before = tree_hashes(src)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "wsideid", "deid", str(src), "-o", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert str(src) in proc.stderr and "too large" in proc.stderr.lower()
+    assert tree_hashes(src) == before
+    assert [p.name for p in out.iterdir()] in ([], ["wsideid-report.json"])
