@@ -341,12 +341,39 @@ def test_batch_goes_on_after_a_broken_slide(slide, tmp_path):
     assert len([p for p in out.iterdir() if p.name.endswith(".mrxs")]) == 1
 
 
-def test_in_place_is_refused(slide, tmp_path):
-    copy = broken_copy(slide, tmp_path)
-    before = tree_hashes(copy)
-    proc = run("deid", copy, "--in-place")
-    assert proc.returncode == 2 and "--in-place is not supported for MIRAX" in proc.stderr
-    assert tree_hashes(copy) == before
+def test_in_place_patches_the_slide_and_renames_it(slide, tmp_path):
+    src = broken_copy(slide, tmp_path)
+    folder = src.with_suffix("")
+    # data files listed in the other order, under other names: the in-place renames must not
+    # overwrite one with the other
+    os.rename(folder / "Data0000.dat", folder / "tmp.dat")
+    os.rename(folder / "Data0001.dat", folder / "Data0000.dat")
+    os.rename(folder / "tmp.dat", folder / "Data0001.dat")
+    set_key(src, "FILE_0 = Data0000.dat\r\nFILE_1 = Data0001.dat",
+            "FILE_0 = Data0001.dat\r\nFILE_1 = Data0000.dat")
+    with openslide.OpenSlide(str(src)) as s:
+        before = [pixels(s, level) for level in range(s.level_count)]
+        dims = s.level_dimensions
+    proc = run("deid", src, "--in-place", check=0)
+    assert not src.exists() and not folder.exists()
+    [mrxs] = [p for p in src.parent.iterdir() if p.name.endswith(".mrxs")]
+    assert mrxs.name.startswith("wsi-")
+    assert sorted(p.name for p in mrxs.with_suffix("").iterdir()) == [
+        "Data0000.dat", "Data0001.dat", "Index.dat", "Slidedat.ini"]
+    assert found_needles(all_files(src.parent), NEEDLES) == {}, proc.stdout
+    with openslide.OpenSlide(str(mrxs)) as s:
+        assert s.level_dimensions == dims and set(s.associated_images) == {"thumbnail"}
+        for level, want in enumerate(before):
+            assert np.array_equal(pixels(s, level), want), level
+
+
+def test_in_place_refuses_a_folder_with_extra_files(slide, tmp_path):
+    src = broken_copy(slide, tmp_path)
+    (src.with_suffix("") / "notes.txt").write_text("x")
+    before = tree_hashes(src)
+    proc = run("deid", src, "--in-place")
+    assert proc.returncode == 2 and "files the slide does not use" in proc.stderr
+    assert tree_hashes(src) == before
 
 
 def test_convert_to_dicom_needs_allow_transcode(slide, tmp_path):

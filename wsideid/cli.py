@@ -164,9 +164,8 @@ def deid(
     results: list[Result] = []
     seen: dict[str, Path] = {}
     for job in jobs:
-        if in_place and (is_dicom(job[0]) or is_mrxs(job[0])):
-            kind = "DICOM" if is_dicom(job[0]) else "MIRAX"
-            result = Result(job[0], status="error", message=f"--in-place is not supported for {kind}")
+        if in_place and is_dicom(job[0]):
+            result = Result(job[0], status="error", message="--in-place is not supported for DICOM")
             error_line(f"{job[0]}: {result.message}")
         else:
             result = _run_one(job, policy, keyring, outdir, in_place, seen)
@@ -205,8 +204,10 @@ def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | N
 
             return deidentify_series(job, policy, keyring, outdir)
         if is_mrxs(path):
-            from .mrxs_pipeline import deidentify_mrxs
+            from .mrxs_pipeline import deidentify_mrxs, deidentify_mrxs_in_place
 
+            if in_place:
+                return deidentify_mrxs_in_place(path, policy, keyring)
             return deidentify_mrxs(path, policy, keyring, outdir)
         return deidentify(path, policy, keyring, outdir, in_place)
 

@@ -407,11 +407,15 @@ class MrxsSlide:
                                     "replace", naming.slide_id, "the slide identifier, repeated"))
             fields += text_fields(rest, "mirax:data file header text", f"{out.name} header")[:MAX_TEXT_FIELDS]
 
+    def plan_extra_files(self) -> list[str]:
+        """Names of the files in the slide folder that Slidedat.ini does not name."""
+        known = {"Slidedat.ini", self.index_path.name, *(p.name for p in self.data_paths)}
+        return sorted(p.name for p in self.folder.iterdir() if p.name not in known)
+
     def _plan_mrxs_file(self, fields: list[Field]) -> None:
         """OpenSlide reads nothing from NAME.mrxs; the output's is empty. Files in the slide
         folder that Slidedat.ini does not name are not part of the slide: not written."""
-        known = {"Slidedat.ini", self.index_path.name, *(p.name for p in self.data_paths)}
-        for number, extra in enumerate(sorted(p.name for p in self.folder.iterdir() if p.name not in known)):
+        for number, extra in enumerate(self.plan_extra_files()):
             fields.append(Field("mirax:extra file", f"slide folder entry {number}", extra, "remove",
                                 why="not a file of the slide (Slidedat.ini does not name it)"))
         size = self.path.stat().st_size
