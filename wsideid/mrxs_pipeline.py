@@ -42,7 +42,7 @@ def deidentify_mrxs(path: Path, policy: Policy, keyring: Keyring, outdir: Path) 
     slide = MrxsSlide(path)
     naming = slide_naming(slide, keyring)
     result = Result(path, pseudonym=naming.pseudonym)
-    before = openslide_view(path)
+    before = Background(lambda: openslide_view(path))   # beside the copy
     staging = outdir / f".{naming.pseudonym}.{secrets.token_hex(4)}.partial"
     staging.mkdir()
     folder = staging / naming.pseudonym
@@ -67,7 +67,7 @@ def deidentify_mrxs(path: Path, policy: Policy, keyring: Keyring, outdir: Path) 
         mrxs = staging / f"{naming.pseudonym}.mrxs"
         _write_durably(mrxs, b"")
         _fsync_dir(folder)
-        problems = verify_mrxs(mrxs, slide, plan, output, policy, naming, before)
+        problems = verify_mrxs(mrxs, slide, plan, output, policy, naming, before.join())
         result.output = _release(problems, staging, outdir, naming.pseudonym)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -268,15 +268,17 @@ def _gaps(spec, size: int):
 
 
 def _check_records(source: MrxsSlide, out: MrxsSlide, output: MrxsOutput) -> list[str]:
-    """Kept records are the input's bytes (or their cleaned version), all of them up to
-    FULL_COMPARE_BYTES, a spread sample above that plus every rewritten one."""
+    """Kept records are the input's bytes (or their cleaned version): all of them up to
+    FULL_COMPARE_BYTES in all, above that a spread sample of SAMPLE_RUNS shared by the data
+    files, plus every rewritten record."""
     problems = []
+    total = sum(b - a for spec in output.data_files for a, b in set(spec.keep))
+    per_file = max(16, SAMPLE_RUNS // len(output.data_files))
     for fileno, spec in enumerate(output.data_files):
         ranges = sorted(set(spec.keep))
-        total = sum(b - a for a, b in ranges)
         picks = range(len(ranges))
-        if total > FULL_COMPARE_BYTES and len(ranges) > SAMPLE_RUNS:
-            picks = sorted(set(np.linspace(0, len(ranges) - 1, SAMPLE_RUNS).astype(int).tolist())
+        if total > FULL_COMPARE_BYTES and len(ranges) > per_file:
+            picks = sorted(set(np.linspace(0, len(ranges) - 1, per_file).astype(int).tolist())
                            | {i for i, (a, _) in enumerate(ranges) if a in spec.replacements})
         with open(source.data_paths[fileno], "rb") as src, open(out.data_paths[fileno], "rb") as dst:
             for i in picks:
