@@ -119,7 +119,8 @@ def test_report_has_options_and_no_values(deidentified):
     assert slide["status"] == "ok"
     names = {f["name"] for f in slide["fields"] if f["action"] == "remove"}
     assert {"aperio:Filename", "aperio:User", "aperio:ScanScope ID", "tiff:Artist",
-            "aperio:Secret Key", "codestream:COM"} <= names
+            "aperio:(not in the catalog)", "codestream:COM"} <= names
+    assert "Secret Key" not in report_path.read_text()   # an unknown key is not named
     assert any(f["name"] == "jpeg:APP5" for f in slide["fields"]) or spec.codec == "j2k"
 
 
@@ -293,3 +294,23 @@ def test_text_hidden_after_the_nul_of_a_kept_string_is_removed(tmp_path):
     assert found_needles([dst], [hidden.decode()]) == {}
     with tifffile.TiffFile(dst) as tf:
         assert tf.pages[0].description.encode() == desc
+
+
+def test_report_never_names_what_the_slide_made_up(tmp_path):
+    """An unknown Aperio key or a fragment without '=' is the slide's own text: the report
+    says a field outside the catalog was removed, without its name."""
+    import numpy as np
+    import tifffile
+
+    img = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    src = tmp_path / "odd.svs"
+    desc = ("Aperio Image Library v12.0.5\r\n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=70"
+            "|AppMag = 20|MPP = 0.499|DOE-JOHN-KEYNAME = 1|DOE-JANE-FRAGMENT")
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(img, tile=(256, 256), compression="jpeg", photometric="rgb", description=desc,
+                 metadata=None)
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    report = (out / "wsideid-report.json").read_text()
+    assert found_needles(all_files(out), ["DOE-JOHN-KEYNAME", "DOE-JANE-FRAGMENT"]) == {}
+    assert report.count('"aperio:(not in the catalog)"') == 2

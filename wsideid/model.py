@@ -12,11 +12,25 @@ class Field:
     action: str = "keep"   # keep | remove | date | clean | replace
     new_value: str | None = None
     why: str = ""
+    known: bool = True  # False: the name is the slide's own text (an unknown key or element)
 
     def public(self) -> dict:
-        """What may leave the machine: name, location, action and reason, never values."""
-        return {"name": self.name, "location": self.location, "action": self.action,
-                "why": self.why}
+        """What may leave the machine: name, location, action and reason, never values, and
+        never a name the slide made up (an unknown key could be a patient's name)."""
+        if self.known:
+            return {"name": self.name, "location": self.location, "action": self.action,
+                    "why": self.why}
+        prefix = self.name.split(":", 1)[0]
+        return {"name": f"{prefix}:(not in the catalog)", "location": _withheld(self.location),
+                "action": self.action, "why": self.why}
+
+
+def _withheld(location: str) -> str:
+    """A location without its last step when that step is the slide's own name."""
+    for sep in ("@", "/"):
+        if sep in location:
+            return location.rsplit(sep, 1)[0] + sep + "(withheld)"
+    return location
 
 
 @dataclass

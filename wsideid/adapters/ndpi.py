@@ -96,7 +96,7 @@ class NdpiSlide(TiffSlide):
         if value is None:
             # A bare line: only known markers (the shading block header) survive.
             return Field(name, where, key, action if entry is not catalog.UNKNOWN else "remove",
-                         why=entry.why)
+                         why=entry.why, known=entry is not catalog.UNKNOWN)
         if action == "keep" and entry.type == "numbers" and not NUMBERS.fullmatch(value):
             return Field(name, where, value, "remove", why="value is not numeric")
         if action == "date":
@@ -104,7 +104,7 @@ class NdpiSlide(TiffSlide):
             if new is None:
                 return Field(name, where, value, "remove", why=entry.why + " (not a date)")
             return Field(name, where, value, "date", new, why=entry.why)
-        return Field(name, where, value, action, why=entry.why)
+        return Field(name, where, value, action, why=entry.why, known=entry is not catalog.UNKNOWN)
 
     def plan_ifd(self, ifd: Ifd, policy: Policy, fields: list[Field]) -> IfdOut:
         node = super().plan_ifd(ifd, policy, fields)

@@ -163,7 +163,7 @@ class OmeTiffSlide(TiffSlide):
             local = _local(child)
             where = f"{path}/{local}"
             if not _ns(child).startswith(OME_NS):
-                self._drop(child, where, fields, "element outside the OME namespace")
+                self._drop(child, where, fields, "element outside the OME namespace", known=False)
                 continue
             if local == "Image" and child.get("ID") in self.dropped_images:
                 self._drop(child, where, fields, "image dropped with its IFDs")
@@ -195,6 +195,7 @@ class OmeTiffSlide(TiffSlide):
                 action, why = "keep", entry.why
             else:
                 action, why = "remove", "attribute not in the catalog"
+            known = why != "attribute not in the catalog"
             new = self._replacement(local, name, value)
             if action == "keep" and new is not None and new != value:
                 el.set(attr, new)
@@ -202,7 +203,7 @@ class OmeTiffSlide(TiffSlide):
                 continue
             if action == "remove":
                 del el.attrib[attr]
-            fields.append(Field(f"ome:{local}@{name}", where, value, action, why=why))
+            fields.append(Field(f"ome:{local}@{name}", where, value, action, why=why, known=known))
         if local == "UUID" and el.text and el.text.strip() != self.naming.uuid:
             fields.append(Field("ome:UUID", path, el.text.strip(), "replace", self.naming.uuid,
                                 why="file identity"))
@@ -230,13 +231,13 @@ class OmeTiffSlide(TiffSlide):
         el.text = new
         fields.append(Field(f"ome:{_local(el)}", where, value, "date", new, why=why))
 
-    def _drop(self, el, where: str, fields: list[Field], why: str) -> None:
+    def _drop(self, el, where: str, fields: list[Field], why: str, known: bool = True) -> None:
         texts = [t.strip() for t in el.itertext() if t and t.strip()]
         texts += [v for node in el.iter() if isinstance(node.tag, str)
                   for k, v in node.attrib.items()
                   if etree.QName(k).localname in FREE_TEXT_ATTRIBUTES and v.strip().lower() not in ROLE_NAMES]
         for text in texts or [""]:  # every piece of text is reported (and searched for) alone
-            fields.append(Field(f"ome:{_local(el)}", where, text, "remove", why=why))
+            fields.append(Field(f"ome:{_local(el)}", where, text, "remove", why=why, known=known))
         el.getparent().remove(el)
 
     # ---- annotations -------------------------------------------------------------------------
@@ -250,7 +251,7 @@ class OmeTiffSlide(TiffSlide):
             self._clean_original_metadata(el, where, policy, fields)
             return
         self._drop(el, where, fields, entry.why if entry is not catalog.UNKNOWN
-                   else "annotation not in the catalog")
+                   else "annotation not in the catalog", known=entry is not catalog.UNKNOWN)
 
     def _clean_original_metadata(self, el, where: str, policy: Policy, fields: list[Field]) -> None:
         """Bio-Formats OriginalMetadata: <OriginalMetadata><Key/><Value/></OriginalMetadata>."""
@@ -277,7 +278,8 @@ class OmeTiffSlide(TiffSlide):
             if action == "keep":
                 fields.append(Field(name, where, value, "keep", why=entry.why))
                 continue
-            fields.append(Field(name, where, value, "remove", why=entry.why))
+            fields.append(Field(name, where, value, "remove", why=entry.why,
+                                known=entry is not catalog.UNKNOWN))
             record.getparent().remove(record)
         remaining = [node for node in el.iter() if isinstance(node.tag, str)
                      and _local(node) == "OriginalMetadata"]

@@ -124,11 +124,13 @@ class SvsSlide(TiffSlide):
     def _plan_pair(self, key: str, value: str | None, where: str, policy: Policy) -> Field:
         name = f"aperio:{key}"
         if value is None:
-            return Field(name, where, key, "remove", why="fragment without '='")
+            return Field(name, where, key, "remove", why="fragment without '='", known=False)
         entry = self.fields_catalog.lookup(key)
+        known = entry is not catalog.UNKNOWN
         action = policy.field_action(entry.action)
         if action == "keep" and not catalog.has_type(value, entry.type):
-            return Field(name, where, value, "remove", why=f"value is not a {entry.type}")
+            return Field(name, where, value, "remove", why=f"value is not a {entry.type}",
+                         known=known)
         if action == "date":
             if entry.type == "date":
                 new = transform_date(value, policy.dates, policy.date_shift_days)
@@ -138,4 +140,4 @@ class SvsSlide(TiffSlide):
             action = "keep" if policy.dates == "shift" else "remove"
             if action == "keep" and entry.type == "time" and not TIME.fullmatch(value):
                 return Field(name, where, value, "remove", why="value is not a time")
-        return Field(name, where, value, action, why=entry.why)
+        return Field(name, where, value, action, why=entry.why, known=known)

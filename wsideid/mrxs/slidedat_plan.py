@@ -92,7 +92,7 @@ class SlidedatPlanner:
         for key, value in self.slide.ini.sections[HIERARCHICAL].items():
             if not STRUCTURE_KEY.fullmatch(key):
                 self.fields.append(Field(f"mirax:hierarchical.{key}", f"Slidedat.ini [{HIERARCHICAL}]",
-                                    value, "remove", why="not in the catalog"))
+                                         value, "remove", why="not in the catalog", known=False))
         new[DATAFILE] = {"FILE_COUNT": str(len(self.slide.data_paths)),
                          **{f"FILE_{i}": data_file_name(i) for i in range(len(self.slide.data_paths))}}
         used.add(DATAFILE)
@@ -169,7 +169,7 @@ class SlidedatPlanner:
             if not catalog.has_type(value, entry.type):
                 return Field(name, where, value, "remove", why=f"value is not a {entry.type}")
             return Field(name, where, value, "keep", value, entry.why)
-        return Field(name, where, value, "remove", why=entry.why)
+        return Field(name, where, value, "remove", why=entry.why, known=entry is not catalog.UNKNOWN)
 
 
 def new_positions(kept: list[NonhierValue]) -> dict[tuple[int, int], tuple[int, int]]:
