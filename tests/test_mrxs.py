@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
-
 from conftest import all_files, found_needles, run, sha256
+
 from fixtures.mrxs import MPP, PLANTED, MrxsSpec, _pattern, write_mrxs
 from wsideid.mrxs.index import IndexFile
 from wsideid.mrxs.slidedat import Slidedat

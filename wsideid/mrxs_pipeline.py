@@ -11,11 +11,11 @@ import numpy as np
 
 from . import needles
 from .adapters.mrxs import MrxsOutput, MrxsSlide, Naming
-from .mrxs.slidedat import INDEX_NAME
 from .background import Background
 from .errors import SlideError, VerificationError
 from .images import segments
 from .model import Plan
+from .mrxs.slidedat import INDEX_NAME
 from .pipeline import Result, _fsync_dir
 from .policy import Policy
 from .pseudonym import Keyring, fingerprint

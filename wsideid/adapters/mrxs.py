@@ -24,7 +24,14 @@ from ..errors import SlideError
 from ..images import segments
 from ..model import Field, Image, Plan
 from ..mrxs.index import VERSION, IndexFile, Record
-from ..mrxs.slidedat import DATAFILE, GENERAL, HIERARCHICAL, INDEX_NAME, Slidedat, data_file_name
+from ..mrxs.slidedat import (
+    DATAFILE,
+    GENERAL,
+    HIERARCHICAL,
+    INDEX_NAME,
+    Slidedat,
+    data_file_name,
+)
 from ..mrxs.slidedat_plan import SlidedatPlanner
 from ..policy import Policy
 

@@ -40,7 +40,7 @@ class IndexFile:
         self.errors = errors or {}
 
     @classmethod
-    def parse(cls, data: bytes, slide_id: str, hier_count: int, nonhier_count: int) -> "IndexFile":
+    def parse(cls, data: bytes, slide_id: str, hier_count: int, nonhier_count: int) -> IndexFile:
         reader = _Reader(data)
         if data[:len(VERSION)] != VERSION:
             raise SlideError("Index.dat does not start with version 01.02")

@@ -20,7 +20,7 @@ class Slidedat:
         self.bom = bom
 
     @classmethod
-    def parse(cls, data: bytes) -> "Slidedat":
+    def parse(cls, data: bytes) -> Slidedat:
         if len(data) > MAX_SIZE:
             raise SlideError(f"Slidedat.ini is larger than {MAX_SIZE} bytes")
         bom = data.startswith(BOM)

@@ -15,7 +15,14 @@ from .. import catalog
 from ..model import Field
 from ..policy import Policy
 from ..pseudonym import transform_date
-from .slidedat import DATAFILE, GENERAL, HIERARCHICAL, INDEX_NAME, Slidedat, data_file_name
+from .slidedat import (
+    DATAFILE,
+    GENERAL,
+    HIERARCHICAL,
+    INDEX_NAME,
+    Slidedat,
+    data_file_name,
+)
 
 if TYPE_CHECKING:
     from ..adapters.mrxs import MrxsSlide, Naming, NonhierValue
