@@ -296,7 +296,7 @@ def test_record_pointing_past_the_end_of_its_data_file(slide, tmp_path):
 def test_slidedat_without_the_sections_readers_need(slide, tmp_path):
     bad = broken_copy(slide, tmp_path)
     set_key(bad, "[HIERARCHICAL]", "[HIERARCHICAL_GONE]")
-    assert_mrxs_rejected(bad, "no [HIERARCHICAL] section")
+    assert_mrxs_rejected(bad, "section [HIERARCHICAL] is missing")
 
 
 @pytest.mark.parametrize("name", ["../escape.dat", "/etc/passwd", "sub/../../x.dat"])
@@ -337,7 +337,7 @@ def test_batch_goes_on_after_a_broken_slide(slide, tmp_path):
     proc = run("deid", batch, "-o", out)
     assert proc.returncode == 2
     assert [line for line in proc.stderr.splitlines() if "error" in line] == [
-        f"wsideid: error: {batch / 'b.mrxs'}: Slidedat.ini has no [DATAFILE] section"]
+        f"wsideid: error: {batch / 'b.mrxs'}: Slidedat.ini: section [DATAFILE] is missing"]
     assert len([p for p in out.iterdir() if p.name.endswith(".mrxs")]) == 1
 
 
@@ -514,3 +514,19 @@ def test_full_disk_leaves_nothing_and_the_input_untouched(slide, tmp_path):
     assert str(src) in proc.stderr and "too large" in proc.stderr.lower()
     assert tree_hashes(src) == before
     assert [p.name for p in out.iterdir()] in ([], ["wsideid-report.json"])
+
+
+def test_errors_do_not_quote_the_slide(slide, tmp_path):
+    """A zoom level section the slide names but does not have, and a count that holds text:
+    the error names neither the section nor the value (failures go into the audit report)."""
+    src = broken_copy(slide, tmp_path)
+    set_key(src, "LAYER_0_LEVEL_2_SECTION", "DOE-JOHN-SECTION")
+    set_key(src, "[DOE-JOHN-SECTION]", "[SOMETHING_ELSE]")
+    assert_mrxs_rejected(src, "section (a name [HIERARCHICAL] refers to) is missing")
+    src2 = tmp_path / "two"
+    src2.mkdir()
+    other = write_mrxs(src2 / "S26-OTHER-0815.mrxs", MrxsSpec(plant=False))
+    set_key(other, "IMAGENUMBER_X = 8", "IMAGENUMBER_X = DOE-JANE-COUNT")
+    assert_mrxs_rejected(other, "IMAGENUMBER_X in section [GENERAL] is not a whole number")
+    for case in (tmp_path / "case" / "out", src2 / "out"):
+        assert found_needles(all_files(case), ["DOE-JOHN-SECTION", "DOE-JANE-COUNT"]) == {}

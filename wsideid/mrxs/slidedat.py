@@ -6,11 +6,14 @@ scanner writes a BOM and CRLF line ends; this writer does the same and never sho
 """
 from __future__ import annotations
 
+import re
+
 from ..errors import SlideError
 
 BOM = b"\xef\xbb\xbf"
 GENERAL, HIERARCHICAL, DATAFILE = "GENERAL", "HIERARCHICAL", "DATAFILE"
 INDEX_NAME = "Index.dat"
+SCANNER_SECTION = re.compile(r"(NONHIER)?LAYER_\d+(_LEVEL_\d+)?_SECTION")
 MAX_SIZE = 1 << 20  # OpenSlide refuses larger Slidedat.ini files (SLIDEDAT_MAX_SIZE)
 
 
@@ -55,20 +58,30 @@ class Slidedat:
 
     def value(self, section: str, key: str) -> str:
         if section not in self.sections:
-            raise SlideError(f"Slidedat.ini has no [{section}] section")
+            raise SlideError(f"Slidedat.ini: section {_named(section)} is missing")
         if key not in self.sections[section]:
-            raise SlideError(f"Slidedat.ini [{section}] has no {key}")
+            raise SlideError(f"Slidedat.ini: {key} is missing in section {_named(section)}")
         return self.sections[section][key]
 
     def integer(self, section: str, key: str, minimum: int = 0) -> int:
+        """Errors name the key but never quote the value: they go into the audit report."""
         text = self.value(section, key)
         try:
             number = int(text)
         except ValueError:
-            raise SlideError(f"Slidedat.ini [{section}] {key} is not a number: {text[:40]!r}") from None
+            raise SlideError(f"Slidedat.ini: {key} in section {_named(section)} is not a whole number") from None
         if number < minimum:
-            raise SlideError(f"Slidedat.ini [{section}] {key} is {number} (must be >= {minimum})")
+            raise SlideError(f"Slidedat.ini: {key} in section {_named(section)} is {number} "
+                             f"(must be >= {minimum})")
         return number
+
+
+def _named(section: str) -> str:
+    """A section as errors may name it: the format's own names, else only that it is one that
+    [HIERARCHICAL] refers to (its name is the slide's text)."""
+    if section in (GENERAL, HIERARCHICAL, DATAFILE) or SCANNER_SECTION.fullmatch(section):
+        return f"[{section}]"
+    return "(a name [HIERARCHICAL] refers to)"
 
 
 def data_file_name(number: int) -> str:

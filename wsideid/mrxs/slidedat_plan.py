@@ -20,6 +20,7 @@ from .slidedat import (
     GENERAL,
     HIERARCHICAL,
     INDEX_NAME,
+    SCANNER_SECTION,
     Slidedat,
     data_file_name,
 )
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 # seen in scanner output name filter and focus layers; level names are a word and a number.
 HIER_LAYER_NAMES = re.compile(r"Slide (zoom|filter|focus) level|Microscope focus level")
 HIER_VALUE = re.compile(r"(Zoom|Filter|Focus)Level_\d{1,4}")
-SCANNER_SECTION = re.compile(r"(NONHIER)?LAYER_\d+(_LEVEL_\d+)?_SECTION")
 STRUCTURE_KEY = re.compile(r"HIER_COUNT|NONHIER_COUNT|INDEXFILE|(NON)?HIER_\d+_(NAME|COUNT|VAL_\d+(_SECTION)?)")
 # Slidedat.ini dates are day first ("14/03/2021 13:37:42"); a date in any other shape is removed.
 DATE_FORMATS = ("%d/%m/%Y", "%Y-%m-%d", "%d.%m.%Y")
