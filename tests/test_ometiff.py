@@ -118,3 +118,13 @@ def test_schema_check_catches_an_invalid_document():
                                         (EXTERNAL, "DOCTYPE")])
 def test_bad_ome_xml(tmp_path, xml, expect):
     assert_rejected(write_ome_tiff(tmp_path / "bad.ome.tif", xml=xml), expect)
+
+
+def test_malformed_xml_error_does_not_quote_the_slide(tmp_path):
+    xml = ('<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><DOE-JANE-TAG></Image></OME>')
+    src = write_ome_tiff(tmp_path / "bad.ome.tif", xml=xml)
+    assert_rejected(src, "not well-formed (line 1")
+    proc = run("deid", src, "-o", tmp_path / "out2")
+    assert "DOE-JANE-TAG" not in proc.stderr
+    assert "DOE-JANE-TAG" not in (tmp_path / "out2" / "wsideid-report.json").read_text()

@@ -59,7 +59,10 @@ def parse_ome(text: str) -> etree._Element:
     try:
         root = etree.fromstring(text.encode("utf-8"), parser)
     except etree.XMLSyntaxError as exc:
-        raise SlideError(f"OME-XML is not well-formed: {exc}") from exc
+        # the parser's message quotes element names, which are the slide's text (and errors go
+        # into the audit report): only where it broke
+        line, column = getattr(exc, "position", (0, 0)) or (0, 0)
+        raise SlideError(f"OME-XML is not well-formed (line {line}, column {column})") from exc
     qn = etree.QName(root)
     if qn.localname != "OME" or not (qn.namespace or "").startswith(OME_NS):
         raise SlideError("ImageDescription mentions OME but its root is not an OME element")
