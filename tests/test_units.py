@@ -223,3 +223,14 @@ def test_clean_png_keeps_pixels_and_rendering_chunks_only():
     assert np.array_equal(np.asarray(PilImage.open(io.BytesIO(cleaned))), img)
     with pytest.raises(segments.MalformedStream):
         segments.clean_png(data[:40])
+
+
+def test_report_messages_do_not_quote_the_input_name():
+    from pathlib import Path
+
+    from wsideid.report import _without_source
+
+    src = Path("/data/incoming/DOE-JOHN-S26.svs")
+    message = "wsidicomizer could not convert the slide: cannot open /data/incoming/DOE-JOHN-S26.svs (DOE-JOHN-S26)"
+    cleaned = _without_source(message, src)
+    assert "DOE-JOHN" not in cleaned and "incoming" not in cleaned and "<input>" in cleaned

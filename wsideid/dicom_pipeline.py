@@ -54,7 +54,7 @@ def plan_series(files: list[Path], policy: Policy, keyring: Keyring,
         series.add(str(ds.get("SeriesInstanceUID", "")))
         syntax = ds.file_meta.get("TransferSyntaxUID")
         if syntax is None or syntax.is_implicit_VR or not syntax.is_little_endian:
-            raise SlideError(f"{path.name}: transfer syntax {syntax} is not explicit VR little endian")
+            raise SlideError(f"instance {index}: transfer syntax {syntax} is not explicit VR little endian")
         role = dicom.role_of(ds)
         action = policy.image_action(role)
         where = f"instance {index}"

@@ -16,7 +16,7 @@ def build(results: list[Result], options: dict) -> dict:
         entry: dict = {"pseudonym": r.pseudonym or None, "status": r.status,
                        "output": r.output.name if r.output else None}
         if r.status != "ok":
-            entry["message"] = r.message
+            entry["message"] = _without_source(r.message, r.source)
         if r.plan is not None:
             entry["format"] = r.plan.format
             entry["images"] = [img.public() for img in r.plan.images]
@@ -30,6 +30,16 @@ def build(results: list[Result], options: dict) -> dict:
             "options": options, "slides": slides,
             "summary": {"ok": sum(r.status == "ok" for r in results),
                         "failed": sum(r.status != "ok" for r in results)}}
+
+
+def _without_source(message: str, source: Path) -> str:
+    """A failure message as the report may keep it: the input's path and name (which a
+    library's message may quote) replaced by <input>."""
+    stem = source.name.split(".")[0]
+    for text in (str(source), str(source.parent), source.name, stem):
+        if len(text) >= 3:
+            message = message.replace(text, "<input>")
+    return message
 
 
 def write(path: Path, report: dict) -> None:
