@@ -230,3 +230,19 @@ def test_verification_reads_the_written_frames(tmp_path):
     struct.pack_into("<I", data, first - 4, int(inst.pixels.frame_lengths[0]) + 2)  # item length
     out.write_bytes(bytes(data))
     assert any("not where expected" in p for p in verify_series(writer.written, plan))
+
+
+def test_text_in_the_file_preamble_is_not_copied(tmp_path):
+    """The 128 bytes before DICM are free for applications (PS3.10 7.1) and pydicom writes
+    back what it read: the output's preamble is zero."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in shared_slide("dicom/openslide-boxes").glob("*.dcm"):
+        ds = pydicom.dcmread(p)
+        ds.preamble = b"PREAMBLE-DOE-QUACK".ljust(128, b"\x00")
+        ds.save_as(folder / p.name, enforce_file_format=True)
+    out = tmp_path / "out"
+    run("deid", folder, "-o", out, check=0)
+    assert found_needles(all_files(out), ["PREAMBLE-DOE-QUACK"]) == {}
+    for f in out.rglob("*.dcm"):
+        assert f.read_bytes()[:132] == bytes(128) + b"DICM"

@@ -68,6 +68,7 @@ def plan_series(files: list[Path], policy: Policy, keyring: Keyring,
             instances.append(Instance(path, role, None, None, {}))
             continue
         planner.deidentify(ds, fields, where)
+        _clear_preamble(ds, fields, where)
         inst = Instance(path, role, ds, None, {})
         pending = sink.begin(inst, pixel_start) if sink is not None else None
         if pending is not None:
@@ -271,11 +272,24 @@ def _expected_pixels(src: PixelElement, start: int) -> PixelElement:
     return PixelElement(start, src.end + shift, src.frame_offsets + shift, src.frame_lengths)
 
 
+def _clear_preamble(ds: Dataset, fields: list[Field], where: str) -> None:
+    """The 128-byte preamble before "DICM" is free for applications (PS3.10 7.1; TIFF/DICOM
+    dual files put a TIFF header there) and pydicom writes back what it read: zeroed here."""
+    preamble = bytes(ds.preamble or b"")
+    if preamble.strip(b"\x00"):
+        fields.append(Field("dicom:preamble", f"{where} file preamble",
+                            preamble.strip(b"\x00").decode("latin-1"), "remove",
+                            why="application bytes before DICM (PS3.10 7.1)"))
+    ds.preamble = bytes(128)
+
+
 def header_problems(out: Path, targets: list[str]) -> list[str]:
     """What is wrong with a written instance's header: private elements, missing marks, a
     file meta that disagrees, removed values still present (everything before pixel data)."""
     ds, start = read_header(out)
     problems = []
+    if bytes(ds.preamble or b"").strip(b"\x00"):
+        problems.append(f"{out.name}: the file preamble is not empty")
     if any(elem.tag.is_private for elem in ds.iterall()):
         problems.append(f"{out.name}: private elements remain")
     if ds.get("PatientIdentityRemoved") != "YES":
