@@ -246,3 +246,24 @@ def test_text_in_the_file_preamble_is_not_copied(tmp_path):
     assert found_needles(all_files(out), ["PREAMBLE-DOE-QUACK"]) == {}
     for f in out.rglob("*.dcm"):
         assert f.read_bytes()[:132] == bytes(128) + b"DICM"
+
+
+def test_file_meta_keeps_only_what_readers_need(tmp_path):
+    """AE titles, the source's implementation name and Private Information (0002,0102) in
+    the file meta are removed; pydicom writes its own implementation identity."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in shared_slide("dicom/openslide-boxes").glob("*.dcm"):
+        ds = pydicom.dcmread(p)
+        ds.file_meta.SourceApplicationEntityTitle = "FM-AE-DOEHOSP"
+        ds.file_meta.ImplementationVersionName = "FM-IMPL-DOE"
+        ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+        ds.file_meta.PrivateInformation = b"FM-PRIVATE-DOE-QUACK"
+        ds.save_as(folder / p.name, enforce_file_format=True)
+    out = tmp_path / "out"
+    run("deid", folder, "-o", out, check=0)
+    assert found_needles(all_files(out), ["FM-AE-DOEHOSP", "FM-IMPL-DOE", "FM-PRIVATE-DOE-QUACK"]) == {}
+    for f in out.rglob("*.dcm"):
+        meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
+        assert {int(e.tag) for e in meta} <= {0x00020000, 0x00020001, 0x00020002, 0x00020003,
+                                               0x00020010, 0x00020012, 0x00020013}

@@ -290,6 +290,9 @@ def header_problems(out: Path, targets: list[str]) -> list[str]:
     problems = []
     if bytes(ds.preamble or b"").strip(b"\x00"):
         problems.append(f"{out.name}: the file preamble is not empty")
+    extra = {int(e.tag) for e in ds.file_meta} - dicom.FILE_META_KEPT - dicom.WRITER_META
+    if extra:
+        problems.append(f"{out.name}: file meta holds {len(extra)} element(s) it should not")
     if any(elem.tag.is_private for elem in ds.iterall()):
         problems.append(f"{out.name}: private elements remain")
     if ds.get("PatientIdentityRemoved") != "YES":

@@ -90,6 +90,18 @@ def series_uid(path: Path) -> str:
     return str(uid)
 
 
+# PS3.10 7.1: what a reader needs from the file meta; the group length and the implementation
+# identity are written by pydicom (its own implementation, not the source's); AE titles,
+# the source's implementation name and Private Information (0002,0100-0102) are removed.
+FILE_META_KEPT = {0x00020001, 0x00020002, 0x00020003, 0x00020010}
+WRITER_META = {0x00020000, 0x00020012, 0x00020013}
+
+
+def _printable(value) -> str:
+    data = bytes(value or b"")
+    return data.strip(b"\x00").decode("latin-1")
+
+
 @dataclass
 class Rule:
     code: str
@@ -230,10 +242,17 @@ class DicomPlanner:
         self.mark(ds)
         meta = ds.file_meta
         for elem in list(meta):
-            if int(elem.tag) in (0x00020016, 0x00020017, 0x00020018) or elem.tag.is_private:
-                fields.append(Field(f"dicom:{elem.keyword}", f"{where}/file meta", _text(elem),
-                                    "remove", why="source application or sender"))
-                del meta[elem.tag]
+            if int(elem.tag) in FILE_META_KEPT:
+                continue
+            value = _text(elem) if elem.VR != "OB" else _printable(elem.value)
+            if int(elem.tag) in WRITER_META:
+                fields.append(Field(f"dicom:{elem.keyword}", f"{where}/file meta", value, "replace",
+                                    why="written anew by the writer (its own implementation)"))
+            else:
+                fields.append(Field(f"dicom:{elem.keyword or 'file meta'}", f"{where}/file meta",
+                                    value, "remove", why="file meta element not needed to read "
+                                    "the file (AE titles, private information)"))
+            del meta[elem.tag]
         if "SOPInstanceUID" in ds:
             old = str(meta.get("MediaStorageSOPInstanceUID", ""))
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
