@@ -267,3 +267,24 @@ def test_file_meta_keeps_only_what_readers_need(tmp_path):
         meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
         assert {int(e.tag) for e in meta} <= {0x00020000, 0x00020001, 0x00020002, 0x00020003,
                                                0x00020010, 0x00020012, 0x00020013}
+
+
+def test_free_text_the_table_does_not_list_is_emptied(tmp_path):
+    """PS3.15 Table E.1-1 does not list every free-text attribute (OpticalPathDescription,
+    ContentDescription, AcquisitionContextDescription...): such text is emptied, code
+    sequences and required names stay, and dciodvfy finds no new error."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in shared_slide("dicom/openslide-boxes").glob("*.dcm"):
+        ds = pydicom.dcmread(p)
+        if "OpticalPathSequence" in ds:
+            ds.OpticalPathSequence[0].OpticalPathDescription = "STD-OPTPATH-DOE"
+        ds.ContentDescription = "STD-CONTENTDESC-DOE"
+        ds.AcquisitionContextDescription = "STD-ACQCTX-DOE"
+        ds.save_as(folder / p.name, enforce_file_format=True)
+    out = tmp_path / "out"
+    run("deid", folder, "-o", out, check=0)
+    assert found_needles(all_files(out), ["STD-OPTPATH-DOE", "STD-CONTENTDESC-DOE", "STD-ACQCTX-DOE"]) == {}
+    for f in out.rglob("*.dcm"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert ds.Manufacturer == pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).Manufacturer

@@ -166,6 +166,9 @@ class DicomPlanner:
                 del ds[elem.tag]
                 continue
             rule = self.rule(tag)
+            if rule is None and elem.VR in FREE_TEXT_VRS and elem.keyword not in SAFE_TEXT:
+                self._empty_free_text(ds, elem, fields, path)
+                continue
             if rule is None or rule.code == "K":
                 if elem.VR == "SQ":
                     for i, item in enumerate(elem.value):
@@ -175,6 +178,20 @@ class DicomPlanner:
                                         why="not in PS3.15 Table E.1-1" if rule is None else "PS3.15 K"))
                 continue
             self.apply(ds, elem, rule, fields, path)
+
+    def _empty_free_text(self, ds: Dataset, elem, fields: list[Field], path: str) -> None:
+        """Free text that Table E.1-1 does not list (OpticalPathDescription, ContentDescription,
+        PyramidDescription...) can hold anything: emptied (valid for Type 2 and 3), a dummy
+        where the WSI IOD needs a value. Coded values and the few names readers need stay."""
+        old = _text(elem)
+        if not old:
+            return
+        if int(elem.tag) in TYPE1:
+            elem.value = DUMMY.get(elem.VR, "")
+        else:
+            elem.value = ""
+        fields.append(Field(f"dicom:{elem.keyword or 'text'}", path, old, "remove",
+                            why="free text not in PS3.15 Table E.1-1 (not known to be safe)"))
 
     def apply(self, ds: Dataset, elem, rule: Rule, fields: list[Field], path: str) -> None:
         tag = int(elem.tag)
@@ -291,6 +308,18 @@ def image_of(ds: Dataset, index: str, action: str) -> Image:
 
 
 BINARY_VRS = ("OB", "OW", "OF", "OD", "OL", "OV", "UN")
+# Value representations of free text (PS3.5 6.2). Standard attributes with these VRs that
+# Table E.1-1 does not list are emptied unless named here: code sequence content (PS3.3
+# 8.8), the equipment names the Enhanced General Equipment module requires, the optical path
+# identifier and frame-of-reference indicator the WSI IOD requires.
+FREE_TEXT_VRS = ("LO", "LT", "ST", "UT", "SH", "PN", "UC")
+SAFE_TEXT = {"CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning",
+             "LongCodeValue", "URNCodeValue", "ContextIdentifier", "MappingResource",
+             "MappingResourceName", "CodingSchemeName", "CodingSchemeResponsibleOrganization",
+             "CodingSchemeRegistry", "SoftwareVersions",
+             "Manufacturer", "ManufacturerModelName", "OpticalPathIdentifier",
+             "PositionReferenceIndicator", "DeidentificationMethod", "PatientIdentityRemoved",
+             "SpecimenIdentifier", "ContainerIdentifier"}
 
 
 def _is_empty(elem) -> bool:
