@@ -272,7 +272,10 @@ def test_file_meta_keeps_only_what_readers_need(tmp_path):
 def test_free_text_the_table_does_not_list_is_emptied(tmp_path):
     """PS3.15 Table E.1-1 does not list every free-text attribute (OpticalPathDescription,
     ContentDescription, AcquisitionContextDescription...): such text is emptied, code
-    sequences and required names stay, and dciodvfy finds no new error."""
+    sequences and required names stay, and dciodvfy finds no new error. A public element in
+    no dictionary is removed."""
+    from pydicom.dataelem import DataElement
+
     folder = tmp_path / "in"
     folder.mkdir()
     for p in shared_slide("dicom/openslide-boxes").glob("*.dcm"):
@@ -281,10 +284,12 @@ def test_free_text_the_table_does_not_list_is_emptied(tmp_path):
             ds.OpticalPathSequence[0].OpticalPathDescription = "STD-OPTPATH-DOE"
         ds.ContentDescription = "STD-CONTENTDESC-DOE"
         ds.AcquisitionContextDescription = "STD-ACQCTX-DOE"
+        ds.add(DataElement(0x00089999, "UN", b"UNKNOWN-PUBLIC-DOE"))   # in no dictionary
         ds.save_as(folder / p.name, enforce_file_format=True)
     out = tmp_path / "out"
     run("deid", folder, "-o", out, check=0)
-    assert found_needles(all_files(out), ["STD-OPTPATH-DOE", "STD-CONTENTDESC-DOE", "STD-ACQCTX-DOE"]) == {}
+    assert found_needles(all_files(out), ["STD-OPTPATH-DOE", "STD-CONTENTDESC-DOE", "STD-ACQCTX-DOE",
+                                          "UNKNOWN-PUBLIC-DOE"]) == {}
     for f in out.rglob("*.dcm"):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         assert ds.Manufacturer == pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).Manufacturer

@@ -166,6 +166,13 @@ class DicomPlanner:
                 del ds[elem.tag]
                 continue
             rule = self.rule(tag)
+            if rule is None and not elem.keyword and elem.tag.element != 0:
+                # a public tag no dictionary knows: nobody can say what it holds
+                fields.append(Field("dicom:unknown", path, _text(elem) if elem.VR not in BINARY_VRS
+                                    else _printable(elem.value), "remove",
+                                    why="public element not in the DICOM dictionary", known=False))
+                del ds[elem.tag]
+                continue
             if rule is None and elem.VR in FREE_TEXT_VRS and elem.keyword not in SAFE_TEXT:
                 self._empty_free_text(ds, elem, fields, path)
                 continue
