@@ -128,3 +128,15 @@ def test_malformed_xml_error_does_not_quote_the_slide(tmp_path):
     proc = run("deid", src, "-o", tmp_path / "out2")
     assert "DOE-JANE-TAG" not in proc.stderr
     assert "DOE-JANE-TAG" not in (tmp_path / "out2" / "wsideid-report.json").read_text()
+
+
+def test_foreign_namespaces_comments_and_instructions_leave_nothing(tmp_path):
+    xml = ome_xml(256, 256, plant=False)
+    xml = xml.replace('<OME ', '<OME xmlns:doe="http://hospital.example/NSDECL-DOE-QUACK" '
+                               'doe:note="NSATTR-DOE-QUACK" ', 1)
+    xml = xml.replace('<Pixels ', '<!-- INNER-COMMENT-DOE --><?pi PI-DOE-QUACK?><Pixels ', 1)
+    src = write_ome_tiff(tmp_path / "ns.ome.tif", xml=xml)
+    out = tmp_path / "out"
+    run("deid", src, "-o", out, check=0)
+    assert found_needles(all_files(out), ["NSDECL-DOE-QUACK", "NSATTR-DOE-QUACK",
+                                          "INNER-COMMENT-DOE", "PI-DOE-QUACK"]) == {}

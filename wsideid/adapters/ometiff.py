@@ -25,6 +25,7 @@ from ..tiff.reader import Ifd, TiffFile
 from .tiffbase import TiffSlide
 
 OME_NS = "http://www.openmicroscopy.org/Schemas/OME/"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 ROLE_NAMES = {"label": "label", "macro": "macro", "overview": "macro", "thumbnail": "thumbnail"}
 DEVICE_ATTRIBUTES = {"SerialNumber", "LotNumber"}
 # Attributes whose values are free text (reported and searched for when their element goes);
@@ -152,6 +153,11 @@ class OmeTiffSlide(TiffSlide):
         for f in fields:
             if f.name == "ome:AnnotationRef@ID" and f.value in dangling:
                 f.action, f.why = "remove", "points at a removed annotation"
+        # declarations of namespaces nothing uses any more (their URIs are the slide's text)
+        etree.cleanup_namespaces(root)
+        for prefix, uri in (root.nsmap or {}).items():
+            if not (uri.startswith(OME_NS) or uri == XSI_NS):
+                raise SlideError("OME-XML still declares a foreign namespace after cleaning")
         text = etree.tostring(root, xml_declaration=True, encoding="UTF-8").decode("utf-8")
         return text, fields
 
@@ -188,10 +194,13 @@ class OmeTiffSlide(TiffSlide):
         entry = self.elements.lookup(local)
         allowed = entry.attributes or ()
         for attr in list(el.attrib):
-            name = etree.QName(attr).localname
+            qname = etree.QName(attr)
+            name = qname.localname
             value = el.get(attr)
             where = f"{path}@{name}"
-            if name in DEVICE_ATTRIBUTES:
+            if qname.namespace not in (None, XSI_NS):
+                action, why = "remove", "attribute not in the catalog"   # a foreign namespace's
+            elif name in DEVICE_ATTRIBUTES:
                 action = "keep" if policy.keep_device_id else "remove"
                 why = "serial or lot number; kept only with --keep-device-id"
             elif allowed == "*" or name in allowed:
