@@ -285,11 +285,12 @@ def test_free_text_the_table_does_not_list_is_emptied(tmp_path):
         ds.ContentDescription = "STD-CONTENTDESC-DOE"
         ds.AcquisitionContextDescription = "STD-ACQCTX-DOE"
         ds.add(DataElement(0x00089999, "UN", b"UNKNOWN-PUBLIC-DOE"))   # in no dictionary
+        ds.ExpiryDate = "20210314"                                      # a date the table omits
         ds.save_as(folder / p.name, enforce_file_format=True)
     out = tmp_path / "out"
     run("deid", folder, "-o", out, check=0)
     assert found_needles(all_files(out), ["STD-OPTPATH-DOE", "STD-CONTENTDESC-DOE", "STD-ACQCTX-DOE",
-                                          "UNKNOWN-PUBLIC-DOE"]) == {}
+                                          "UNKNOWN-PUBLIC-DOE", "20210314"]) == {}
     for f in out.rglob("*.dcm"):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         assert ds.Manufacturer == pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).Manufacturer

@@ -173,6 +173,9 @@ class DicomPlanner:
                                     why="public element not in the DICOM dictionary", known=False))
                 del ds[elem.tag]
                 continue
+            if rule is None and elem.VR in ("DA", "DT", "TM"):
+                # a date the table does not list goes the way of the listed ones (date policy)
+                rule = Rule("C", None, elem.keyword or "date")
             if rule is None and elem.VR in FREE_TEXT_VRS and elem.keyword not in SAFE_TEXT:
                 self._empty_free_text(ds, elem, fields, path)
                 continue
