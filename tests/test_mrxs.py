@@ -530,3 +530,19 @@ def test_errors_do_not_quote_the_slide(slide, tmp_path):
     assert_mrxs_rejected(other, "IMAGENUMBER_X in section [GENERAL] is not a whole number")
     for case in (tmp_path / "case" / "out", src2 / "out"):
         assert found_needles(all_files(case), ["DOE-JOHN-SECTION", "DOE-JANE-COUNT"]) == {}
+
+
+def test_verification_refuses_an_output_with_dropped_bytes_left(slide, tmp_path, monkeypatch):
+    """If the writer forgot to zero the dropped records, verification finds them (header text
+    and non-zero unreferenced bytes) and nothing is released."""
+    import wsideid.mrxs_pipeline as pipeline
+    from wsideid.errors import VerificationError
+    from wsideid.policy import Policy
+    from wsideid.pseudonym import Keyring
+
+    monkeypatch.setattr(pipeline, "zero_gaps", lambda fd, starts, ends: 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(VerificationError, match="belong to no kept record and are not zero"):
+        pipeline.deidentify_mrxs(slide, Policy(), Keyring(b"k" * 32), out)
+    assert list(out.iterdir()) == []

@@ -185,7 +185,7 @@ def test_index_round_trip_multi_page_and_guards():
 
     hier = [Record([[(0, 10, 5, 0), (1, 15, 5, 0)], [(2, 20, 5, 1)]]), None]
     nonhier = [Record([[(1253, 0, 40, 7, 0)]])]
-    data = IndexFile("ID42", hier, nonhier).to_bytes("ID42")
+    data = IndexFile("ID42", hier, nonhier).to_bytes()
     back = IndexFile.parse(data, "ID42", 2, 1)
     assert [r.pages if r else None for r in back.hier] == [[list(p) for p in hier[0].pages], None]
     assert back.nonhier[0].pages == [[(1253, 0, 40, 7, 0)]]

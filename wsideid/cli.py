@@ -301,7 +301,7 @@ def _short(text: str, limit: int = 120) -> str:
 
 @app.command()
 def convert(
-    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (SVS, NDPI, OME-TIFF)."),
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (SVS, NDPI, OME-TIFF; MRXS with --allow-transcode)."),
     to: str = typer.Option("dicom", "--to", help="Target format (dicom)."),
     outdir: Path = typer.Option(..., "-o", "--output", help="Output folder."),
     dates: str = DatesOpt,

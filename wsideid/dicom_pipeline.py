@@ -68,7 +68,6 @@ def plan_series(files: list[Path], policy: Policy, keyring: Keyring,
             instances.append(Instance(path, role, None, None, {}))
             continue
         planner.deidentify(ds, fields, where)
-        _clear_preamble(ds, fields, where)
         inst = Instance(path, role, ds, None, {})
         pending = sink.begin(inst, pixel_start) if sink is not None else None
         if pending is not None:
@@ -234,33 +233,28 @@ def _first_series_uid(files: list[Path]) -> str:
     return dicom.series_uid(sorted(files)[0])
 
 
-def verify_series(written: list[tuple[Instance, Path]], plan: Plan,
-                  input_errors: dict[Path, set[str] | None | Future] | None = None) -> list[str]:
+def verify_series(written: list[tuple[Instance, Path]], plan: Plan) -> list[str]:
     problems: list[str] = []
     kept = [f.new_value or f.value for f in plan.fields if f.action in ("keep", "date", "replace")]
     targets = needles.usable(plan.removed_values(), kept)
     # dciodvfy runs on the outputs and their inputs (needed when an output has errors, to tell
     # the new ones: scanner output often has some) while the headers and frames are checked
-    sources = [inst.source for inst, _ in written] if input_errors is None else []
-    futures = checks_in_background(dciodvfy_errors, [out for _, out in written] + sources)
-    checks = futures[:len(written)]
-    if input_errors is None:
-        input_errors = dict(zip(sources, futures[len(written):]))
+    futures = checks_in_background(dciodvfy_errors, [out for _, out in written]
+                                   + [inst.source for inst, _ in written])
+    outputs, inputs = futures[:len(written)], futures[len(written):]
     for inst, out in written:
         try:
-            problems += header_problems(out, targets)
-            start = read_header(out)[1]
+            header = read_header(out)
+            problems += header_problems(out, targets, header)
+            start = header[1]
             pixels = (locate_pixels(out, start) if inst.edits or not len(inst.pixels.frame_offsets)
                       else _expected_pixels(inst.pixels, start))
         except SlideError as exc:
             problems.append(f"{out.name}: cannot be read back: {exc}")
             continue
         problems += _check_frames(inst, out, pixels)
-    for (inst, out), check in zip(written, checks):
-        before = input_errors.get(inst.source)
-        problems += _check_dciodvfy(inst.source, check.result(),
-                                    before.result() if isinstance(before, Future) else before,
-                                    out.name)
+    for (inst, out), after, before in zip(written, outputs, inputs):
+        problems += _check_dciodvfy(after.result(), before, out.name)
     problems += _check_openslide([(inst.source, out) for inst, out in written])
     return problems
 
@@ -272,21 +266,12 @@ def _expected_pixels(src: PixelElement, start: int) -> PixelElement:
     return PixelElement(start, src.end + shift, src.frame_offsets + shift, src.frame_lengths)
 
 
-def _clear_preamble(ds: Dataset, fields: list[Field], where: str) -> None:
-    """The 128-byte preamble before "DICM" is free for applications (PS3.10 7.1; TIFF/DICOM
-    dual files put a TIFF header there) and pydicom writes back what it read: zeroed here."""
-    preamble = bytes(ds.preamble or b"")
-    if preamble.strip(b"\x00"):
-        fields.append(Field("dicom:preamble", f"{where} file preamble",
-                            preamble.strip(b"\x00").decode("latin-1"), "remove",
-                            why="application bytes before DICM (PS3.10 7.1)"))
-    ds.preamble = bytes(128)
-
-
-def header_problems(out: Path, targets: list[str]) -> list[str]:
+def header_problems(out: Path, targets: list[str],
+                    header: tuple[Dataset, int] | None = None) -> list[str]:
     """What is wrong with a written instance's header: private elements, missing marks, a
-    file meta that disagrees, removed values still present (everything before pixel data)."""
-    ds, start = read_header(out)
+    file meta that disagrees, removed values still present (everything before pixel data).
+    `header` is the instance's read_header() when the caller already has it."""
+    ds, start = header or read_header(out)
     problems = []
     if bytes(ds.preamble or b"").strip(b"\x00"):
         problems.append(f"{out.name}: the file preamble is not empty")
@@ -352,14 +337,11 @@ def _normalise(line: str) -> str:
     return line.split(" - ", 1)[-1].strip()
 
 
-def _check_dciodvfy(source: Path, after: set[str] | None, before: set[str] | None,
-                    name: str) -> list[str]:
-    """No dciodvfy error in the output that its input did not have."""
-    if after is None or not after:
+def _check_dciodvfy(after: set[str] | None, before: Future, name: str) -> list[str]:
+    """No dciodvfy error in the output that its input (checked alongside) did not have."""
+    if not after:
         return []
-    if before is None:
-        before = dciodvfy_errors(source) or set()
-    new = sorted(after - before)
+    new = sorted(after - (before.result() or set()))
     return [f"{name}: dciodvfy: {line}" for line in new[:3]]
 
 

@@ -16,14 +16,14 @@ from .errors import SlideError, VerificationError
 from .images import segments
 from .model import Plan
 from .mrxs.slidedat import INDEX_NAME
-from .pipeline import Result, _fsync_dir
+from .pipeline import Result, fsync_dir
 from .policy import Policy
 from .pseudonym import Keyring, fingerprint
 from .readers import ReaderView, openslide_view
-from .tiff.writer import copy_file, data_extents, start_writeback, zero_gaps
-from .verify import FULL_COMPARE_BYTES, SAMPLE_RUNS, check_reader
+from .tiff.writer import copy_file, data_extents, start_writeback, uncovered, zero_gaps
+from .verify import FULL_COMPARE_BYTES, SAMPLE_RUNS, check_fields, check_reader
 
-ASSOCIATED = {"label": "label", "macro": "macro", "thumbnail": "thumbnail"}
+OPENSLIDE_ASSOCIATED = {"label", "macro", "thumbnail"}  # roles OpenSlide shows under their own names
 
 
 def slide_naming(slide: MrxsSlide, keyring: Keyring) -> Naming:
@@ -66,7 +66,7 @@ def deidentify_mrxs(path: Path, policy: Policy, keyring: Keyring, outdir: Path) 
         _write_durably(folder / INDEX_NAME, output.index)
         mrxs = staging / f"{naming.pseudonym}.mrxs"
         _write_durably(mrxs, b"")
-        _fsync_dir(folder)
+        fsync_dir(folder)
         problems = verify_mrxs(mrxs, slide, plan, output, policy, naming, before.join())
         result.output = _release(problems, staging, outdir, naming.pseudonym)
     except BaseException:
@@ -107,10 +107,10 @@ def deidentify_mrxs_in_place(path: Path, policy: Policy, keyring: Keyring) -> Re
     if slide.index_path.name != INDEX_NAME:
         slide.index_path.unlink()
     _replace_durably(path, b"")
-    _fsync_dir(folder)
+    fsync_dir(folder)
     os.rename(folder, target_folder)
     os.rename(path, target)
-    _fsync_dir(parent)
+    fsync_dir(parent)
     problems = verify_mrxs(target, slide, plan, output, policy, naming, before, input_intact=False)
     if problems:
         raise VerificationError("; ".join(problems))
@@ -178,7 +178,7 @@ def _release(problems: list[str], staging: Path, outdir: Path, name: str) -> Pat
     os.replace(staging / name, target)
     os.replace(staging / f"{name}.mrxs", mrxs)
     staging.rmdir()
-    _fsync_dir(outdir)
+    fsync_dir(outdir)
     return mrxs
 
 
@@ -194,12 +194,14 @@ def verify_mrxs(mrxs: Path, source: MrxsSlide, plan: Plan, output: MrxsOutput, p
         out_plan, _ = out.plan(policy, naming, scan_codestreams=False)
     except SlideError as exc:
         return [f"the output does not read back: {exc}"]
-    problems = _check_plan(plan, out_plan, naming)
+    problems = check_fields(plan, out_plan, settled=("keep", "replace"))
+    problems += [f"{img.index}: {img.role} image still present" for img in out_plan.images
+                 if img.action == "drop"]
     problems += _check_rewritten(output)
     problems += _check_residue(out, plan, output)
     if input_intact:   # in place, the kept records were never written: nothing to compare
         problems += _check_records(source, out, output)
-    dropped = {ASSOCIATED[i.role] for i in plan.images if i.action == "drop" and i.role in ASSOCIATED}
+    dropped = {i.role for i in plan.images if i.action == "drop" and i.role in OPENSLIDE_ASSOCIATED}
     problems += check_reader(mrxs, dropped, before, exact=True)
     return problems
 
@@ -210,22 +212,6 @@ def _check_rewritten(output: MrxsOutput) -> list[str]:
         for offset, data in spec.replacements.items():
             if segments.clean_image(data)[1]:
                 problems.append(f"{spec.name}: the image rewritten at {offset} still has text segments")
-    return problems
-
-
-def _check_plan(plan: Plan, out_plan: Plan, naming: Naming) -> list[str]:
-    written_dates = {f.new_value for f in plan.fields if f.action == "date"}
-    problems = [f"{f.location}: {f.name} is still present" for f in out_plan.fields
-                if f.action in ("remove", "clean")
-                or (f.action == "date" and f.value not in written_dates)]
-    problems += [f"{img.index}: {img.role} image still present" for img in out_plan.images
-                 if img.action == "drop"]
-    kept = {f.name for f in plan.fields if f.action in ("keep", "date")}
-    missing = kept - {f.name for f in out_plan.fields if f.action in ("keep", "date")}
-    problems += [f"{name} was to be kept but is missing" for name in sorted(missing)]
-    if out_plan.images and [i.role for i in out_plan.images if i.role == "level"] != \
-            [i.role for i in plan.images if i.role == "level"]:
-        problems.append("the number of zoom levels changed")
     return problems
 
 
@@ -247,24 +233,13 @@ def _check_residue(out: MrxsSlide, plan: Plan, output: MrxsOutput) -> list[str]:
             header = os.pread(fd, len(spec.header), 0)
             if header != spec.header or needles.find_in(header, targets):
                 problems.append(f"{path.name}: the header is not the rewritten one")
-            for a, b in _gaps(spec, size):
+            for a, b in uncovered(spec.keep + [(0, len(spec.header))], size):
                 for x, y in data_extents(fd, a, b):
                     if np.frombuffer(os.pread(fd, y - x, x), dtype=np.uint8).any():
                         problems.append(f"{path.name}: bytes {x}-{y} belong to no kept record "
                                         "and are not zero")
                         break
     return problems
-
-
-def _gaps(spec, size: int):
-    ranges = sorted(spec.keep + [(0, len(spec.header))])
-    pos = 0
-    for a, b in ranges:
-        if a > pos:
-            yield pos, a
-        pos = max(pos, b)
-    if pos < size:
-        yield pos, size
 
 
 def _check_records(source: MrxsSlide, out: MrxsSlide, output: MrxsOutput) -> list[str]:

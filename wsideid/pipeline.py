@@ -101,10 +101,10 @@ def _release(problems: list[str], written: Path, target: Path) -> None:
     if problems:
         raise VerificationError("; ".join(problems))
     os.replace(written, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -23,7 +23,7 @@ from .images import segments
 from .model import Plan
 from .policy import Policy
 from .readers import ReaderView, openslide_view
-from .tiff.writer import IfdOut, data_extents
+from .tiff.writer import IfdOut, data_extents, uncovered
 
 FULL_COMPARE_BYTES = 256 << 20
 SAMPLE_RUNS = 256
@@ -46,7 +46,7 @@ def verify_tiff(out_path: Path, source: TiffSlide, plan: Plan, chain: list[IfdOu
             out.naming = source.naming
             problems += _check_ome_schema(out)
         out_plan, _ = out.plan(policy, scan_codestreams=False)
-        problems += _check_fields(plan, out_plan)
+        problems += check_fields(plan, out_plan)
         kept_roles = [img.role for img in plan.images if img.action == "keep"]
         out_roles = [img.role for img in out_plan.images]
         if kept_roles != out_roles:
@@ -65,11 +65,13 @@ def _check_ome_schema(out: OmeTiffSlide) -> list[str]:
     return [f"OME-XML does not validate: {errors[0]}"] if errors else []
 
 
-def _check_fields(plan: Plan, out_plan: Plan) -> list[str]:
+def check_fields(plan: Plan, out_plan: Plan, settled: tuple[str, ...] = ("keep",)) -> list[str]:
+    """The output's re-plan finds nothing left to do (actions in `settled`, or a date this run
+    already wrote), and every field the plan kept is still there."""
     written_dates = {f.new_value for f in plan.fields if f.action == "date"}
     problems = []
     for f in out_plan.fields:
-        if f.action == "keep" or (f.action == "date" and f.value in written_dates):
+        if f.action in settled or (f.action == "date" and f.value in written_dates):
             continue
         problems.append(f"{f.location}: {f.name} is still present")
     # ...and everything the plan kept is still there.
@@ -101,18 +103,8 @@ def _check_residue(out: TiffSlide, plan: Plan, out_plan: Plan) -> list[str]:
     if not targets:
         return []
     starts, ends = _payload(out)
-    order = np.argsort(starts, kind="stable")
-    starts, ends = starts[order], np.maximum.accumulate(ends[order]) if len(ends) else ends
-    size = out.tiff.size
-    pieces, pos = [], 0
-    gaps = []
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        if s > pos:
-            gaps.append((pos, s))
-        pos = max(pos, e)
-    if pos < size:
-        gaps.append((pos, size))
-    for a, b in gaps:
+    pieces = []
+    for a, b in uncovered(zip(starts.tolist(), ends.tolist()), out.tiff.size):
         for x, y in data_extents(out.tiff.fd, a, b):
             pieces.append(os.pread(out.tiff.fd, y - x, x))
     found = needles.find_in(b"\x00".join(pieces), targets)

@@ -177,7 +177,7 @@ class DicomPlanner:
                 # a date the table does not list goes the way of the listed ones (date policy)
                 rule = Rule("C", None, elem.keyword or "date")
             if rule is None and elem.VR in FREE_TEXT_VRS and elem.keyword not in SAFE_TEXT:
-                self._empty_free_text(ds, elem, fields, path)
+                self._empty_free_text(elem, fields, path)
                 continue
             if rule is None or rule.code == "K":
                 if elem.VR == "SQ":
@@ -189,7 +189,7 @@ class DicomPlanner:
                 continue
             self.apply(ds, elem, rule, fields, path)
 
-    def _empty_free_text(self, ds: Dataset, elem, fields: list[Field], path: str) -> None:
+    def _empty_free_text(self, elem, fields: list[Field], path: str) -> None:
         """Free text that Table E.1-1 does not list (OpticalPathDescription, ContentDescription,
         PyramidDescription...) can hold anything: emptied (valid for Type 2 and 3), a dummy
         where the WSI IOD needs a value. Coded values and the few names readers need stay."""
@@ -267,6 +267,7 @@ class DicomPlanner:
     def deidentify(self, ds: Dataset, fields: list[Field], where: str) -> None:
         self.clean(ds, fields, where)
         self.mark(ds)
+        self._clear_preamble(ds, fields, where)
         meta = ds.file_meta
         for elem in list(meta):
             if int(elem.tag) in FILE_META_KEPT:
@@ -286,6 +287,17 @@ class DicomPlanner:
             if old and old != str(ds.SOPInstanceUID):
                 fields.append(Field("dicom:MediaStorageSOPInstanceUID", f"{where}/file meta", old,
                                     "replace", str(ds.SOPInstanceUID), why="follows SOPInstanceUID"))
+
+    @staticmethod
+    def _clear_preamble(ds: Dataset, fields: list[Field], where: str) -> None:
+        """The 128-byte preamble before "DICM" is free for applications (PS3.10 7.1; TIFF/DICOM
+        dual files put a TIFF header there) and pydicom writes back what it read: zeroed."""
+        preamble = bytes(ds.preamble or b"")
+        if preamble.strip(b"\x00"):
+            fields.append(Field("dicom:preamble", f"{where} file preamble",
+                                _printable(preamble), "remove",
+                                why="application bytes before DICM (PS3.10 7.1)"))
+        ds.preamble = bytes(128)
 
     def mark(self, ds: Dataset) -> None:
         """PatientIdentityRemoved, DeidentificationMethod (and its CID 7050 codes) and

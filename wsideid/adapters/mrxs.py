@@ -55,7 +55,8 @@ class NonhierValue:
     name: str
     section: str | None
     record: Record | None
-    number: int = 0
+    number: int = 0          # position in Index.dat's non-hierarchical table
+    role: str = ""           # set by planning: label, macro, ..., geometry or unknown
 
     @property
     def key(self) -> str:
@@ -72,7 +73,6 @@ class Naming:
 class DataFileOut:
     """What the writer does to one data file: keep these byte ranges, write the header and
     the cleaned records, zero everything else, cut the file after its last kept byte."""
-    source: Path
     name: str
     keep: list[tuple[int, int]] = field(default_factory=list)
     header: bytes = b""
@@ -124,7 +124,6 @@ class MrxsSlide:
                                      sum(len(v) for _, _, v in self.nonhier_layers))
         self.warnings: list[str] = []
         self._check_records()
-        self.malformed: list[str] = []
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -251,7 +250,7 @@ class MrxsSlide:
         images = [Image(f"zoom level {n}", "level", w, h, self.ini.value(s, "IMAGE_FORMAT"))
                   for n, ((w, h), s) in enumerate(zip(self.level_dimensions(), self.level_sections))]
         kept_values = self._plan_records(policy, images, fields)
-        files = [DataFileOut(p, data_file_name(i)) for i, p in enumerate(self.data_paths)]
+        files = [DataFileOut(data_file_name(i)) for i in range(len(self.data_paths))]
         nonhier = self._keep_records(kept_values, files, fields)
         hier = self._keep_levels(files, fields, scan_codestreams)
         ini = SlidedatPlanner(self, policy, naming, fields).build(kept_values)
@@ -259,17 +258,17 @@ class MrxsSlide:
                             naming.slide_id, "the slide identifier, repeated from Slidedat.ini"))
         self._plan_headers(files, naming, fields)
         self._plan_mrxs_file(fields)
-        index = IndexFile(naming.slide_id, hier, nonhier).to_bytes(naming.slide_id)
-        plan = Plan("3DHistech MIRAX", images, fields, self.warnings + self.malformed)
+        index = IndexFile(naming.slide_id, hier, nonhier).to_bytes()
+        plan = Plan("3DHistech MIRAX", images, fields, self.warnings)
         return plan, MrxsOutput(ini.to_bytes(), index, files)
 
     def _plan_records(self, policy: Policy, images: list[Image],
                       fields: list[Field]) -> list[NonhierValue]:
         records = catalog.load("mirax", "records")
         kept = []
-        for number, value in enumerate(self.nonhier_values()):
+        for value in self.nonhier_values():
             entry = records.lookup(value.key)
-            role = entry.action if entry is not catalog.UNKNOWN else "unknown"
+            role = value.role = entry.action if entry is not catalog.UNKNOWN else "unknown"
             where = f"non-hierarchical record {value.key}"
             if role in IMAGE_ROLES:
                 action = policy.image_action(role)
@@ -278,7 +277,7 @@ class MrxsSlide:
             else:
                 action = "keep" if role == "geometry" else "drop"
                 if action == "drop":   # named by position: an unknown layer's name is free text
-                    where = f"non-hierarchical record {number}"
+                    where = f"non-hierarchical record {value.number}"
                 fields.append(Field(f"mirax:record {value.key if action == 'keep' else '(unknown)'}",
                                     where, "", "keep" if action == "keep" else "remove",
                                     why=entry.why))
@@ -308,14 +307,13 @@ class MrxsSlide:
     def _keep_records(self, kept: list[NonhierValue], files: list[DataFileOut],
                       fields: list[Field]) -> list[Record | None]:
         """The non-hierarchical records of the output, in the order of the kept values; text
-        segments of kept JPEG images are removed (the record gets shorter)."""
-        records = catalog.load("mirax", "records")
+        segments of kept images are removed (the record gets shorter)."""
         out: list[Record | None] = []
         for value in kept:
             if value.record is None:
                 out.append(None)
                 continue
-            is_image = records.lookup(value.key).action in IMAGE_ROLES
+            is_image = value.role in IMAGE_ROLES
             pages = []
             for page in value.record.pages:
                 items = []
@@ -387,7 +385,7 @@ class MrxsSlide:
         try:
             cleaned, removed = segments.clean_image(data)
         except segments.MalformedStream as exc:
-            self.malformed.append(f"{where} in data file {fileno} at {offset}: "
+            self.warnings.append(f"{where} in data file {fileno} at {offset}: "
                                   f"unparseable image left as is ({exc})")
             return length
         if not removed:

@@ -65,10 +65,10 @@ class IndexFile:
         return cls(slide_id, records("hier", hier_table, hier_count, HIER_ITEM),
                    records("nonhier", nonhier_table, nonhier_count, NONHIER_ITEM), errors)
 
-    def to_bytes(self, slide_id: str) -> bytes:
+    def to_bytes(self) -> bytes:
         """A fresh Index.dat: pages of a record follow each other (OpenSlide reads the
         hierarchical pages in sequence rather than following `next`)."""
-        out = bytearray(VERSION + slide_id.encode("utf-8"))
+        out = bytearray(VERSION + self.slide_id.encode("utf-8"))
         root = len(out)
         hier_table = root + 8
         nonhier_table = hier_table + 4 * len(self.hier)

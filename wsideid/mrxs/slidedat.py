@@ -53,9 +53,6 @@ class Slidedat:
             lines += [f"{key} = {value}" for key, value in keys.items()]
         return (BOM if self.bom else b"") + ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
-    def has(self, section: str, key: str) -> bool:
-        return key in self.sections.get(section, {})
-
     def value(self, section: str, key: str) -> str:
         if section not in self.sections:
             raise SlideError(f"Slidedat.ini: section {_named(section)} is missing")

@@ -312,6 +312,17 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
         return False
 
 
+def uncovered(ranges, size: int):
+    """The parts of [0, size) that no [start, end) of `ranges` covers, in order."""
+    pos = 0
+    for start, end in sorted(ranges):
+        if start > pos:
+            yield pos, min(start, size)
+        pos = max(pos, end)
+    if pos < size:
+        yield pos, size
+
+
 def data_extents(fd: int, start: int, end: int):
     """The parts of [start, end) that hold data (holes of a sparse file are skipped)."""
     pos = start
