@@ -291,6 +291,16 @@ def test_free_text_the_table_does_not_list_is_emptied(tmp_path):
     run("deid", folder, "-o", out, check=0)
     assert found_needles(all_files(out), ["STD-OPTPATH-DOE", "STD-CONTENTDESC-DOE", "STD-ACQCTX-DOE",
                                           "UNKNOWN-PUBLIC-DOE", "20210314"]) == {}
+    source = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
+    checked = 0
     for f in out.rglob("*.dcm"):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
-        assert ds.Manufacturer == pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).Manufacturer
+        assert ds.Manufacturer == source.Manufacturer
+        if "OpticalPathSequence" in ds:   # coded values and the path's identifier stay
+            path, was = ds.OpticalPathSequence[0], source.OpticalPathSequence[0]
+            assert path.OpticalPathIdentifier == was.OpticalPathIdentifier
+            assert (path.IlluminationTypeCodeSequence[0].CodeMeaning
+                    == was.IlluminationTypeCodeSequence[0].CodeMeaning == "Brightfield illumination")
+            assert not path.get("OpticalPathDescription")
+            checked += 1
+    assert checked >= 1
