@@ -223,7 +223,7 @@ def test_dry_run_and_scan(slide, deidentified):
     assert proc.stdout.strip().endswith("clean")
 
 
-def test_without_label_and_with_many_levels_still_opens(tmp_path):
+def test_slide_without_a_label_record_or_planted_text(tmp_path):
     """A slide without a label record (indices shift differently) and without planted text."""
     src = write_mrxs(tmp_path / "plain.mrxs", MrxsSpec(label=False, plant=False, levels=3))
     out = tmp_path / "out"

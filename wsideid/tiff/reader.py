@@ -192,11 +192,6 @@ class TiffFile:
         return 8 if self.bigtiff else 4
 
     @property
-    def offset_size(self) -> int:
-        """Bytes of an offset to an out-of-line value (NDPI: 4 low + 4 high elsewhere)."""
-        return 8 if self.bigtiff else 4
-
-    @property
     def next_size(self) -> int:
         """Bytes of the next-IFD offset."""
         return 8 if (self.bigtiff or self.ndpi) else 4
