@@ -104,9 +104,10 @@ def make_big_dicom(path: Path, size_gb: float) -> Path:
 def make_big_mrxs(path: Path, size_gb: float) -> Path:
     """A folder holding slide.mrxs and slide/ (what `cp -r` copies): ~1 GB of JPEG images in
     four data files, 6 zoom levels, label, macro, preview, overview and positions."""
-    from fixtures.mrxs import MrxsSpec, _pattern, jpeg, write_mrxs
+    from fixtures.images import pattern
+    from fixtures.mrxs import MrxsSpec, jpeg, write_mrxs
 
-    tile_bytes = len(jpeg(_pattern(512, 512, 1), 95))
+    tile_bytes = len(jpeg(pattern(512, 512, 1), 95))
     side = max(8, int((size_gb * (1 << 30) / tile_bytes * 3 / 4) ** 0.5))
     path.mkdir(parents=True, exist_ok=True)
     write_mrxs(path / MRXS_SLIDE, MrxsSpec(images_x=side, images_y=side, image_size=512, levels=6,

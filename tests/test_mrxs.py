@@ -12,7 +12,8 @@ import openslide
 import pytest
 from conftest import all_files, found_needles, run, sha256
 
-from fixtures.mrxs import MPP, PLANTED, MrxsSpec, _pattern, write_mrxs
+from fixtures.images import pattern
+from fixtures.mrxs import MPP, PLANTED, MrxsSpec, write_mrxs
 from wsideid.mrxs.index import IndexFile
 from wsideid.mrxs.slidedat import Slidedat
 
@@ -62,11 +63,11 @@ def test_generator_is_a_mirax_slide_openslide_reads(slide):
             "macro": (1000, 380), "label": (300, 200), "thumbnail": (320, 240)}
         # image (x=3, y=2) of level 0 is where OpenSlide draws it: its own pattern, not a neighbour's
         region = pixels(s, 0, (768, 512, 256, 256))[..., :3].astype(int)
-        own = np.abs(region - _pattern(256, 256, 2 * 8 + 3)).mean()
-        neighbour = np.abs(region - _pattern(256, 256, 2 * 8 + 2)).mean()
+        own = np.abs(region - pattern(256, 256, 2 * 8 + 3)).mean()
+        neighbour = np.abs(region - pattern(256, 256, 2 * 8 + 2)).mean()
         assert own < 10 < neighbour
         region = pixels(s, 1, (512, 256, 256, 256))[..., :3].astype(int)   # level 1, image (4, 2)
-        assert np.abs(region - _pattern(256, 256, 10007 + 2 * 8 + 4)).mean() < 10
+        assert np.abs(region - pattern(256, 256, 10007 + 2 * 8 + 4)).mean() < 10
     raw = (slide.with_suffix("") / "Slidedat.ini").read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
 
