@@ -512,7 +512,9 @@ def test_full_disk_leaves_nothing_and_the_input_untouched(slide, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "wsideid", "deid", str(src), "-o", str(out)],
                           cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert str(src) in proc.stderr and "too large" in proc.stderr.lower()
+    # the output is the problem, not the input: the error names the output folder
+    assert str(out) in proc.stderr and str(src) not in proc.stderr
+    assert "too large" in proc.stderr.lower() and proc.stderr.count("\n") == 1
     assert tree_hashes(src) == before
     assert [p.name for p in out.iterdir()] in ([], ["wsideid-report.json"])
 

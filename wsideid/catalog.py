@@ -6,7 +6,10 @@ import re
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+
+from .errors import InstallError
 
 NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 TIME = re.compile(r"\d{1,2}:\d{2}(:\d{2})?(\.\d+)?")
@@ -24,7 +27,23 @@ def has_type(value: str, kind: str) -> bool:
     return "\x00" not in value
 
 
-CATALOG_DIR = Path(__file__).resolve().parent.parent / "formats"
+# A source checkout run without installing finds the catalogs beside the package.
+CHECKOUT_DIR = Path(__file__).resolve().parent.parent / "formats"
+
+
+def read_catalog(filename: str) -> str:
+    """The text of one catalog shipped in the package `wsideid.formats` (formats/ in the
+    repository). A missing catalog is a broken installation, never the input's fault."""
+    try:
+        source = resources.files("wsideid.formats") / filename
+    except ModuleNotFoundError:
+        source = CHECKOUT_DIR / filename
+    try:
+        return source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InstallError(f"field catalog {filename} is missing or unreadable in this "
+                           f"installation ({getattr(exc, 'strerror', None) or exc}); "
+                           "reinstall wsideid") from None
 
 
 @dataclass(frozen=True)
@@ -40,9 +59,12 @@ UNKNOWN = Entry("?", "remove", "not in the catalog: only fields known to be safe
 
 
 class Catalog:
-    def __init__(self, path: Path, section: str | None = None):
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        self.path = path
+    def __init__(self, filename: str, section: str | None = None):
+        try:
+            data = tomllib.loads(read_catalog(filename))
+        except tomllib.TOMLDecodeError as exc:
+            raise InstallError(f"field catalog {filename} is not valid TOML ({exc})") from None
+        self.filename = filename
         self.meta = data.get("catalog", {})
         self.exact: dict[str, Entry] = {}
         self.patterns: list[tuple[str, Entry]] = []
@@ -72,4 +94,4 @@ class Catalog:
 
 @lru_cache(maxsize=None)
 def load(name: str, section: str | None = None) -> Catalog:
-    return Catalog(CATALOG_DIR / f"{name}.toml", section)
+    return Catalog(f"{name}.toml", section)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -13,13 +15,13 @@ from rich.table import Table
 
 from . import needles as needle_search
 from . import report as audit
-from .errors import SlideError, VerificationError
+from .errors import InstallError, OutputError, SlideError, VerificationError
 from .magic import is_dicom, is_mrxs, is_tiff
 from .pipeline import Result, deidentify, plan_slide
 from .policy import DATE_MODES, Policy
 from .pseudonym import Keyring, load_key
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="De-identify whole-slide images.")
 out = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -133,14 +135,11 @@ def deid(
                          retain_institution=retain_institution,
                          retain_patient_characteristics=retain_patient_characteristics,
                          clean_descriptors=clean_descriptors)
-    if outdir is not None and not dry_run:
-        try:
-            outdir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            fail(f"{outdir}: cannot create output folder: {exc.strerror}")
     if map_file is not None and outdir is not None:
         if _inside(map_file, outdir):
             fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
+    if outdir is not None and not dry_run:
+        prepare_outdir(outdir)
     files, missing = collect(inputs)
     jobs, unreadable = group_jobs(files)
     missing += unreadable
@@ -171,12 +170,9 @@ def deid(
             result = _run_one(job, policy, keyring, outdir, in_place, seen)
         results.append(result)
     _summarise(results)
-    if map_file is not None:
-        _write_map(map_file, results)
-    # in place, the report goes beside the (renamed) slides of the first input
-    report_path = report_file or (outdir or jobs[0][0].parent) / "wsideid-report.json"
-    audit.write(report_path, audit.build(results, {**policy.options(), "in_place": in_place}))
-    if missing or any(r.status == "error" for r in results):
+    written = _write_records(map_file, results, report_file or (outdir or jobs[0][0].parent) / "wsideid-report.json",
+                             {**policy.options(), "in_place": in_place})
+    if not written or missing or any(r.status == "error" for r in results):
         raise typer.Exit(EXIT_INPUT)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FINDINGS)
@@ -192,6 +188,41 @@ def _plan_job(job: list[Path], policy: Policy, keyring: Keyring):
 
         return plan_mrxs(job[0], policy, keyring)
     return plan_slide(job[0], policy)
+
+
+def prepare_outdir(outdir: Path) -> None:
+    """Create the output folder and make sure files can be created in it, before any slide
+    is read: a read-only or missing-permission folder is one error naming the folder."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{outdir}: cannot create output folder: {exc.strerror or exc}")
+    try:
+        probe = outdir / f".wsideid-probe-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
+
+
+def _write_records(map_file: Path | None, results: list[Result], report_path: Path,
+                   options: dict) -> bool:
+    """The map and the audit report; a failure to write either is one error line naming
+    the file (never the input). Returns False when one of them could not be written."""
+    ok = True
+    if map_file is not None:
+        try:
+            _write_map(map_file, results)
+        except OSError as exc:
+            error_line(f"{map_file}: cannot write the map: {exc.strerror or exc}")
+            ok = False
+    try:
+        audit.write(report_path, audit.build(results, options))
+    except OSError as exc:
+        error_line(f"{report_path}: cannot write the audit report: {exc.strerror or exc}")
+        ok = False
+    return ok
 
 
 def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | None,
@@ -211,7 +242,7 @@ def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | N
             return deidentify_mrxs(path, policy, keyring, outdir)
         return deidentify(path, policy, keyring, outdir, in_place)
 
-    result = _attempt(path, work)
+    result = _attempt(path, work, outdir)
     if result.status == "ok" and result.pseudonym:
         if result.pseudonym in seen:
             result.status, result.message = "error", "same content as another input"
@@ -220,18 +251,33 @@ def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | N
     return result
 
 
-def _attempt(path: Path, work) -> Result:
-    """Run one slide's work; any failure becomes a Result and one line on stderr."""
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _attempt(path: Path, work, outdir: Path | None) -> Result:
+    """Run one slide's work; any failure becomes a Result and one line on stderr naming what
+    failed: the input when the input is the problem, else the output folder. A broken
+    installation stops the run."""
+    failed = path
     try:
         result = work()
     except SlideError as exc:
         result = Result(path, status="error", message=str(exc))
     except VerificationError as exc:
         result = Result(path, status="failed", message=f"verification failed: {exc}")
+    except InstallError as exc:
+        fail(f"installation: {exc}")
+        raise
+    except OutputError as exc:
+        result = Result(path, status="error", message=str(exc))
+        failed = outdir or path
     except OSError as exc:
         result = Result(path, status="error", message=f"{exc.strerror or exc}")
+        if outdir is not None and (exc.errno in OUTPUT_ERRNOS or _names_inside(exc, outdir)):
+            result.message = f"cannot write the output: {exc.strerror or exc}"
+            failed = outdir
     if result.status != "ok":
-        error_line(f"{path}: {result.message}")
+        error_line(f"{failed}: {result.message}")
     warnings = list(result.plan.warnings if result.plan else [])
     if result.status == "ok" and result.message:
         warnings.append(result.message)
@@ -251,6 +297,11 @@ def _summarise(results: list[Result], title: str = "wsideid deid") -> None:
                       str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                       str(counts.get("date", 0)), str(dropped), r.status)
     out.print(table)
+
+
+def _names_inside(exc: OSError, folder: Path) -> bool:
+    return any(name is not None and _inside(Path(os.fsdecode(name)), folder)
+               for name in (exc.filename, exc.filename2))
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -325,22 +376,18 @@ def convert(
     policy = make_policy(dates, keep_device_id, label, macro, keyring)
     if map_file is not None and _inside(map_file, outdir):
         fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"{outdir}: cannot create output folder: {exc.strerror}")
+    prepare_outdir(outdir)
     files, missing = collect(inputs)
     for path, why in missing:
         error_line(f"{path}: {why}")
-    results = [_attempt(path, lambda: convert_slide(path, policy, keyring, outdir, allow_transcode))
+    results = [_attempt(path, lambda: convert_slide(path, policy, keyring, outdir, allow_transcode),
+                        outdir)
                for path in files]
     _summarise(results, "wsideid convert --to dicom")
-    if map_file is not None:
-        _write_map(map_file, results)
-    audit.write(report_file or outdir / "wsideid-report.json",
-                audit.build(results, {**policy.options(), "convert": "dicom",
-                                      "allow_transcode": allow_transcode}))
-    if missing or any(r.status == "error" for r in results):
+    written = _write_records(map_file, results, report_file or outdir / "wsideid-report.json",
+                             {**policy.options(), "convert": "dicom",
+                              "allow_transcode": allow_transcode})
+    if not written or missing or any(r.status == "error" for r in results):
         raise typer.Exit(EXIT_INPUT)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FINDINGS)
@@ -415,7 +462,11 @@ def scan(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except InstallError as exc:
+        error_line(f"installation: {exc}")
+        sys.exit(EXIT_INPUT)
 
 
 if __name__ == "__main__":

@@ -8,3 +8,12 @@ class SlideError(Exception):
 
 class VerificationError(Exception):
     """The written output failed verification and was not released (exit code 1)."""
+
+
+class InstallError(Exception):
+    """The installation is broken (a catalog is missing): not the input's fault (exit code 2)."""
+
+
+class OutputError(Exception):
+    """The output cannot be written (read-only or full folder, a failing report write): not
+    the input's fault (exit code 2). The message names what failed."""

@@ -43,6 +43,11 @@ def _without_source(message: str, source: Path) -> str:
 
 
 def write(path: Path, report: dict) -> None:
+    """Write the report whole or not at all (a failed write leaves no partial file)."""
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

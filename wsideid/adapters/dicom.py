@@ -21,7 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from .. import __version__
-from ..catalog import CATALOG_DIR
+from ..catalog import read_catalog
 from ..errors import SlideError
 from ..model import Field, Image
 from ..policy import Policy
@@ -71,7 +71,7 @@ J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.100
 @lru_cache(maxsize=1)
 def ps315_table() -> dict:
     """PS3.15 Table E.1-1 rows by tag ("GGGGEEEE", X for repeating groups)."""
-    data = tomllib.loads((CATALOG_DIR / "dicom-ps3.15.toml").read_text(encoding="utf-8"))
+    data = tomllib.loads(read_catalog("dicom-ps3.15.toml"))
     return data["attributes"]
 
 
