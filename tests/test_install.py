@@ -31,7 +31,9 @@ def installed(tmp_path_factory) -> Path:
     [wheel] = dist.glob("wsideid-*.whl")
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
+    # the versions the suite runs with (constraints.txt), from the package registry
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c",
+                           str(ROOT / "constraints.txt"), str(wheel)],
                           capture_output=True, text=True, timeout=1200, cwd=base)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return venv / "bin"
