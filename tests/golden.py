@@ -149,26 +149,7 @@ def _normal(text: str, work: Path) -> str:
     return text.replace(str(work), "<work>")
 
 
-# wsidicom stamps ContentDate and ContentTime of converted instances with the moment of writing,
-# and an ICC profile it makes carries its creation time
-CONVERSION_STAMPS = (b"\x08\x00\x23\x00DA", b"\x08\x00\x33\x00TM")
-
-
-def _sha_without_stamps(path: Path) -> str:
-    """sha256 of a converted DICOM instance with the values of its writing-time stamps blanked."""
-    data = bytearray(path.read_bytes())
-    for tag in CONVERSION_STAMPS:
-        at = data.find(tag)
-        if at >= 0:
-            length = int.from_bytes(data[at + 6:at + 8], "little")
-            data[at + 8:at + 8 + length] = b" " * length
-    icc = data.find(b"acsp")   # an ICC profile made at conversion: its header's creation time
-    if icc >= 36:
-        data[icc - 12:icc] = bytes(12)
-    return "stamps-blanked:" + hashlib.sha256(bytes(data)).hexdigest()
-
-
-def _tree(folder: Path, work: Path, converted: bool = False) -> dict[str, str]:
+def _tree(folder: Path, work: Path) -> dict[str, str]:
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.is_dir():
@@ -179,8 +160,6 @@ def _tree(folder: Path, work: Path, converted: bool = False) -> dict[str, str]:
             report.pop("run", None)
             out[rel] = "report:" + hashlib.sha256(
                 _normal(json.dumps(report, sort_keys=True), work).encode()).hexdigest()
-        elif converted and path.suffix == ".dcm":
-            out[rel] = _sha_without_stamps(path)
         else:
             out[rel] = _sha(path)
     return out
@@ -215,8 +194,7 @@ def produce(case: Case, work: Path) -> dict:
         produced, report = out, None
     result["exit"] = proc.returncode
     result["stderr"] = _normal(proc.stderr, work).splitlines()
-    result["files"] = (_tree(produced, work, converted=case.command == "convert")
-                       if produced.exists() else {})
+    result["files"] = _tree(produced, work) if produced.exists() else {}
     if report is not None and report.exists():
         result["files"]["<report>"] = _tree(work, work).get("wsideid-report.json")
     return result

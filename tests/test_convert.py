@@ -12,7 +12,7 @@ from pydicom.encaps import generate_frames
 from conftest import all_files, assert_rejected, found_needles, run, shared_slide
 from test_dicom import wsidicom_levels
 from test_real_svs import CMU_NEEDLES
-from wsideid.dicom_pipeline import dciodvfy_errors
+from wsideid.verify.dicom import dciodvfy_errors
 
 
 def scan_data(stream: bytes) -> bytes:
@@ -97,16 +97,17 @@ def test_convert_refuses_when_the_lossless_path_is_missing(tmp_path, monkeypatch
     """Without libturbojpeg the tiles would be re-encoded: refused unless --allow-transcode."""
     from wsideid import convert as conversion
     from wsideid.errors import SlideError
+    from wsideid.keyring import Keyring
+    from wsideid.model import Job
     from wsideid.policy import Policy
-    from wsideid.pseudonym import Keyring
+
+    job = Job((shared_slide("svs/CMU-1-Small-Region.svs"),), "aperio-svs")
 
     monkeypatch.setattr(conversion, "lossless_available", lambda: "libturbojpeg is not usable")
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(SlideError, match="--allow-transcode"):
-        conversion.convert(shared_slide("svs/CMU-1-Small-Region.svs"), Policy(),
-                           Keyring(b"k" * 32), out)
+        conversion.convert(job, Policy(), Keyring(b"k" * 32), out)
     assert list(out.iterdir()) == []
-    result = conversion.convert(shared_slide("svs/CMU-1-Small-Region.svs"), Policy(),
-                                Keyring(b"k" * 32), out, allow_transcode=True)
+    result = conversion.convert(job, Policy(), Keyring(b"k" * 32), out, allow_transcode=True)
     assert result.output is not None and result.output.exists()

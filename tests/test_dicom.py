@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 from conftest import all_files, found_needles, run, sha256, shared_slide
 from pydicom.encaps import generate_frames
 
-from wsideid.dicom_pipeline import dciodvfy_errors
+from wsideid.verify.dicom import dciodvfy_errors
 
 
 def _frames(ds) -> list[bytes]:
@@ -209,27 +209,33 @@ def test_verification_reads_the_written_frames(tmp_path):
     changed after writing, or an item tag moved, is found."""
     import struct
 
-    from wsideid.dicom_pipeline import _Writer, plan_series, verify_series
+    from wsideid import adapters
+    from wsideid.containers.output import Target
+    from wsideid.keyring import Keyring
+    from wsideid.model import Job
     from wsideid.policy import Policy
-    from wsideid.pseudonym import Keyring
+    from wsideid.verify import verify
 
-    files = sorted(shared_slide("dicom/openslide-boxes").glob("*.dcm"))
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    writer = _Writer(staging)
-    plan, _ = plan_series(files, Policy(), Keyring(b"k" * 32), sink=writer)
-    assert verify_series(writer.written, plan) == []
-    inst, out = writer.written[0]
-    shift = out.stat().st_size - inst.pixels.end     # pixel data is last in both files
-    first = int(inst.pixels.frame_offsets[0]) + shift
+    files = tuple(sorted(shared_slide("dicom/openslide-boxes").glob("*.dcm")))
+    dicom = adapters.by_name("dicom-wsi")
+    series = dicom.read(Job(files, dicom.name))
+    naming = dicom.naming(series, Keyring(b"k" * 32))
+    writer = dicom.writer(series, naming, Target(tmp_path))
+    plan = dicom.plan(series, Policy(), naming)
+    written = writer.finish(plan)
+    check = lambda: verify(dicom, series, plan, written, Policy(), naming, None)  # noqa: E731
+    assert check() == []
+    planned, out = plan.output[0], written.paths[0]
+    shift = out.stat().st_size - planned.pixels.end     # pixel data is last in both files
+    first = int(planned.pixels.frame_offsets[0]) + shift
     data = bytearray(out.read_bytes())
     data[first + 20] ^= 0xFF                           # one byte of the first frame
     out.write_bytes(bytes(data))
-    assert any("differs" in p for p in verify_series(writer.written, plan))
+    assert any("differs" in p for p in check())
     data[first + 20] ^= 0xFF
-    struct.pack_into("<I", data, first - 4, int(inst.pixels.frame_lengths[0]) + 2)  # item length
+    struct.pack_into("<I", data, first - 4, int(planned.pixels.frame_lengths[0]) + 2)  # item length
     out.write_bytes(bytes(data))
-    assert any("not where expected" in p for p in verify_series(writer.written, plan))
+    assert any("not where expected" in p for p in check())
 
 
 def test_text_in_the_file_preamble_is_not_copied(tmp_path):

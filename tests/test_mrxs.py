@@ -14,8 +14,8 @@ from conftest import all_files, found_needles, run, sha256
 
 from fixtures.images import pattern
 from fixtures.mrxs import MPP, PLANTED, MrxsSpec, write_mrxs
-from wsideid.mrxs.index import IndexFile
-from wsideid.mrxs.slidedat import Slidedat
+from wsideid.containers.mirax.index import IndexFile
+from wsideid.containers.mirax.slidedat import Slidedat
 
 NEEDLES = sorted(set(PLANTED.values()))
 
@@ -538,14 +538,18 @@ def test_errors_do_not_quote_the_slide(slide, tmp_path):
 def test_verification_refuses_an_output_with_dropped_bytes_left(slide, tmp_path, monkeypatch):
     """If the writer forgot to zero the dropped records, verification finds them (header text
     and non-zero unreferenced bytes) and nothing is released."""
-    import wsideid.mrxs_pipeline as pipeline
+    import wsideid.containers.mirax.data as data_files
+    from wsideid import pipeline
+    from wsideid.containers.output import Target
     from wsideid.errors import VerificationError
+    from wsideid.keyring import Keyring
+    from wsideid.model import Job
     from wsideid.policy import Policy
-    from wsideid.pseudonym import Keyring
 
-    monkeypatch.setattr(pipeline, "zero_gaps", lambda fd, starts, ends: 0)
+    monkeypatch.setattr(data_files, "zero_gaps", lambda fd, starts, ends: 0)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(VerificationError, match="belong to no kept record and are not zero"):
-        pipeline.deidentify_mrxs(slide, Policy(), Keyring(b"k" * 32), out)
+        pipeline.run(Job((slide,), "mirax"),
+                     pipeline.Settings(Policy(), Keyring(b"k" * 32), Target(out)))
     assert list(out.iterdir()) == []

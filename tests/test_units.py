@@ -11,9 +11,10 @@ import tifffile
 from wsideid.adapters.svs import clean_header, split_description
 from wsideid.errors import SlideError
 from wsideid.images import segments
-from wsideid.pseudonym import Keyring, transform_date
-from wsideid.tiff.reader import TiffFile
-from wsideid.tiff.writer import IfdOut, ascii_value, write_tiff
+from wsideid.dates import transform_date
+from wsideid.keyring import Keyring
+from wsideid.containers.tiff.reader import TiffFile
+from wsideid.containers.tiff.writer import IfdOut, ascii_value, write_tiff
 
 
 def _jpeg() -> bytes:
@@ -160,7 +161,7 @@ def test_reader_rejects_absurd_counts(tmp_path):
 
 def test_slidedat_reads_like_gkeyfile_and_writes_bom_crlf():
     from wsideid.errors import SlideError
-    from wsideid.mrxs.slidedat import Slidedat
+    from wsideid.containers.mirax.slidedat import Slidedat
 
     text = ("\ufeff[GENERAL]\r\n# a comment\r\n  SLIDE_ID =  abc \r\nEMPTY=\r\n\r\n[LEVEL]\nA=1\n"
             "[GENERAL]\r\nLATER = x=y\r\nLONG = " + "z" * 300 + "\r\n")
@@ -181,7 +182,7 @@ def test_index_round_trip_multi_page_and_guards():
     import struct
 
     from wsideid.errors import SlideError
-    from wsideid.mrxs.index import IndexFile, Record
+    from wsideid.containers.mirax.index import IndexFile, Record
 
     hier = [Record([[(0, 10, 5, 0), (1, 15, 5, 0)], [(2, 20, 5, 1)]]), None]
     nonhier = [Record([[(1253, 0, 40, 7, 0)]])]
@@ -228,9 +229,9 @@ def test_clean_png_keeps_pixels_and_rendering_chunks_only():
 def test_report_messages_do_not_quote_the_input_name():
     from pathlib import Path
 
-    from wsideid.report import _without_source
+    from wsideid.report.audit import without_source
 
     src = Path("/data/incoming/DOE-JOHN-S26.svs")
     message = "wsidicomizer could not convert the slide: cannot open /data/incoming/DOE-JOHN-S26.svs (DOE-JOHN-S26)"
-    cleaned = _without_source(message, src)
+    cleaned = without_source(message, src)
     assert "DOE-JOHN" not in cleaned and "incoming" not in cleaned and "<input>" in cleaned

@@ -1,4 +1,7 @@
-"""Field catalogs: `formats/*.toml`, one per format, every known field with its action."""
+"""Field catalogs: `formats/*.toml`, one per format, every known field with its action and type.
+
+The catalogs ship inside the package (`wsideid.formats`; `formats/` in the repository).
+"""
 from __future__ import annotations
 
 import fnmatch
@@ -11,20 +14,37 @@ from pathlib import Path
 
 from .errors import InstallError
 
-NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-TIME = re.compile(r"\d{1,2}:\d{2}(:\d{2})?(\.\d+)?")
-CODEC = re.compile(r"JPEG|PNG|BMP24|JPEG2000|JPEGXR|RAW")  # MIRAX image formats
+# What a kept value may look like, by the type a catalog gives it (a number cannot carry a name).
+TYPES = {
+    "number": re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
+    "numbers": re.compile(r"[-+0-9.,:%eE /_]*"),      # lists, ranges and ratios of numbers
+    "time": re.compile(r"\d{1,2}:\d{2}(:\d{2})?(\.\d+)?"),
+    "codec": re.compile(r"JPEG|PNG|BMP24|JPEG2000|JPEGXR|RAW"),   # MIRAX image formats
+    "boolean": re.compile(r"true|false|0|1"),
+    "enum": re.compile(r"[A-Za-z0-9_+\-:]{1,64}"),          # a word from a fixed vocabulary
+    "unit": re.compile(r"[^\s<>&\"']{1,16}"),                # um, nm, degrees C, ...
+    "lsid": re.compile(r"[^\s<>&\"']{1,200}:[^\s<>&\"']{1,200}"),  # OME IDs (Type:n, urn:lsid:...)
+}
+TYPE_WORDS = {"number": "a number", "numbers": "numeric", "time": "a time", "codec": "a codec",
+              "boolean": "a boolean", "enum": "a word of the format's vocabulary",
+              "unit": "a unit", "lsid": "an identifier"}
+NUMBER = TYPES["number"]
+TIME = TYPES["time"]
+
+
+# "marker": a line without a value that a format uses as a heading (kept as it is).
 
 
 def has_type(value: str, kind: str) -> bool:
-    """Kept values must look like what the catalog says they are (a number cannot carry a name)."""
-    if kind == "number":
-        return bool(NUMBER.fullmatch(value))
-    if kind == "time":
-        return bool(TIME.fullmatch(value))
-    if kind == "codec":
-        return bool(CODEC.fullmatch(value))
+    """Whether a value to be kept looks like what its catalog says it is."""
+    pattern = TYPES.get(kind)
+    if pattern is not None:
+        return bool(pattern.fullmatch(value))
     return "\x00" not in value
+
+
+def type_word(kind: str) -> str:
+    return TYPE_WORDS.get(kind, f"a {kind}")
 
 
 # A source checkout run without installing finds the catalogs beside the package.
@@ -46,6 +66,14 @@ def read_catalog(filename: str) -> str:
                            "reinstall wsideid") from None
 
 
+@lru_cache(maxsize=None)
+def read_toml(filename: str) -> dict:
+    try:
+        return tomllib.loads(read_catalog(filename))
+    except tomllib.TOMLDecodeError as exc:
+        raise InstallError(f"field catalog {filename} is not valid TOML ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -60,10 +88,7 @@ UNKNOWN = Entry("?", "remove", "not in the catalog: only fields known to be safe
 
 class Catalog:
     def __init__(self, filename: str, section: str | None = None):
-        try:
-            data = tomllib.loads(read_catalog(filename))
-        except tomllib.TOMLDecodeError as exc:
-            raise InstallError(f"field catalog {filename} is not valid TOML ({exc})") from None
+        data = read_toml(filename)
         self.filename = filename
         self.meta = data.get("catalog", {})
         self.exact: dict[str, Entry] = {}
@@ -72,7 +97,9 @@ class Catalog:
         for key, spec in entries.items():
             name = spec.get("name", key)
             attrs = spec.get("attributes")
-            entry = Entry(name, spec["action"], spec.get("why", ""), spec.get("type", "text"),
+            # a field under the date action holds a date unless the catalog says otherwise
+            kind = spec.get("type", "date" if spec["action"] == "date" else "text")
+            entry = Entry(name, spec["action"], spec.get("why", ""), kind,
                           tuple(attrs) if isinstance(attrs, list) else attrs)
             if "*" in key:
                 self.patterns.append((key, entry))
@@ -95,3 +122,12 @@ class Catalog:
 @lru_cache(maxsize=None)
 def load(name: str, section: str | None = None) -> Catalog:
     return Catalog(f"{name}.toml", section)
+
+
+def lookup(catalogs, key: str | int) -> Entry:
+    """The entry of the first catalog that knows `key` (a vendor's before the standard's)."""
+    for cat in catalogs:
+        entry = cat.lookup(key)
+        if entry is not UNKNOWN:
+            return entry
+    return UNKNOWN

@@ -1,8 +1,7 @@
-"""The `wsideid` command: thin; parses options, calls the pipeline, prints."""
+"""The `wsideid` command: parses options, hands slides to the batch, prints what happened."""
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import os
 import sys
@@ -13,13 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import adapters, batch
 from . import needles as needle_search
-from . import report as audit
-from .errors import InstallError, OutputError, SlideError, VerificationError
-from .magic import is_dicom, is_mrxs, is_tiff
-from .pipeline import Result, deidentify, plan_slide
+from .containers.output import Target
+from .errors import InstallError, SlideError
+from .keyring import Keyring, load_key
+from .model import Job, Result
+from .pipeline import Settings, plan_job
 from .policy import DATE_MODES, Policy
-from .pseudonym import Keyring, load_key
+from .report import audit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="De-identify whole-slide images.")
@@ -40,50 +41,12 @@ def fail(message: str, code: int = EXIT_INPUT) -> None:
     raise typer.Exit(code)
 
 
-def looks_like_slide(path: Path) -> bool:
-    return is_tiff(path) or is_dicom(path) or is_mrxs(path)
-
-
 def slide_files(path: Path) -> list[Path]:
     """Every file a slide consists of (a MIRAX slide: NAME.mrxs and the files in NAME/)."""
-    if is_mrxs(path):
+    if path.name.lower().endswith(".mrxs") and path.is_file():
         folder = path.with_name(path.name[: -len(".mrxs")])
         return [path] + (sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else [])
     return [path]
-
-
-def group_jobs(files: list[Path]) -> tuple[list[list[Path]], list[tuple[Path, str]]]:
-    """One job per TIFF file; one job per DICOM series (instances found anywhere in the input)."""
-    jobs: list[list[Path]] = []
-    series: dict[str, list[Path]] = {}
-    bad: list[tuple[Path, str]] = []
-    for path in files:
-        if is_dicom(path):
-            from .adapters.dicom import series_uid  # pydicom only when DICOM is given
-
-            try:
-                series.setdefault(series_uid(path), []).append(path)
-            except SlideError as exc:
-                bad.append((path, str(exc)))
-        else:
-            jobs.append([path])
-    jobs += list(series.values())
-    return jobs, bad
-
-
-def collect(inputs: List[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files as given; folders walked (files that do not start like a slide are skipped)."""
-    files: list[Path] = []
-    missing: list[tuple[Path, str]] = []
-    for item in inputs:
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*")
-                            if p.is_file() and not p.is_symlink() and looks_like_slide(p))
-        elif item.is_file():
-            files.append(item)
-        else:
-            missing.append((item, "no such file or folder"))
-    return files, missing
 
 
 def make_policy(dates: str, keep_device_id: bool, label: str, macro: str,
@@ -93,6 +56,26 @@ def make_policy(dates: str, keep_device_id: bool, label: str, macro: str,
                       date_shift_days=keyring.date_shift_days() if keyring else 0, **dicom_options)
     except ValueError as exc:
         fail(str(exc))
+        raise
+
+
+def job_of(file: Path) -> Job:
+    """The slide one named file is (a DICOM instance alone)."""
+    if file.is_dir():
+        raise SlideError("is a folder, not a slide file")
+    if not file.exists():
+        raise SlideError("no such file")
+    adapter = adapters.detect(file)
+    if adapter is None:
+        raise SlideError(batch.not_a_slide(file))
+    return Job((file,), adapter.name)
+
+
+def make_keyring(key_file: Path | None) -> Keyring:
+    try:
+        return Keyring(load_key(key_file))
+    except (OSError, ValueError) as exc:
+        fail(f"key: {exc}")
         raise
 
 
@@ -127,67 +110,58 @@ def deid(
         fail("use either -o OUTDIR or --in-place, not both")
     if not dry_run and not in_place and outdir is None:
         fail("missing -o OUTDIR (or --in-place)")
-    try:
-        keyring = Keyring(load_key(key_file))
-    except (OSError, ValueError) as exc:
-        fail(f"key: {exc}")
+    keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
                          retain_institution=retain_institution,
                          retain_patient_characteristics=retain_patient_characteristics,
                          clean_descriptors=clean_descriptors)
     if map_file is not None and outdir is not None:
-        if _inside(map_file, outdir):
+        if batch.inside(map_file, outdir):
             fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
     if outdir is not None and not dry_run:
         prepare_outdir(outdir)
-    files, missing = collect(inputs)
-    jobs, unreadable = group_jobs(files)
-    missing += unreadable
-    for path, why in missing:
+    found = batch.find(inputs)
+    for path, why in found.problems:
         error_line(f"{path}: {why}")
-    if not jobs and not missing:
+    if not found.jobs and not found.problems:
         fail("no slides found in the given inputs")
 
     if dry_run:
-        code = EXIT_INPUT if missing else 0
-        for job in jobs:
+        code = EXIT_INPUT if found.problems else 0
+        for job in found.jobs:
             try:
-                plan = _plan_job(job, policy, keyring)
+                plan = plan_job(job, policy, keyring)
             except SlideError as exc:
-                error_line(f"{job[0]}: {exc}")
+                error_line(f"{job.path}: {exc}")
                 code = EXIT_INPUT
                 continue
-            print_plan(job[0], plan, show_values=False)
+            print_plan(job.path, plan, show_values=False)
         raise typer.Exit(code)
 
-    results: list[Result] = []
-    seen: dict[str, Path] = {}
-    for job in jobs:
-        if in_place and is_dicom(job[0]):
-            result = Result(job[0], status="error", message="--in-place is not supported for DICOM")
-            error_line(f"{job[0]}: {result.message}")
-        else:
-            result = _run_one(job, policy, keyring, outdir, in_place, seen)
-        results.append(result)
+    settings = Settings(policy, keyring, Target(None if in_place else outdir))
+    results = [Result(path, status="error", message=why) for path, why in found.problems
+               if path.exists()]
+    results += batch.run_all(found.jobs, settings, print_result)
     _summarise(results)
-    written = _write_records(map_file, results, report_file or (outdir or jobs[0][0].parent) / "wsideid-report.json",
+    # in place, the report goes beside the (renamed) slides of the first input
+    first = found.jobs[0].path.parent if found.jobs else Path(".")
+    written = _write_records(map_file, results, report_file or (outdir or first) / "wsideid-report.json",
                              {**policy.options(), "in_place": in_place})
-    if not written or missing or any(r.status == "error" for r in results):
+    if not written or found.problems or any(r.status == "error" for r in results):
         raise typer.Exit(EXIT_INPUT)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FINDINGS)
 
 
-def _plan_job(job: list[Path], policy: Policy, keyring: Keyring):
-    if is_dicom(job[0]):
-        from .dicom_pipeline import plan_series
-
-        return plan_series(job, policy, keyring)[0]
-    if is_mrxs(job[0]):
-        from .mrxs_pipeline import plan_mrxs
-
-        return plan_mrxs(job[0], policy, keyring)
-    return plan_slide(job[0], policy)
+def print_result(result: Result) -> None:
+    """One slide's outcome on stderr: an error line naming what failed, and its warnings."""
+    if result.status != "ok":
+        error_line(f"{result.failed or result.source}: {result.message}")
+    warnings = list(result.plan.warnings if result.plan else [])
+    if result.status == "ok" and result.message:
+        warnings.append(result.message)
+    for warning in warnings:
+        sys.stderr.write(f"wsideid: warning: {result.source}: {warning}\n")
 
 
 def prepare_outdir(outdir: Path) -> None:
@@ -225,67 +199,6 @@ def _write_records(map_file: Path | None, results: list[Result], report_path: Pa
     return ok
 
 
-def _run_one(job: list[Path], policy: Policy, keyring: Keyring, outdir: Path | None,
-             in_place: bool, seen: dict[str, Path]) -> Result:
-    path = job[0]
-
-    def work() -> Result:
-        if is_dicom(path):
-            from .dicom_pipeline import deidentify_series
-
-            return deidentify_series(job, policy, keyring, outdir)
-        if is_mrxs(path):
-            from .mrxs_pipeline import deidentify_mrxs, deidentify_mrxs_in_place
-
-            if in_place:
-                return deidentify_mrxs_in_place(path, policy, keyring)
-            return deidentify_mrxs(path, policy, keyring, outdir)
-        return deidentify(path, policy, keyring, outdir, in_place)
-
-    result = _attempt(path, work, outdir)
-    if result.status == "ok" and result.pseudonym:
-        if result.pseudonym in seen:
-            result.status, result.message = "error", "same content as another input"
-            error_line(f"{path}: {result.message}")
-        seen[result.pseudonym] = path
-    return result
-
-
-OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
-
-
-def _attempt(path: Path, work, outdir: Path | None) -> Result:
-    """Run one slide's work; any failure becomes a Result and one line on stderr naming what
-    failed: the input when the input is the problem, else the output folder. A broken
-    installation stops the run."""
-    failed = path
-    try:
-        result = work()
-    except SlideError as exc:
-        result = Result(path, status="error", message=str(exc))
-    except VerificationError as exc:
-        result = Result(path, status="failed", message=f"verification failed: {exc}")
-    except InstallError as exc:
-        fail(f"installation: {exc}")
-        raise
-    except OutputError as exc:
-        result = Result(path, status="error", message=str(exc))
-        failed = outdir or path
-    except OSError as exc:
-        result = Result(path, status="error", message=f"{exc.strerror or exc}")
-        if outdir is not None and (exc.errno in OUTPUT_ERRNOS or _names_inside(exc, outdir)):
-            result.message = f"cannot write the output: {exc.strerror or exc}"
-            failed = outdir
-    if result.status != "ok":
-        error_line(f"{failed}: {result.message}")
-    warnings = list(result.plan.warnings if result.plan else [])
-    if result.status == "ok" and result.message:
-        warnings.append(result.message)
-    for warning in warnings:
-        sys.stderr.write(f"wsideid: warning: {path}: {warning}\n")
-    return result
-
-
 def _summarise(results: list[Result], title: str = "wsideid deid") -> None:
     table = Table(title=title)
     for col in ("input", "output", "removed/replaced", "dates", "images dropped", "status"):
@@ -297,19 +210,6 @@ def _summarise(results: list[Result], title: str = "wsideid deid") -> None:
                       str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                       str(counts.get("date", 0)), str(dropped), r.status)
     out.print(table)
-
-
-def _names_inside(exc: OSError, folder: Path) -> bool:
-    return any(name is not None and _inside(Path(os.fsdecode(name)), folder)
-               for name in (exc.filename, exc.filename2))
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _write_map(map_file: Path, results: list[Result]) -> None:
@@ -369,25 +269,26 @@ def convert(
 
     if to != "dicom":
         fail("--to: only dicom is supported")
-    try:
-        keyring = Keyring(load_key(key_file))
-    except (OSError, ValueError) as exc:
-        fail(f"key: {exc}")
+    keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring)
-    if map_file is not None and _inside(map_file, outdir):
+    if map_file is not None and batch.inside(map_file, outdir):
         fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
     prepare_outdir(outdir)
-    files, missing = collect(inputs)
-    for path, why in missing:
+    found = batch.find(inputs)
+    for path, why in found.problems:
         error_line(f"{path}: {why}")
-    results = [_attempt(path, lambda: convert_slide(path, policy, keyring, outdir, allow_transcode),
-                        outdir)
-               for path in files]
+    results = [Result(path, status="error", message=why) for path, why in found.problems
+               if path.exists()]
+    for job in found.jobs:
+        result = batch.guarded(job.path, lambda: convert_slide(job, policy, keyring, outdir,
+                                                               allow_transcode), outdir)
+        print_result(result)
+        results.append(result)
     _summarise(results, "wsideid convert --to dicom")
     written = _write_records(map_file, results, report_file or outdir / "wsideid-report.json",
                              {**policy.options(), "convert": "dicom",
                               "allow_transcode": allow_transcode})
-    if not written or missing or any(r.status == "error" for r in results):
+    if not written or found.problems or any(r.status == "error" for r in results):
         raise typer.Exit(EXIT_INPUT)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FINDINGS)
@@ -405,7 +306,7 @@ def inspect(
     """Every image with its role, every field with its value, location and planned action."""
     policy = make_policy(dates, keep_device_id, label, macro)
     try:
-        plan = _plan_job([file], policy, Keyring(load_key(None)))
+        plan = plan_job(job_of(file), policy, Keyring(load_key(None)))
     except SlideError as exc:
         fail(f"{file}: {exc}")
     if as_json:
@@ -430,15 +331,17 @@ def scan(
             targets = [line.strip() for line in needles_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         except OSError as exc:
             fail(f"{needles_file}: {exc.strerror}")
-    files, missing = collect(paths)
-    for path, why in missing:
+    found = batch.find(paths)
+    for path, why in found.problems:
         error_line(f"{path}: {why}")
     findings = 0
-    unreadable = bool(missing)
+    unreadable = bool(found.problems)
     keyring = Keyring(load_key(None))
-    for path in files:
+    # every file on its own (a DICOM instance too): what each file holds is what is scanned
+    files = [(path, job.format) for job in found.jobs for path in job.paths]
+    for path, format_name in files:
         try:
-            plan = _plan_job([path], Policy(), keyring)
+            plan = plan_job(Job((path,), format_name), Policy(), keyring)
         except SlideError as exc:
             error_line(f"{path}: {exc}")
             unreadable = True

@@ -1,9 +1,9 @@
-"""Errors that carry a one-line, user-facing message."""
+"""Errors that carry a one-line, user-facing message; the class says what failed."""
 from __future__ import annotations
 
 
 class SlideError(Exception):
-    """The input is not a readable slide (exit code 2)."""
+    """The input is not a readable slide, or cannot be de-identified (exit code 2)."""
 
 
 class VerificationError(Exception):

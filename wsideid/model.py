@@ -1,7 +1,42 @@
-"""The neutral model every adapter produces: images, fields, and the plan for them."""
+"""The neutral model every adapter produces and every container consumes.
+
+A *job* names a slide's files; reading it gives *images* (role, geometry, where their bytes
+are) and *fields* (every piece of metadata, with its location and value); planning decides
+one action per field and per image and gathers the *edits* a container applies. A *result*
+is what one job's run produced.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_ACTIONS = ("keep", "drop", "replace", "redact")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One slide: its main files (a TIFF file, a NAME.mrxs, or a DICOM series' instances) and
+    the registry name of the format that claimed them."""
+    paths: tuple[Path, ...]
+    format: str
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
+
+
+@dataclass(frozen=True)
+class Naming:
+    """What a slide's identifiers are replaced with, all derived from the key (the keyring
+    goes along for identifiers derived while planning, such as DICOM UIDs)."""
+    pseudonym: str
+    output_name: str            # file (or folder) name of the released slide
+    uuid: str = ""              # a stable file UUID (OME-XML)
+    slide_id: str = ""          # replacement for a vendor slide identifier (MIRAX SLIDE_ID)
+    keyring: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -34,16 +69,72 @@ def _withheld(location: str) -> str:
 
 
 @dataclass
+class Runs:
+    """Where an image's stored pieces (tiles, strips, frames, stored images) are: piece i is
+    counts[i] bytes at offsets[i] of the slide file numbered files[i]."""
+    files: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+    codec: str = "other"        # jpeg | j2k | png | other: how text segments are looked for
+
+    @classmethod
+    def in_file(cls, file: int, offsets, counts, codec: str = "other") -> Runs:
+        offsets = np.asarray(offsets, dtype=np.int64)
+        return cls(np.full(len(offsets), file, dtype=np.int64), offsets,
+                   np.asarray(counts, dtype=np.int64), codec)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+@dataclass
+class Geometry:
+    """Where an image sits in the pyramid and how it is cut into pieces."""
+    level: int | None = None                      # 0 = full resolution; None: not a level
+    downsample: tuple[float, float] | None = None  # relative to level 0, per axis
+    tile: tuple[int, int] | None = None            # tile width and height; None: strips or one piece
+
+
+@dataclass
 class Image:
-    index: str         # "IFD 2"
-    role: str          # level | thumbnail | label | macro | overview | map | unknown
+    index: str         # where the image is: "IFD 2", "instance 0", "zoom level 1", ...
+    role: str          # level | thumbnail | label | macro | overview | map | geometry | unknown
     width: int
     height: int
     compression: str
-    action: str = "keep"   # keep | drop
+    action: str = "keep"   # keep | drop | replace | redact
+    geometry: Geometry = field(default_factory=Geometry)
+    runs: Runs | None = None
 
     def public(self) -> dict:
-        return asdict(self)
+        return {"index": self.index, "role": self.role, "width": self.width,
+                "height": self.height, "compression": self.compression, "action": self.action}
+
+
+@dataclass(frozen=True)
+class ReplaceRun:
+    """One stored piece of an image gets new bytes (a tile without its text segments)."""
+    image: str
+    run: int
+    data: bytes
+    header_shift: int = 0   # bytes removed before the entropy-coded data
+
+
+@dataclass(frozen=True)
+class ReplaceImage:
+    """An image is replaced by another of the same size (a synthesized label)."""
+    image: str
+    pixels: Any
+
+
+@dataclass(frozen=True)
+class RedactImage:
+    """Areas of an image are painted over."""
+    image: str
+    regions: Any
+
+
+Edit = ReplaceRun | ReplaceImage | RedactImage
 
 
 @dataclass
@@ -52,6 +143,9 @@ class Plan:
     images: list[Image]
     fields: list[Field]
     warnings: list[str] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
+    output: Any = None   # what the container writes: its own structure, built by the adapter
+    empty: str | None = None   # why nothing is to be written (every image dropped), if so
 
     def removed_values(self) -> set[str]:
         """Values that must not survive anywhere in the output."""
@@ -63,8 +157,28 @@ class Plan:
                 out.add(f.value)
         return out
 
+    def kept_values(self) -> list[str]:
+        """Values the output holds on purpose (kept, transformed dates, replacements)."""
+        return [f.new_value or f.value for f in self.fields
+                if f.action in ("keep", "date", "replace")]
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for f in self.fields:
             counts[f.action] = counts.get(f.action, 0) + 1
         return counts
+
+    def run_edits(self, image: str) -> dict[int, ReplaceRun]:
+        return {e.run: e for e in self.edits if isinstance(e, ReplaceRun) and e.image == image}
+
+
+@dataclass
+class Result:
+    source: Path
+    pseudonym: str = ""
+    output: Path | None = None
+    plan: Plan | None = None
+    status: str = "ok"        # ok | failed (verification) | error (unreadable input, I/O)
+    message: str = ""
+    zeroed_bytes: int = 0
+    failed: Path | None = None   # what failed when it is not the input (the output folder)

@@ -1,112 +1,72 @@
-"""detect -> read -> plan -> write -> verify, for one slide."""
+"""detect -> read -> plan -> write -> verify -> release, for one slide of any format."""
 from __future__ import annotations
 
-import os
-import secrets
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from .adapters import open_slide
-from .adapters.ometiff import Naming, OmeTiffSlide
+from . import adapters
 from .background import Background
-from .errors import SlideError, VerificationError
-from .model import Plan
+from .containers.output import Target
+from .errors import VerificationError
+from .keyring import Keyring
+from .model import Job, Plan, Result
 from .policy import Policy
-from .pseudonym import Keyring, fingerprint
-from .readers import openslide_view
-from .tiff.writer import copy_file, start_writeback, write_tiff
-from .verify import verify_tiff
+from .verify import verify
+from .verify.reader import openslide_view
 
 
-@dataclass
-class Result:
-    source: Path
-    pseudonym: str = ""
-    output: Path | None = None
-    plan: Plan | None = None
-    status: str = "ok"        # ok | failed (verification) | error (unreadable input, I/O)
-    message: str = ""
-    zeroed_bytes: int = 0
-    problems: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class Settings:
+    policy: Policy
+    keyring: Keyring
+    target: Target = Target()
 
 
-def plan_slide(path: Path, policy: Policy) -> Plan:
-    slide = open_slide(path)
+def plan_job(job: Job, policy: Policy, keyring: Keyring) -> Plan:
+    """The plan of one slide, as `deid` would carry it out (nothing is written)."""
+    adapter = adapters.by_name(job.format)
+    slide = adapter.read(job)
     try:
-        plan, _ = slide.plan(policy)
-        return plan
+        return adapter.plan(slide, policy, adapter.naming(slide, keyring))
     finally:
         slide.close()
 
 
-def deidentify(path: Path, policy: Policy, keyring: Keyring, outdir: Path | None,
-               in_place: bool = False) -> Result:
-    """De-identify one slide into `outdir` (or in place). Never leaves a partial output."""
-    result = Result(path)
-    slide = open_slide(path)
+def run(job: Job, settings: Settings) -> Result:
+    """De-identify one slide. The output appears under its final name only when it is complete
+    and verified; a failure leaves nothing behind (in place: the input as it was, unless the
+    failure came after patching began)."""
+    adapter = adapters.by_name(job.format)
+    result = Result(job.path)
+    slide = adapter.read(job)
     try:
-        fp = fingerprint(path)
-        result.pseudonym = keyring.slide_pseudonym(fp)
-        name = result.pseudonym + slide.extension
-        if isinstance(slide, OmeTiffSlide):
-            slide.naming = Naming(result.pseudonym, name, keyring.file_uuid(fp))
-        before = openslide_view(path)
-        if in_place:
-            target = path.with_name(name)
-            if target != path and target.exists():
-                raise SlideError(f"{target.name} already exists next to the input")
-            plan, chain = slide.plan(policy)
+        naming = adapter.naming(slide, settings.keyring)
+        result.pseudonym = naming.pseudonym
+        # what OpenSlide shows of the input: read beside the copy, or before patching in place
+        seen = adapter.reader_path(slide)
+        before = Background(lambda: openslide_view(seen) if seen is not None else None)
+        if settings.target.in_place:
+            before.join()
+        writer = adapter.writer(slide, naming, settings.target)
+        try:
+            plan = adapter.plan(slide, settings.policy, naming)
             result.plan = plan
-            fd = os.open(path, os.O_RDWR)
-            try:
-                write = write_tiff(slide.tiff, fd, chain)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _release(verify_tiff(path, slide, plan, chain, policy, before, input_intact=False),
-                     path, target)
-        else:
-            assert outdir is not None
-            target = outdir / name
-            tmp = outdir / f".{name}.{secrets.token_hex(4)}.partial"
-            try:
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    # The kernel copies while this thread plans (both read the input once,
-                    # through the page cache); writeback starts as soon as the copy is done.
-                    copier = Background(lambda: (copy_file(path, fd), start_writeback(fd)))
-                    try:
-                        plan, chain = slide.plan(policy)
-                    finally:
-                        copier.join()
-                    result.plan = plan
-                    write = write_tiff(slide.tiff, fd, chain)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                _release(verify_tiff(tmp, slide, plan, chain, policy, before, input_intact=True),
-                         tmp, target)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        result.output = target
-        result.zeroed_bytes = write.zeroed_bytes
+            if plan.empty is not None:
+                writer.abort()
+                result.pseudonym, result.message = "", plan.empty
+                return result
+            written = writer.finish(plan)
+        except BaseException:
+            writer.abort()
+            raise
+        try:
+            problems = verify(adapter, slide, plan, written, settings.policy, naming, before.join())
+            if problems:
+                raise VerificationError("; ".join(problems))
+            result.output = written.release()
+        except BaseException:
+            written.discard()
+            raise
+        result.zeroed_bytes = written.zeroed_bytes
         return result
     finally:
         slide.close()
-
-
-def _release(problems: list[str], written: Path, target: Path) -> None:
-    """Give a verified file its final name (durably); refuse an unverified one."""
-    if problems:
-        raise VerificationError("; ".join(problems))
-    os.replace(written, target)
-    fsync_dir(target.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

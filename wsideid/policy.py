@@ -1,10 +1,18 @@
-"""The de-identification policy: safe defaults, relaxed one option at a time."""
+"""The de-identification policy (safe defaults, relaxed one option at a time) and `decide`,
+the one place where a field's action is chosen, for every field of every format."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .catalog import UNKNOWN, Entry, has_type, type_word
+from .dates import COMMON, DateFormat, transform_date
+from .model import Field
+
 DATE_MODES = ("remove", "shift", "keep-year")
 IMAGE_MODES = ("keep", "drop")
+# Catalog types whose values are calendar dates (transformed); other values under a date
+# action (a time of day) are kept only when dates are shifted, which keeps times.
+DATE_TYPES = ("date",)
 
 
 @dataclass(frozen=True)
@@ -48,3 +56,31 @@ class Policy:
         options = asdict(self)
         options.pop("date_shift_days")
         return options
+
+
+def decide(entry: Entry, value: str | None, policy: Policy, *, name: str, where: str,
+           date_format: DateFormat = COMMON) -> Field:
+    """One field's fate: the catalog's action under the policy, dates transformed, and a value
+    that is to be kept checked against the type its catalog gives it.
+
+    `value` None is a key without a value (a fragment of a `key=value` list): only a marker
+    line the catalog keeps survives; any other fragment is the slide's own text. Actions other than keep, remove and date (a pointer, a
+    nested description) are returned for the adapter to carry out."""
+    known = entry is not UNKNOWN
+    action = policy.field_action(entry.action)
+    if value is None:
+        if known and action == "keep" and entry.type == "marker":
+            return Field(name, where, name.split(":", 1)[-1], "keep", why=entry.why)
+        return Field(name, where, name.split(":", 1)[-1], "remove", why="fragment without '='",
+                     known=known)
+    if action == "date":
+        if entry.type in DATE_TYPES:
+            new = transform_date(value, policy.dates, policy.date_shift_days, date_format)
+            if new is None:
+                return Field(name, where, value, "remove", why=entry.why + " (not a date)")
+            return Field(name, where, value, "date", new, why=entry.why)
+        action = "keep" if policy.dates == "shift" else "remove"
+    if action == "keep" and not has_type(value, entry.type):
+        return Field(name, where, value, "remove", why=f"value is not {type_word(entry.type)}",
+                     known=known)
+    return Field(name, where, value, action, why=entry.why, known=known)

@@ -1,30 +1,41 @@
-"""Format detection: one adapter per format, chosen by content, never by file extension."""
+"""The registry of formats: every adapter module of this package, in detection order.
+
+Like OpenSlide's format table, the first adapter whose `detect` accepts a file wins; generic
+TIFF comes last. Adapter modules keep their imports light (what a format needs is imported
+when a slide of that format is read), so finding the formats costs little at start-up.
+"""
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from functools import lru_cache
 from pathlib import Path
 
-from ..errors import SlideError
-from ..tiff.reader import TiffFile
-from .generic import GenericTiffSlide
-from .ndpi import NdpiSlide, is_ndpi
-from .ometiff import OmeTiffSlide, looks_like_ome
-from .svs import SvsSlide, is_aperio
-from .tiffbase import TiffSlide
+from .base import Adapter, Probe
 
 
-def open_slide(path: Path) -> TiffSlide:
-    path = Path(path)
-    if path.is_dir():
-        raise SlideError("is a folder, not a slide file")
-    tiff = TiffFile(path)
-    try:
-        if is_ndpi(tiff):
-            return NdpiSlide(path, tiff)
-        if looks_like_ome(tiff):
-            return OmeTiffSlide(path, tiff)
-        if is_aperio(tiff):
-            return SvsSlide(path, tiff)
-        return GenericTiffSlide(path, tiff)
-    except Exception:
-        tiff.close()
-        raise
+@lru_cache(maxsize=1)
+def adapters() -> tuple[Adapter, ...]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        adapter = getattr(module, "ADAPTER", None)
+        if isinstance(adapter, Adapter):
+            found.append(adapter)
+    return tuple(sorted(found, key=lambda a: (a.order, a.name)))
+
+
+def by_name(name: str) -> Adapter:
+    for adapter in adapters():
+        if adapter.name == name:
+            return adapter
+    raise KeyError(name)
+
+
+def detect(path: Path) -> Adapter | None:
+    """The format of a file, by content (MIRAX: by its name, as OpenSlide), or None."""
+    probe = Probe(Path(path))
+    for adapter in adapters():
+        if adapter.detect(probe):
+            return adapter
+    return None

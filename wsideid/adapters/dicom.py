@@ -9,24 +9,33 @@ specimen identifiers get keyed pseudonyms. LABEL and OVERVIEW instances follow t
 """
 from __future__ import annotations
 
+import copy
 import hashlib
-import hmac
+import os
 import re
-import tomllib
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
-from .. import __version__
-from ..catalog import read_catalog
+from .. import __version__, catalog
+from ..containers.files import Staging
+from ..containers.output import Target, Written
+from ..dates import DICOM as DICOM_DATES
 from ..errors import SlideError
-from ..model import Field, Image
-from ..policy import Policy
-from ..magic import is_dicom  # noqa: F401 - re-exported
-from ..pseudonym import transform_date
+from ..images import codestreams
+from ..keyring import Keyring
+from ..model import Field, Image, Job, Naming, Plan, ReplaceRun, Runs
+from ..policy import Policy, decide
+from .base import Adapter, Probe
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from ..containers.dicom.io import PixelElement
+
+DICM_OFFSET = 128  # PS3.10 7.1: 128-byte preamble, then "DICM"
 
 ROLE_BY_TYPE = {"VOLUME": "level", "THUMBNAIL": "thumbnail", "LABEL": "label", "OVERVIEW": "overview"}
 # Attributes of the WSI IOD (and the modules it includes) that are Type 1: a Z or X action
@@ -71,19 +80,13 @@ J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.100
 @lru_cache(maxsize=1)
 def ps315_table() -> dict:
     """PS3.15 Table E.1-1 rows by tag ("GGGGEEEE", X for repeating groups)."""
-    data = tomllib.loads(read_catalog("dicom-ps3.15.toml"))
-    return data["attributes"]
-
-
-def read(path: Path, pixels: bool = True) -> Dataset:
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=not pixels)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        raise SlideError(f"not a readable DICOM file: {exc}") from exc
+    return catalog.read_toml("dicom-ps3.15.toml")["attributes"]
 
 
 def series_uid(path: Path) -> str:
-    ds = read(path, pixels=False)
+    from ..containers.dicom.io import read_header
+
+    ds, _ = read_header(path)
     uid = ds.get("SeriesInstanceUID")
     if not uid:
         raise SlideError("DICOM file without SeriesInstanceUID")
@@ -112,11 +115,9 @@ class Rule:
 class DicomPlanner:
     """Plans and applies PS3.15 to the instances of one series."""
 
-    format = "dicom-wsi"
-
-    def __init__(self, policy: Policy, key: bytes):
+    def __init__(self, policy: Policy, keyring: Keyring):
         self.policy = policy
-        self.key = key
+        self.keyring = keyring
         self.rows = ps315_table()
         self.repeating = [(re.compile(k.replace("X", "[0-9A-F]") + "$"), v)
                           for k, v in self.rows.items() if "X" in k]
@@ -140,15 +141,6 @@ class DicomPlanner:
             if opt in row and self._enabled(opt):
                 code, option = row[opt], opt
         return Rule(code, option, row["name"])
-
-    # ---- values ----------------------------------------------------------------------------
-    def new_uid(self, uid: str) -> str:
-        digest = hmac.new(self.key, b"uid\x00" + uid.encode(), hashlib.sha256).digest()
-        return "2.25." + str(int.from_bytes(digest[:16], "big"))
-
-    def pseudonym(self, kind: str, value: str) -> str:
-        digest = hmac.new(self.key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
-        return f"{kind[:3].upper()}-{digest[:12].upper()}"
 
     # ---- one dataset -----------------------------------------------------------------------
     def clean(self, ds: Dataset, fields: list[Field], where: str) -> None:
@@ -212,7 +204,7 @@ class DicomPlanner:
         if code.startswith("X/Z/U") or code == "U":
             if elem.VR == "UI" and elem.value:
                 values = elem.value if elem.VM > 1 else [elem.value]
-                new = [self.new_uid(str(v)) for v in values]
+                new = [self.keyring.uid(str(v)) for v in values]
                 elem.value = new if elem.VM > 1 else new[0]
                 fields.append(Field(name, path, old, "replace", _text(elem), why=why))
             elif elem.VR == "SQ":
@@ -220,22 +212,26 @@ class DicomPlanner:
                     self.clean(item, fields, f"{path}[{i}]")
             return
         if code == "C":
-            if elem.VR in ("DA", "DT") and elem.value and self.policy.dates in ("shift", "keep-year"):
-                new = _shift_dicom_date(str(elem.value), elem.VR, self.policy)
-                if new is not None:
-                    elem.value = new
-                    fields.append(Field(name, path, old, "date", new, why=why))
+            if elem.VR in ("DA", "DT", "TM") and elem.value:
+                # a date or time: the date policy (PS3.15 Retain Longitudinal ... Modified Dates)
+                kind = "date" if elem.VR in ("DA", "DT") else "time"
+                entry = catalog.Entry(name, "date", why, "date" if kind == "date" else "text")
+                decided = decide(entry, str(elem.value), self.policy, name=name, where=path,
+                                 date_format=DICOM_DATES)
+                if decided.action == "date":
+                    elem.value = decided.new_value
+                    fields.append(decided)
                     return
-            if elem.VR == "TM" and self.policy.dates == "shift":
-                fields.append(Field(name, path, old, "keep", why=why))
-                return
+                if decided.action == "keep" and kind == "time":
+                    fields.append(Field(name, path, old, "keep", why=why))
+                    return
             code = "X/Z"  # free text or structured content cannot be cleaned safely: removed
         choices = code.split("/")
         if "Z" in choices and _is_empty(elem) and tag not in TYPE1:
             fields.append(Field(name, path, "", "keep", why=why + ", already empty"))
             return
         if tag in PSEUDONYMISED and ("D" in choices or "Z" in choices) and elem.value:
-            new = self.pseudonym(PSEUDONYMISED[tag], str(elem.value))
+            new = self.keyring.identifier(PSEUDONYMISED[tag], str(elem.value))
             elem.value = new
             fields.append(Field(name, path, old, "replace", new, why=why + ", keyed pseudonym"))
             return
@@ -253,6 +249,8 @@ class DicomPlanner:
             del ds[elem.tag]
             fields.append(Field(name, path, old, "remove", why=why))
         elif choice == "Z" or elem.VR == "SQ" and choice != "D":
+            from pydicom.sequence import Sequence
+
             elem.value = Sequence() if elem.VR == "SQ" else None
             fields.append(Field(name, path, old, "remove", why=why + ", emptied"))
         else:
@@ -302,6 +300,9 @@ class DicomPlanner:
     def mark(self, ds: Dataset) -> None:
         """PatientIdentityRemoved, DeidentificationMethod (and its CID 7050 codes) and
         LongitudinalTemporalInformationModified, as PS3.15 E.1.1 asks."""
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence
+
         ds.PatientIdentityRemoved = "YES"
         options = ["basic", *self.options_used]
         ds.DeidentificationMethod = ("wsideid " + __version__ + ": PS3.15 Basic Profile"
@@ -367,16 +368,184 @@ def _text(elem) -> str:
     return str(value)
 
 
-def _shift_dicom_date(value: str, vr: str, policy: Policy) -> str | None:
-    head = value[:8]
-    try:
-        shifted = transform_date(f"{head[:4]}-{head[4:6]}-{head[6:8]}", policy.dates, policy.date_shift_days)
-    except ValueError:
-        return None
-    if shifted is None:
-        return None
-    new = shifted.replace("-", "")
-    tail = value[8:]
-    if policy.dates == "keep-year":
-        tail = re.sub(r"\d", "0", tail)
-    return new + tail if vr == "DT" else new
+# ---- the adapter ------------------------------------------------------------------------------
+
+@dataclass
+class Instance:
+    """One instance of the series as read: its header (without pixel data) and where its
+    pixel data element starts."""
+    number: int
+    source: Path
+    header: Dataset
+    pixel_start: int
+    role: str
+
+
+@dataclass
+class InstanceOut:
+    """One kept instance as it will be written: the de-identified header and the input's
+    pixel data element (whose fragments the plan's edits may replace)."""
+    instance: Instance
+    header: Dataset
+    pixels: PixelElement
+    name: str = ""          # file name in the output folder
+
+
+class DicomSeries:
+    def __init__(self, instances: list[Instance]):
+        self.instances = instances
+        self.files = [inst.source for inst in instances]
+        self.series_uid = str(instances[0].header.get("SeriesInstanceUID", ""))
+
+    def close(self) -> None:
+        pass
+
+
+def _padded_frame(data: bytes) -> bytes:
+    """A frame as stored, without the NUL that pads it to an even length (PS3.5 A.4)."""
+    return data.rstrip(b"\x00") if data.endswith(b"\xff\xd9\x00") else data
+
+
+class DicomAdapter(Adapter):
+    name = "dicom-wsi"
+    order = 10
+    container = "dicom"
+    extension = ""
+    multi_file = True
+    in_place = False
+    settled = ("keep", "replace")
+
+    def detect(self, probe: Probe) -> bool:
+        return probe.head[DICM_OFFSET:DICM_OFFSET + 4] == b"DICM"
+
+    def group_key(self, path: Path) -> str:
+        return series_uid(path)
+
+    def reader_path(self, slide: DicomSeries) -> Path | None:
+        return None   # verification opens the first kept instance and its output
+
+    def read(self, job: Job) -> DicomSeries:
+        from ..containers.dicom.io import read_header
+
+        instances = []
+        series = set()
+        for number, path in enumerate(sorted(job.paths)):
+            ds, pixel_start = read_header(path)
+            series.add(str(ds.get("SeriesInstanceUID", "")))
+            syntax = ds.file_meta.get("TransferSyntaxUID")
+            if syntax is None or syntax.is_implicit_VR or not syntax.is_little_endian:
+                raise SlideError(f"instance {number}: transfer syntax {syntax} is not explicit VR little endian")
+            instances.append(Instance(number, path, ds, pixel_start, role_of(ds)))
+        if len(series) > 1:
+            raise SlideError("instances of more than one series were given as one slide")
+        return DicomSeries(instances)
+
+    def fingerprint(self, slide: DicomSeries) -> bytes:
+        return hashlib.sha256(slide.series_uid.encode()).digest()
+
+    def naming(self, slide: DicomSeries, keyring: Keyring) -> Naming:
+        pseudonym = keyring.slide_pseudonym(self.fingerprint(slide))
+        return Naming(pseudonym, pseudonym, keyring=keyring)
+
+    def writer(self, slide: DicomSeries, naming: Naming, target: Target) -> DicomWriter:
+        if target.in_place:
+            raise SlideError("--in-place is not supported for DICOM")
+        return DicomWriter(naming, target)
+
+    def plan(self, slide: DicomSeries, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
+        """Headers are planned without pixel data; frames are located and screened on disk."""
+        from ..containers.dicom.io import locate_pixels
+
+        planner = DicomPlanner(policy, naming.keyring)
+        fields: list[Field] = []
+        images: list[Image] = []
+        edits: list[ReplaceRun] = []
+        outputs: list[InstanceOut] = []
+        for inst in slide.instances:
+            action = policy.image_action(inst.role)
+            where = f"instance {inst.number}"
+            image = image_of(inst.header, where, action)
+            images.append(image)
+            if action != "keep":
+                for elem in inst.header.iterall():
+                    text = _text(elem)
+                    if text and elem.VR != "SQ":
+                        fields.append(Field(f"dicom:{elem.keyword}", where, text, "remove",
+                                            why=f"in the {inst.role} instance, which is dropped"))
+                continue
+            ds = copy.deepcopy(inst.header)
+            planner.deidentify(ds, fields, where)
+            pixels = locate_pixels(inst.source, inst.pixel_start)
+            syntax = str(inst.header.file_meta.TransferSyntaxUID)
+            codec = "jpeg" if syntax in JPEG_SYNTAXES else "j2k" if syntax in J2K_SYNTAXES else "other"
+            image.runs = Runs.in_file(inst.number, pixels.frame_offsets, pixels.frame_lengths, codec)
+            if screen:
+                cleaned = self._clean_frames(inst, image, fields)
+                edits += cleaned
+                if cleaned:
+                    for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table: offsets change
+                        if tag in ds:
+                            del ds[tag]
+            outputs.append(InstanceOut(inst, ds, pixels, f"{len(outputs):04d}.dcm"))
+        plan = Plan(self.format_name, images, fields, edits=edits, output=outputs)
+        if not outputs:
+            roles = sorted({inst.role for inst in slide.instances})
+            plan.empty = (f"every instance ({', '.join(roles)}) is dropped by the image policy; "
+                          "nothing written" + (" (an instance without a usable ImageType counts "
+                                               "as unknown)" if "unknown" in roles else ""))
+        return plan
+
+    @staticmethod
+    def _clean_frames(inst: Instance, image: Image, fields: list[Field]) -> list[ReplaceRun]:
+        runs = image.runs
+        edits = []
+        fd = os.open(inst.source, os.O_RDONLY)
+        try:
+            found = codestreams.clean_runs(fd, os.fstat(fd).st_size, runs.offsets, runs.counts,
+                                           runs.codec, prepare=_padded_frame)
+        finally:
+            os.close(fd)
+        for result in found:
+            if isinstance(result, codestreams.Unparseable):
+                continue  # a continuation fragment or foreign data: image bytes, left as they are
+            edits.append(ReplaceRun(image.index, result.index, result.data))
+            for marker, payload in result.removed:
+                fields.append(Field(f"codestream:{marker}", f"{image.index} frame {result.index}",
+                                    payload.decode("latin-1").strip("\x00 "), "remove",
+                                    why="text segment inside a frame"))
+        return edits
+
+
+class DicomWriter:
+    """The series is written into a hidden staging folder in OUTDIR, as `<pseudonym>/0000.dcm`,
+    ..., each instance's header first and then its pixel data element."""
+
+    def __init__(self, naming: Naming, target: Target):
+        self.naming = naming
+        self.staging = Staging(target.outdir, naming.output_name, kind="folder")
+        self.folder = self.staging.path / naming.output_name
+        self.folder.mkdir()
+
+    def finish(self, plan: Plan) -> Written:
+        from ..containers.dicom.writer import write_instance
+
+        replaced: dict[str, dict[int, bytes]] = {}
+        for edit in plan.edits:
+            if not isinstance(edit, ReplaceRun):
+                raise SlideError("replacing or redacting whole images is not supported yet")
+            replaced.setdefault(edit.image, {})[edit.run] = edit.data
+        written = []
+        for out in plan.output:
+            path = self.folder / out.name
+            write_instance(out.header, out.instance.source, out.pixels, path,
+                           replaced.get(f"instance {out.instance.number}", {}))
+            written.append(path)
+        name = self.naming.output_name
+        return Written(tuple(written), lambda: self.staging.release([(name, name)]),
+                       self.staging.discard, 0, {"input_intact": True})
+
+    def abort(self) -> None:
+        self.staging.discard()
+
+
+ADAPTER = DicomAdapter()

@@ -7,17 +7,30 @@ whatever its NewSubfileType); any other (stripped) image is of unknown role and 
 """
 from __future__ import annotations
 
-from .tiffbase import TiffSlide
+from ..containers.tiff.reader import TiffFile
+from .base import Probe
+from .tiff import TiffAdapter, TiffSlide
 
 
-class GenericTiffSlide(TiffSlide):
-    format = "generic-tiff"
+class GenericTiffAdapter(TiffAdapter):
+    name = "generic-tiff"
+    order = 1000          # last: any TIFF is one
     extension = ".tif"
 
-    def classify(self) -> list[str]:
-        return ["level" if i == 0 or 322 in ifd.tags else "unknown"
-                for i, ifd in enumerate(self.tiff.ifds)]
+    def detect(self, probe: Probe) -> bool:
+        # every file that starts like a TIFF, readable or not: reading it says what is wrong
+        return probe.is_tiff
 
-    def warnings(self) -> list[str]:
+    def claims(self, tiff: TiffFile) -> bool:
+        return True
+
+    def classify(self, slide: TiffSlide) -> list[str]:
+        return ["level" if i == 0 or 322 in ifd.tags else "unknown"
+                for i, ifd in enumerate(slide.tiff.ifds)]
+
+    def warnings(self, slide: TiffSlide) -> list[str]:
         return ["unknown vendor: only standard TIFF tags known to be safe were kept; the "
                 "ImageDescription and every private tag were removed"]
+
+
+ADAPTER = GenericTiffAdapter()

@@ -7,33 +7,40 @@ Plan: Slidedat.ini key by key through `formats/mirax.toml`; non-hierarchical rec
 macro, overview, preview, camera positions, anything else) kept or dropped by role, with
 their keys and sections renumbered; SLIDE_ID replaced by a keyed value of the same length
 everywhere (Slidedat.ini, Index.dat, data file headers); every data file byte that no kept
-record points at is zeroed; text segments inside kept JPEGs removed.
+record points at is zeroed; text segments inside kept images removed.
 """
 from __future__ import annotations
 
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import catalog
-from ..errors import SlideError
-from ..images import segments
-from ..model import Field, Image, Plan
-from ..mrxs.index import VERSION, IndexFile, Record
-from ..mrxs.slidedat import (
-    DATAFILE,
-    GENERAL,
-    HIERARCHICAL,
-    INDEX_NAME,
-    Slidedat,
-    data_file_name,
+from ..background import Background
+from ..containers.files import (
+    Staging,
+    copy_file,
+    fsync_dir,
+    rename_all,
+    replace_durably,
+    start_writeback,
+    write_new,
 )
-from ..mrxs.slidedat_plan import SlidedatPlanner
+from ..containers.mirax.data import DataFileOut, MiraxOutput, finish_data_file
+from ..containers.mirax.index import VERSION, IndexFile, Record
+from ..containers.mirax.slidedat import DATAFILE, GENERAL, HIERARCHICAL, INDEX_NAME, Slidedat, data_file_name
+from ..containers.output import Target, Written
+from ..errors import SlideError
+from ..images import codestreams, segments
+from ..keyring import Keyring, fingerprint
+from ..model import Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy
+from .base import Adapter, Probe, is_regular_file
+from .mrxs_slidedat import SlidedatPlanner
 
 EXTENSION = ".mrxs"
 ZOOM_LAYER = "Slide zoom level"
@@ -63,150 +70,35 @@ class NonhierValue:
         return f"{self.layer_name}/{self.name}"
 
 
-@dataclass
-class Naming:
-    pseudonym: str
-    slide_id: str
+class MiraxSlide:
+    """What was read of one MIRAX slide (see `read_slide`)."""
 
-
-@dataclass
-class DataFileOut:
-    """What the writer does to one data file: keep these byte ranges, write the header and
-    the cleaned records, zero everything else, cut the file after its last kept byte."""
-    name: str
-    keep: list[tuple[int, int]] = field(default_factory=list)
-    header: bytes = b""
-    replacements: dict[int, bytes] = field(default_factory=dict)
+    def __init__(self, path: Path, folder: Path, ini: Slidedat):
+        self.path = path
+        self.folder = folder
+        self.ini = ini
+        self.slide_id = ""
+        self.images_x = self.images_y = 1
+        self.hier_layers: list[tuple[str, list[str | None]]] = []
+        self.level_sections: list[str | None] = []
+        self.nonhier_layers: list[tuple[int, str, list[tuple[str, str | None]]]] = []
+        self.data_paths: list[Path] = []
+        self.data_sizes: list[int] = []
+        self.index_path = folder / INDEX_NAME
+        self.index: IndexFile | None = None
+        self.warnings: list[str] = []
+        self.bad_records: dict[int, str] = {}
 
     @property
-    def end(self) -> int:
-        return max([len(self.header)] + [b for _, b in self.keep])
+    def files(self) -> list[Path]:
+        return self.data_paths
 
+    def close(self) -> None:
+        pass
 
-@dataclass
-class MrxsOutput:
-    slidedat: bytes
-    index: bytes
-    data_files: list[DataFileOut]
-
-
-class MrxsSlide:
-    extension = EXTENSION
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if not self.path.name.endswith(EXTENSION):
-            raise SlideError("a MIRAX slide's name must end in .mrxs, in lower case (OpenSlide's rule)")
-        if not self.path.is_file():
-            raise SlideError("no such file")
-        self.folder = self.path.with_name(self.path.name[:-len(EXTENSION)])
-        # messages name files by their role, never by name: they go into the audit report
-        if self.folder.is_symlink():
-            raise SlideError("the slide folder beside the .mrxs file is a symbolic link (refused)")
-        if not self.folder.is_dir():
-            raise SlideError("the slide folder beside the .mrxs file is missing")
-        self.ini = Slidedat.parse(self._inside("Slidedat.ini", "Slidedat.ini").read_bytes())
-        ini = self.ini
-        for key in ("SLIDE_VERSION", "OBJECTIVE_MAGNIFICATION"):
-            ini.value(GENERAL, key)
-        self.slide_id = ini.value(GENERAL, "SLIDE_ID")
-        if not self.slide_id:
-            raise SlideError("Slidedat.ini [GENERAL] SLIDE_ID is empty")
-        self.images_x = ini.integer(GENERAL, "IMAGENUMBER_X", 1)
-        self.images_y = ini.integer(GENERAL, "IMAGENUMBER_Y", 1)
-        self._read_layers()
-        self.data_paths = [self._inside(ini.value(DATAFILE, f"FILE_{i}"), f"data file {i}")
-                           for i in range(ini.integer(DATAFILE, "FILE_COUNT", 1))]
-        self.data_sizes = [p.stat().st_size for p in self.data_paths]
-        self.index_path = self._inside(ini.value(HIERARCHICAL, "INDEXFILE"), "index file")
-        self.index = IndexFile.parse(self.index_path.read_bytes(), self.slide_id,
-                                     sum(len(v) for _, v in self.hier_layers),
-                                     sum(len(v) for _, _, v in self.nonhier_layers))
-        self.warnings: list[str] = []
-        self._check_records()
-
-    # -- reading ---------------------------------------------------------------------------
-
-    def _inside(self, name: str, role: str) -> Path:
-        """A file named inside Slidedat.ini: it must be a plain file in the slide folder."""
-        if (not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name
-                or os.path.isabs(name)):
-            raise SlideError(f"Slidedat.ini names a {role} outside the slide folder (refused)")
-        path = self.folder / name
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            raise SlideError(f"missing file: the {role} named in Slidedat.ini") from None
-        if stat.S_ISLNK(mode):
-            raise SlideError(f"the {role} is a symbolic link (refused)")
-        if not stat.S_ISREG(mode):
-            raise SlideError(f"the {role} is not a regular file")
-        return path
-
-    def _read_layers(self) -> None:
-        ini = self.ini
-        self.hier_layers: list[tuple[str, list[str | None]]] = []
-        for i in range(ini.integer(HIERARCHICAL, "HIER_COUNT", 1)):
-            name = ini.value(HIERARCHICAL, f"HIER_{i}_NAME")
-            count = ini.integer(HIERARCHICAL, f"HIER_{i}_COUNT", 0)
-            sections = [ini.sections[HIERARCHICAL].get(f"HIER_{i}_VAL_{j}_SECTION")
-                        for j in range(count)]
-            self.hier_layers.append((name, sections))
-        if self.hier_layers[0][0] != ZOOM_LAYER:
-            raise SlideError(f"Slidedat.ini: HIER_0 is not {ZOOM_LAYER!r} (OpenSlide requires it)")
-        self.level_sections = self.hier_layers[0][1]
-        if not self.level_sections:
-            raise SlideError("Slidedat.ini: the slide has no zoom levels")
-        for n, section in enumerate(self.level_sections):
-            if section is None:
-                raise SlideError(f"Slidedat.ini [HIERARCHICAL] has no HIER_0_VAL_{n}_SECTION")
-            for key in LEVEL_KEYS:
-                ini.value(section, key)
-            ini.integer(section, "DIGITIZER_WIDTH", 1)
-            ini.integer(section, "DIGITIZER_HEIGHT", 1)
-            ini.integer(section, "IMAGE_CONCAT_FACTOR", 0 if n == 0 else 1)
-        self.nonhier_layers: list[tuple[int, str, list[tuple[str, str | None]]]] = []
-        for i in range(ini.integer(HIERARCHICAL, "NONHIER_COUNT", 0)):
-            name = ini.value(HIERARCHICAL, f"NONHIER_{i}_NAME")
-            count = ini.integer(HIERARCHICAL, f"NONHIER_{i}_COUNT", 1)
-            values = [(ini.value(HIERARCHICAL, f"NONHIER_{i}_VAL_{j}"),
-                       ini.sections[HIERARCHICAL].get(f"NONHIER_{i}_VAL_{j}_SECTION"))
-                      for j in range(count)]
-            self.nonhier_layers.append((i, name, values))
-
-    def _check_records(self) -> None:
-        """Zoom level records must be readable and inside their data files (OpenSlide fails
-        otherwise); any other record that is not is dropped, or refused if it is to be kept."""
-        self.bad_records: dict[int, str] = {}
-        levels = len(self.level_sections)
-        for (kind, n), message in sorted(self.index.errors.items()):
-            if kind == "hier" and n < levels:
-                raise SlideError(message)
-            if kind == "nonhier":
-                self.bad_records[n] = message
-            else:
-                self.warnings.append(f"{message}: the record is left out")
-        for n, record in enumerate(self.index.hier):
-            problem = self._record_problem(record)
-            if problem and n < levels:
-                raise SlideError(f"Index.dat zoom level {n} {problem}")
-            if problem:
-                self.index.hier[n] = None
-                self.warnings.append(f"Index.dat hierarchical record {n} {problem}: left out")
-        for n, record in enumerate(self.index.nonhier):
-            problem = self._record_problem(record)
-            if problem:
-                self.index.nonhier[n] = None
-                self.bad_records[n] = f"Index.dat non-hierarchical record {n} {problem}"
-
-    def _record_problem(self, record: Record | None) -> str | None:
-        for item in (record.items() if record else ()):
-            offset, length, fileno = item[-3:]
-            if not 0 <= fileno < len(self.data_paths):
-                return f"names data file {fileno}, but there are {len(self.data_paths)}"
-            if offset < 0 or length < 0 or offset + length > self.data_sizes[fileno]:
-                return f"points past the end of data file {fileno}"
-        return None
+    def read(self, fileno: int, offset: int, length: int) -> bytes:
+        with open(self.data_paths[fileno], "rb") as fh:
+            return os.pread(fh.fileno(), length, offset)
 
     def nonhier_values(self) -> list[NonhierValue]:
         out = []
@@ -217,10 +109,6 @@ class MrxsSlide:
                                         self.index.nonhier[record_no], record_no))
                 record_no += 1
         return out
-
-    def read(self, fileno: int, offset: int, length: int) -> bytes:
-        with open(self.data_paths[fileno], "rb") as fh:
-            return os.pread(fh.fileno(), length, offset)
 
     def level_dimensions(self) -> list[tuple[int, int]]:
         """As OpenSlide computes them (overlap subtracted at camera-photo boundaries)."""
@@ -238,42 +126,211 @@ class MrxsSlide:
             dims.append((int(base_w) >> concat, int(base_h) >> concat))
         return dims
 
-    def close(self) -> None:
-        pass
+    def extra_files(self) -> list[str]:
+        """Names of the files in the slide folder that Slidedat.ini does not name."""
+        known = {"Slidedat.ini", self.index_path.name, *(p.name for p in self.data_paths)}
+        return sorted(p.name for p in self.folder.iterdir() if p.name not in known)
 
-    # -- planning --------------------------------------------------------------------------
 
-    def plan(self, policy: Policy, naming: Naming | None = None,
-             scan_codestreams: bool = True) -> tuple[Plan, MrxsOutput]:
-        naming = naming or Naming("slide", self.slide_id)
+# ---- reading ----------------------------------------------------------------------------------
+
+def read_slide(path: Path) -> MiraxSlide:
+    path = Path(path)
+    if not path.name.endswith(EXTENSION):
+        raise SlideError("a MIRAX slide's name must end in .mrxs, in lower case (OpenSlide's rule)")
+    if not path.is_file():
+        raise SlideError("no such file")
+    folder = path.with_name(path.name[:-len(EXTENSION)])
+    # messages name files by their role, never by name: they go into the audit report
+    if folder.is_symlink():
+        raise SlideError("the slide folder beside the .mrxs file is a symbolic link (refused)")
+    if not folder.is_dir():
+        raise SlideError("the slide folder beside the .mrxs file is missing")
+    slide = MiraxSlide(path, folder, Slidedat.parse(_inside(folder, "Slidedat.ini", "Slidedat.ini").read_bytes()))
+    ini = slide.ini
+    for key in ("SLIDE_VERSION", "OBJECTIVE_MAGNIFICATION"):
+        ini.value(GENERAL, key)
+    slide.slide_id = ini.value(GENERAL, "SLIDE_ID")
+    if not slide.slide_id:
+        raise SlideError("Slidedat.ini [GENERAL] SLIDE_ID is empty")
+    slide.images_x = ini.integer(GENERAL, "IMAGENUMBER_X", 1)
+    slide.images_y = ini.integer(GENERAL, "IMAGENUMBER_Y", 1)
+    _read_layers(slide)
+    slide.data_paths = [_inside(folder, ini.value(DATAFILE, f"FILE_{i}"), f"data file {i}")
+                        for i in range(ini.integer(DATAFILE, "FILE_COUNT", 1))]
+    slide.data_sizes = [p.stat().st_size for p in slide.data_paths]
+    slide.index_path = _inside(folder, ini.value(HIERARCHICAL, "INDEXFILE"), "index file")
+    slide.index = IndexFile.parse(slide.index_path.read_bytes(), slide.slide_id,
+                                  sum(len(v) for _, v in slide.hier_layers),
+                                  sum(len(v) for _, _, v in slide.nonhier_layers))
+    _check_records(slide)
+    return slide
+
+
+def _inside(folder: Path, name: str, role: str) -> Path:
+    """A file named inside Slidedat.ini: it must be a plain file in the slide folder."""
+    if (not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name
+            or os.path.isabs(name)):
+        raise SlideError(f"Slidedat.ini names a {role} outside the slide folder (refused)")
+    path = folder / name
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise SlideError(f"missing file: the {role} named in Slidedat.ini") from None
+    if stat.S_ISLNK(mode):
+        raise SlideError(f"the {role} is a symbolic link (refused)")
+    if not stat.S_ISREG(mode):
+        raise SlideError(f"the {role} is not a regular file")
+    return path
+
+
+def _read_layers(slide: MiraxSlide) -> None:
+    ini = slide.ini
+    for i in range(ini.integer(HIERARCHICAL, "HIER_COUNT", 1)):
+        name = ini.value(HIERARCHICAL, f"HIER_{i}_NAME")
+        count = ini.integer(HIERARCHICAL, f"HIER_{i}_COUNT", 0)
+        sections = [ini.sections[HIERARCHICAL].get(f"HIER_{i}_VAL_{j}_SECTION")
+                    for j in range(count)]
+        slide.hier_layers.append((name, sections))
+    if slide.hier_layers[0][0] != ZOOM_LAYER:
+        raise SlideError(f"Slidedat.ini: HIER_0 is not {ZOOM_LAYER!r} (OpenSlide requires it)")
+    slide.level_sections = slide.hier_layers[0][1]
+    if not slide.level_sections:
+        raise SlideError("Slidedat.ini: the slide has no zoom levels")
+    for n, section in enumerate(slide.level_sections):
+        if section is None:
+            raise SlideError(f"Slidedat.ini [HIERARCHICAL] has no HIER_0_VAL_{n}_SECTION")
+        for key in LEVEL_KEYS:
+            ini.value(section, key)
+        ini.integer(section, "DIGITIZER_WIDTH", 1)
+        ini.integer(section, "DIGITIZER_HEIGHT", 1)
+        ini.integer(section, "IMAGE_CONCAT_FACTOR", 0 if n == 0 else 1)
+    for i in range(ini.integer(HIERARCHICAL, "NONHIER_COUNT", 0)):
+        name = ini.value(HIERARCHICAL, f"NONHIER_{i}_NAME")
+        count = ini.integer(HIERARCHICAL, f"NONHIER_{i}_COUNT", 1)
+        values = [(ini.value(HIERARCHICAL, f"NONHIER_{i}_VAL_{j}"),
+                   ini.sections[HIERARCHICAL].get(f"NONHIER_{i}_VAL_{j}_SECTION"))
+                  for j in range(count)]
+        slide.nonhier_layers.append((i, name, values))
+
+
+def _check_records(slide: MiraxSlide) -> None:
+    """Zoom level records must be readable and inside their data files (OpenSlide fails
+    otherwise); any other record that is not is dropped, or refused if it is to be kept."""
+    levels = len(slide.level_sections)
+    index = slide.index
+    for (kind, n), message in sorted(index.errors.items()):
+        if kind == "hier" and n < levels:
+            raise SlideError(message)
+        if kind == "nonhier":
+            slide.bad_records[n] = message
+        else:
+            slide.warnings.append(f"{message}: the record is left out")
+    for n, record in enumerate(index.hier):
+        problem = _record_problem(slide, record)
+        if problem and n < levels:
+            raise SlideError(f"Index.dat zoom level {n} {problem}")
+        if problem:
+            index.hier[n] = None
+            slide.warnings.append(f"Index.dat hierarchical record {n} {problem}: left out")
+    for n, record in enumerate(index.nonhier):
+        problem = _record_problem(slide, record)
+        if problem:
+            index.nonhier[n] = None
+            slide.bad_records[n] = f"Index.dat non-hierarchical record {n} {problem}"
+
+
+def _record_problem(slide: MiraxSlide, record: Record | None) -> str | None:
+    for item in (record.items() if record else ()):
+        offset, length, fileno = item[-3:]
+        if not 0 <= fileno < len(slide.data_paths):
+            return f"names data file {fileno}, but there are {len(slide.data_paths)}"
+        if offset < 0 or length < 0 or offset + length > slide.data_sizes[fileno]:
+            return f"points past the end of data file {fileno}"
+    return None
+
+
+def _runs(record: Record | None, codec: str) -> Runs:
+    items = list(record.items()) if record else []
+    return Runs(np.array([i[-1] for i in items], dtype=np.int64),
+                np.array([i[-3] for i in items], dtype=np.int64),
+                np.array([i[-2] for i in items], dtype=np.int64), codec)
+
+
+# ---- the adapter ------------------------------------------------------------------------------
+
+class MiraxAdapter(Adapter):
+    name = "mirax"
+    format_name = "3DHistech MIRAX"
+    order = 20
+    container = "mirax"
+    extension = EXTENSION
+    settled = ("keep", "replace")
+    # camera images overlap and do not form a regular tile grid: a DICOM copy re-encodes them
+    tiles_copyable = False
+
+    def detect(self, probe: Probe) -> bool:
+        """MIRAX has no magic number: OpenSlide's rule is a name ending in .mrxs with a folder
+        of the same name beside it. Any case is routed here so that reading can say what is
+        wrong (OpenSlide wants lower case; reading checks that and the folder)."""
+        return probe.path.name.lower().endswith(EXTENSION) and is_regular_file(probe.path)
+
+    def read(self, job: Job) -> MiraxSlide:
+        return read_slide(job.path)
+
+    def fingerprint(self, slide: MiraxSlide) -> bytes:
+        """The slide's content: its Slidedat.ini names the slide uniquely (renaming the input
+        changes nothing)."""
+        return fingerprint(slide.folder / "Slidedat.ini")
+
+    def naming(self, slide: MiraxSlide, keyring: Keyring) -> Naming:
+        """Pseudonym and new SLIDE_ID from the slide's content."""
+        fp = self.fingerprint(slide)
+        pseudonym = keyring.slide_pseudonym(fp)
+        return Naming(pseudonym, pseudonym + EXTENSION,
+                      slide_id=keyring.slide_identifier(fp, slide.slide_id), keyring=keyring)
+
+    def writer(self, slide: MiraxSlide, naming: Naming, target: Target) -> MiraxWriter:
+        return MiraxWriter(slide, naming, target)
+
+    # ---- planning --------------------------------------------------------------------------
+    def plan(self, slide: MiraxSlide, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
         fields: list[Field] = []
-        images = [Image(f"zoom level {n}", "level", w, h, self.ini.value(s, "IMAGE_FORMAT"))
-                  for n, ((w, h), s) in enumerate(zip(self.level_dimensions(), self.level_sections))]
-        kept_values = self._plan_records(policy, images, fields)
-        files = [DataFileOut(data_file_name(i)) for i in range(len(self.data_paths))]
-        nonhier = self._keep_records(kept_values, files, fields)
-        hier = self._keep_levels(files, fields, scan_codestreams)
-        ini = SlidedatPlanner(self, policy, naming, fields).build(kept_values)
-        fields.append(Field("mirax:Index.dat SLIDE_ID", INDEX_NAME, self.slide_id, "replace",
+        edits: list[ReplaceRun] = []
+        images = []
+        dimensions = slide.level_dimensions()
+        base_w, base_h = dimensions[0]
+        for n, ((w, h), section) in enumerate(zip(dimensions, slide.level_sections)):
+            codec = slide.ini.value(section, "IMAGE_FORMAT")
+            images.append(Image(f"zoom level {n}", "level", w, h, codec, "keep",
+                                Geometry(n, (base_w / w if w else 0.0, base_h / h if h else 0.0)),
+                                _runs(slide.index.hier[n], codec.lower())))
+        kept_values = self._plan_records(slide, policy, images, fields)
+        files = [DataFileOut(data_file_name(i)) for i in range(len(slide.data_paths))]
+        nonhier = self._keep_records(slide, kept_values, images, files, fields, edits)
+        hier = self._keep_levels(slide, images, files, fields, edits, screen)
+        ini = SlidedatPlanner(slide, policy, naming, fields).build(kept_values)
+        fields.append(Field("mirax:Index.dat SLIDE_ID", INDEX_NAME, slide.slide_id, "replace",
                             naming.slide_id, "the slide identifier, repeated from Slidedat.ini"))
-        self._plan_headers(files, naming, fields)
-        self._plan_mrxs_file(fields)
+        self._plan_headers(slide, files, naming, fields)
+        self._plan_mrxs_file(slide, fields)
         index = IndexFile(naming.slide_id, hier, nonhier).to_bytes()
-        plan = Plan("3DHistech MIRAX", images, fields, self.warnings)
-        return plan, MrxsOutput(ini.to_bytes(), index, files)
+        return Plan(self.format_name, images, fields, list(slide.warnings), edits,
+                    MiraxOutput(ini.to_bytes(), index, files))
 
-    def _plan_records(self, policy: Policy, images: list[Image],
+    def _plan_records(self, slide: MiraxSlide, policy: Policy, images: list[Image],
                       fields: list[Field]) -> list[NonhierValue]:
         records = catalog.load("mirax", "records")
         kept = []
-        for value in self.nonhier_values():
+        for value in slide.nonhier_values():
             entry = records.lookup(value.key)
             role = value.role = entry.action if entry is not catalog.UNKNOWN else "unknown"
             where = f"non-hierarchical record {value.key}"
             if role in IMAGE_ROLES:
                 action = policy.image_action(role)
-                w, h = self._jpeg_size(value.record)
-                images.append(Image(value.key, role, w, h, "JPEG", action))
+                w, h = self._jpeg_size(slide, value.record)
+                images.append(Image(value.key, role, w, h, "JPEG", action,
+                                    runs=_runs(value.record, "image")))
             else:
                 action = "keep" if role == "geometry" else "drop"
                 if action == "drop":   # named by position: an unknown layer's name is free text
@@ -282,30 +339,33 @@ class MrxsSlide:
                                     where, "", "keep" if action == "keep" else "remove",
                                     why=entry.why))
                 if action == "drop":
-                    fields += self._record_text(value, where)
-            if value.number in self.bad_records:
+                    fields += self._record_text(slide, value, where)
+            if value.number in slide.bad_records:
                 if action == "keep":
-                    raise SlideError(self.bad_records[value.number])
-                self.warnings.append(f"{self.bad_records[value.number]}: dropped")
+                    raise SlideError(slide.bad_records[value.number])
+                slide.warnings.append(f"{slide.bad_records[value.number]}: dropped")
             if action == "keep":
                 kept.append(value)
         return kept
 
-    def _jpeg_size(self, record: Record | None) -> tuple[int, int]:
+    @staticmethod
+    def _jpeg_size(slide: MiraxSlide, record: Record | None) -> tuple[int, int]:
         for _, _, offset, length, fileno in (record.items() if record else ()):
-            return segments.jpeg_size(self.read(fileno, offset, min(length, 1 << 16)))
+            return segments.jpeg_size(slide.read(fileno, offset, min(length, 1 << 16)))
         return 0, 0
 
-    def _record_text(self, value: NonhierValue, where: str) -> list[Field]:
+    @staticmethod
+    def _record_text(slide: MiraxSlide, value: NonhierValue, where: str) -> list[Field]:
         """Text inside a record that is removed: searched for in the output by verification."""
         out: list[Field] = []
         for _, _, offset, length, fileno in (value.record.items() if value.record else ()):
             if length <= MAX_TEXT_SCAN:
-                out += text_fields(self.read(fileno, offset, length), "mirax:record text", where)
+                out += text_fields(slide.read(fileno, offset, length), "mirax:record text", where)
         return out[:MAX_TEXT_FIELDS]
 
-    def _keep_records(self, kept: list[NonhierValue], files: list[DataFileOut],
-                      fields: list[Field]) -> list[Record | None]:
+    def _keep_records(self, slide: MiraxSlide, kept: list[NonhierValue], images: list[Image],
+                      files: list[DataFileOut], fields: list[Field],
+                      edits: list[ReplaceRun]) -> list[Record | None]:
         """The non-hierarchical records of the output, in the order of the kept values; text
         segments of kept images are removed (the record gets shorter)."""
         out: list[Record | None] = []
@@ -313,122 +373,120 @@ class MrxsSlide:
             if value.record is None:
                 out.append(None)
                 continue
-            is_image = value.role in IMAGE_ROLES
-            pages = []
+            cleaned = {}
+            if value.role in IMAGE_ROLES:
+                runs = _runs(value.record, "image")
+                cleaned = self._clean(slide, value.key, runs, range(len(runs)), False,
+                                      f"record {value.key}", files, fields, edits)
+            pages, run = [], 0
             for page in value.record.pages:
                 items = []
                 for a, b, offset, length, fileno in page:
-                    if is_image:
-                        length = self._clean_image(files[fileno], fileno, offset, length,
-                                                  fields, f"record {value.key}")
+                    length = cleaned.get(run, length)
                     files[fileno].keep.append((offset, offset + length))
                     items.append((a, b, offset, length, fileno))
+                    run += 1
                 pages.append(items)
             out.append(Record(pages))
         return out
 
-    def _keep_levels(self, files: list[DataFileOut], fields: list[Field],
-                     scan_codestreams: bool) -> list[Record | None]:
-        hier = list(self.index.hier)
-        n_levels = len(self.level_sections)
-        jpeg_levels = {n for n, s in enumerate(self.level_sections)
-                       if self.ini.value(s, "IMAGE_FORMAT") == "JPEG"}
+    def _keep_levels(self, slide: MiraxSlide, images: list[Image], files: list[DataFileOut],
+                     fields: list[Field], edits: list[ReplaceRun],
+                     screen: bool) -> list[Record | None]:
+        hier = list(slide.index.hier)
+        n_levels = len(slide.level_sections)
         for record in hier:
             for item in (record.items() if record else ()):
                 offset, length, fileno = item[-3:]
                 files[fileno].keep.append((offset, offset + length))
-        if not scan_codestreams:
+        if not screen:
             return hier
-        # Screen every JPEG tile for APPn/COM text segments, one data file at a time.
-        flagged: dict[tuple[int, int], int] = {}
-        for fileno, path in enumerate(self.data_paths):
-            runs = [(item[1], item[2]) for n in jpeg_levels if hier[n]
-                    for item in hier[n].items() if item[3] == fileno and item[2] > 0]
-            if not runs:
-                continue
-            offs = np.array([r[0] for r in runs], dtype=np.int64)
-            cnts = np.array([r[1] for r in runs], dtype=np.int64)
-            with open(path, "rb") as fh:
-                hits = segments.screen_runs(fh.fileno(), self.data_sizes[fileno], offs, cnts,
-                                            segments.screen_jpeg)
-            for k in np.nonzero(hits)[0].tolist():
-                offset, length = int(offs[k]), int(cnts[k])
-                flagged[(fileno, offset)] = self._clean_image(files[fileno], fileno, offset, length,
-                                                             fields, "zoom level tile")
-        # PNG tiles (IMAGE_FORMAT = PNG): no vectorised screen; every chunk list is walked
-        for n, section in enumerate(self.level_sections):
-            if self.ini.value(section, "IMAGE_FORMAT") != "PNG" or hier[n] is None:
-                continue
-            for _, offset, length, fileno in hier[n].items():
-                new_length = self._clean_image(files[fileno], fileno, offset, length, fields,
-                                               "zoom level tile")
-                if offset in files[fileno].replacements:
-                    flagged[(fileno, offset)] = new_length
-        if not flagged:
+        new_lengths: dict[tuple[int, int], int] = {}
+        # JPEG tiles are screened one data file at a time; PNG tiles are all walked
+        for fileno in range(len(slide.data_paths)):
+            for image in images[:n_levels]:
+                if image.runs.codec != "jpeg":
+                    continue
+                subset = np.nonzero((image.runs.files == fileno) & (image.runs.counts > 0))[0]
+                new_lengths.update(self._clean(slide, image.index, image.runs, subset, True,
+                                               "zoom level tile", files, fields, edits, by_offset=True))
+        for image in images[:n_levels]:
+            if image.runs.codec == "png":
+                new_lengths.update(self._clean(slide, image.index, image.runs,
+                                               range(len(image.runs)), False, "zoom level tile",
+                                               files, fields, edits, by_offset=True))
+        if not new_lengths:
             return hier
         for n in range(n_levels):
             record = hier[n]
             if record is None:
                 continue
-            hier[n] = Record([[(i, o, flagged.get((f, o), l), f) for i, o, l, f in page]
+            hier[n] = Record([[(i, o, new_lengths.get((f, o), l), f) for i, o, l, f in page]
                               for page in record.pages])
         for fileno, out in enumerate(files):   # the shortened tiles keep only their new length
-            out.keep = [(a, a + len(out.replacements[a])) if a in out.replacements else (a, b)
+            out.keep = [(a, a + new_lengths[(fileno, a)]) if (fileno, a) in new_lengths else (a, b)
                         for a, b in out.keep]
         return hier
 
-    def _clean_image(self, out: DataFileOut, fileno: int, offset: int, length: int,
-                     fields: list[Field], where: str) -> int:
-        """Remove text segments (JPEG APPn/COM, PNG text chunks) from one stored image; the
-        cleaned image replaces it at the same offset. Returns its new length."""
-        data = self.read(fileno, offset, length)
-        try:
-            cleaned, removed = segments.clean_image(data)
-        except segments.MalformedStream as exc:
-            self.warnings.append(f"{where} in data file {fileno} at {offset}: "
-                                  f"unparseable image left as is ({exc})")
-            return length
-        if not removed:
-            return length
-        out.replacements[offset] = cleaned
-        for marker, payload in removed:
-            fields.append(Field(f"codestream:{marker}", f"{where} ({out.name})",
-                                segments.payload_text(payload), "remove",
-                                why="text segment inside the image codestream"))
-        return len(cleaned)
+    def _clean(self, slide: MiraxSlide, image: str, runs: Runs, subset, screen: bool, where: str,
+               files: list[DataFileOut], fields: list[Field], edits: list[ReplaceRun],
+               by_offset: bool = False) -> dict:
+        """Remove text segments (JPEG APPn/COM, PNG text chunks) from the stored images `subset`
+        of `runs` (all in one data file when screened); a cleaned image replaces the old one at
+        its offset. Returns the new lengths, by run number (or by (file, offset))."""
+        subset = np.asarray(list(subset), dtype=np.int64)
+        lengths: dict = {}
+        for fileno in sorted(set(runs.files[subset].tolist())) if len(subset) else []:
+            part = subset[runs.files[subset] == fileno]
+            with open(slide.data_paths[fileno], "rb") as fh:
+                found = codestreams.clean_runs(fh.fileno(), slide.data_sizes[fileno],
+                                               runs.offsets[part], runs.counts[part],
+                                               runs.codec if screen else "image", screen=screen)
+            for result in found:
+                run = int(part[result.index])
+                offset = int(runs.offsets[run])
+                if isinstance(result, codestreams.Unparseable):
+                    slide.warnings.append(f"{where} in data file {fileno} at {offset}: "
+                                          f"unparseable image left as is ({result.reason})")
+                    continue
+                edits.append(ReplaceRun(image, run, result.data))
+                lengths[(fileno, offset) if by_offset else run] = len(result.data)
+                for marker, payload in result.removed:
+                    fields.append(Field(f"codestream:{marker}", f"{where} ({files[fileno].name})",
+                                        segments.payload_text(payload), "remove",
+                                        why="text segment inside the image codestream"))
+        return lengths
 
-    def _plan_headers(self, files: list[DataFileOut], naming: Naming, fields: list[Field]) -> None:
+    @staticmethod
+    def _plan_headers(slide: MiraxSlide, files: list[DataFileOut], naming: Naming,
+                      fields: list[Field]) -> None:
         """Data files start with "01.02" + SLIDE_ID (rewritten); every other byte before the
         first record (a ProfileName, for example) and between records is zeroed."""
-        old = VERSION + self.slide_id.encode("utf-8")
+        old = VERSION + slide.slide_id.encode("utf-8")
         for fileno, out in enumerate(files):
-            first = min([a for a, _ in out.keep], default=self.data_sizes[fileno])
-            head = self.read(fileno, 0, min(first, MAX_TEXT_SCAN))
+            first = min([a for a, _ in out.keep], default=slide.data_sizes[fileno])
+            head = slide.read(fileno, 0, min(first, MAX_TEXT_SCAN))
             rest = head
             if head.startswith(old):
                 out.header = VERSION + naming.slide_id.encode("utf-8")
                 rest = head[len(old):]
-                fields.append(Field("mirax:data file SLIDE_ID", f"{out.name} header", self.slide_id,
+                fields.append(Field("mirax:data file SLIDE_ID", f"{out.name} header", slide.slide_id,
                                     "replace", naming.slide_id, "the slide identifier, repeated"))
             fields += text_fields(rest, "mirax:data file header text", f"{out.name} header")[:MAX_TEXT_FIELDS]
 
-    def plan_extra_files(self) -> list[str]:
-        """Names of the files in the slide folder that Slidedat.ini does not name."""
-        known = {"Slidedat.ini", self.index_path.name, *(p.name for p in self.data_paths)}
-        return sorted(p.name for p in self.folder.iterdir() if p.name not in known)
-
-    def _plan_mrxs_file(self, fields: list[Field]) -> None:
+    @staticmethod
+    def _plan_mrxs_file(slide: MiraxSlide, fields: list[Field]) -> None:
         """OpenSlide reads nothing from NAME.mrxs; the output's is empty. Files in the slide
         folder that Slidedat.ini does not name are not part of the slide: not written."""
-        for number, extra in enumerate(self.plan_extra_files()):
+        for number, extra in enumerate(slide.extra_files()):
             fields.append(Field("mirax:extra file", f"slide folder entry {number}", extra, "remove",
                                 why="not a file of the slide (Slidedat.ini does not name it)"))
-        size = self.path.stat().st_size
+        size = slide.path.stat().st_size
         if size:
-            data = self.path.read_bytes()[:MAX_TEXT_SCAN]
-            fields.append(Field("mirax:.mrxs content", self.path.name, "", "remove",
+            data = slide.path.read_bytes()[:MAX_TEXT_SCAN]
+            fields.append(Field("mirax:.mrxs content", slide.path.name, "", "remove",
                                 why=f"{size} bytes no reader needs"))
-            fields += text_fields(data, "mirax:.mrxs text", self.path.name)[:MAX_TEXT_FIELDS]
+            fields += text_fields(data, "mirax:.mrxs text", slide.path.name)[:MAX_TEXT_FIELDS]
 
 
 def text_fields(data: bytes, name: str, where: str) -> list[Field]:
@@ -437,3 +495,115 @@ def text_fields(data: bytes, name: str, where: str) -> list[Field]:
     runs |= {m.group().decode("utf-16-le") for m in TEXT_RUN_UTF16.finditer(data)}
     return [Field(name, where, run, "remove", why="text in bytes that no kept record uses")
             for run in sorted(runs)]
+
+
+def replacements(plan: Plan) -> dict[int, dict[int, bytes]]:
+    """The cleaned images of the plan's edits, by data file and offset."""
+    images = {image.index: image for image in plan.images}
+    out: dict[int, dict[int, bytes]] = {}
+    for edit in plan.edits:
+        if not isinstance(edit, ReplaceRun):
+            raise SlideError("replacing or redacting whole images is not supported yet")
+        runs = images[edit.image].runs
+        out.setdefault(int(runs.files[edit.run]), {})[int(runs.offsets[edit.run])] = edit.data
+    return out
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+class MiraxWriter:
+    """NAME.mrxs + NAME/ under a hidden staging folder in OUTDIR (data files copied by the
+    kernel while the slide is planned), or the slide patched where it is (in place)."""
+
+    def __init__(self, slide: MiraxSlide, naming: Naming, target: Target):
+        self.slide = slide
+        self.naming = naming
+        self.target = target
+        self.staging: Staging | None = None
+        if target.in_place:
+            parent = slide.path.parent
+            self.final_folder = parent / naming.pseudonym
+            self.final = parent / naming.output_name
+            if self.final.exists() or self.final_folder.exists():
+                raise SlideError(f"{self.final.name} or its folder already exists next to the input")
+            extra = slide.extra_files()
+            if extra:
+                raise SlideError(f"the slide folder holds files the slide does not use ({len(extra)}); "
+                                 "move them away, or de-identify into a new folder with -o")
+            return
+        self.staging = Staging(target.outdir, naming.pseudonym, kind="folder")
+        self.folder = self.staging.path / naming.pseudonym
+        self.folder.mkdir()
+        self.fds = [os.open(self.folder / f"Data{i:04d}.dat", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                    for i in range(len(slide.data_paths))]
+        self.copier = Background(lambda: [(copy_file(src, fd), start_writeback(fd))
+                                          for src, fd in zip(slide.data_paths, self.fds)])
+
+    def finish(self, plan: Plan) -> Written:
+        output: MiraxOutput = plan.output
+        for fileno, replaced in replacements(plan).items():
+            output.data_files[fileno].replacements = replaced
+        if self.staging is None:
+            return self._finish_in_place(output)
+        try:
+            self.copier.join()
+            zeroed = sum(finish_data_file(fd, out) for fd, out in zip(self.fds, output.data_files))
+        finally:
+            self._close()
+        write_new(self.folder / "Slidedat.ini", output.slidedat)
+        write_new(self.folder / INDEX_NAME, output.index)
+        mrxs = self.staging.path / self.naming.output_name
+        write_new(mrxs, b"")
+        fsync_dir(self.folder)
+        name = self.naming.pseudonym
+        # folder first, then NAME.mrxs: a slide whose .mrxs exists is complete
+        release = lambda: self.staging.release([(name, name), (mrxs.name, mrxs.name)])  # noqa: E731
+        return Written((mrxs,), release, self.staging.discard, zeroed, {"input_intact": True})
+
+    def _finish_in_place(self, output: MiraxOutput) -> Written:
+        """Patch the slide where it is: the data files keep every kept record where it is
+        (dropped and unused bytes zeroed, headers rewritten, files cut), Slidedat.ini and
+        Index.dat are replaced, NAME.mrxs emptied, then the folder and NAME.mrxs take the
+        pseudonym. Everything was planned and checked before the first byte is written."""
+        slide = self.slide
+        zeroed = 0
+        for src, spec in zip(slide.data_paths, output.data_files):
+            fd = os.open(src, os.O_RDWR)
+            try:
+                zeroed += finish_data_file(fd, spec)
+            finally:
+                os.close(fd)
+        folder = slide.folder
+        rename_all(folder, [(old.name, spec.name) for old, spec in zip(slide.data_paths, output.data_files)])
+        replace_durably(folder / "Slidedat.ini", output.slidedat)
+        replace_durably(folder / INDEX_NAME, output.index)
+        if slide.index_path.name != INDEX_NAME:
+            slide.index_path.unlink()
+        replace_durably(slide.path, b"")
+        fsync_dir(folder)
+        os.rename(folder, self.final_folder)
+        os.rename(slide.path, self.final)
+        fsync_dir(slide.path.parent)
+        return Written((self.final,), lambda: self.final, lambda: None, zeroed,
+                       {"input_intact": False})
+
+    def _close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+    def abort(self) -> None:
+        if self.staging is None:
+            return
+        try:
+            self.copier.join()
+        except BaseException:  # noqa: BLE001 - the copy's own failure is not the news
+            pass
+        self._close()
+        self.staging.discard()
+
+
+ADAPTER = MiraxAdapter()

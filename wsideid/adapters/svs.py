@@ -15,11 +15,10 @@ from __future__ import annotations
 import re
 
 from .. import catalog
+from ..containers.tiff.reader import Ifd, TiffFile
 from ..model import Field
-from ..policy import Policy
-from ..pseudonym import transform_date
-from ..tiff.reader import Ifd, TiffFile
-from .tiffbase import TiffSlide
+from ..policy import decide
+from .tiff import TiffAdapter, TiffPlanning, TiffSlide
 
 HEADER_TOKEN = re.compile(r"""(?x)
     Aperio|Image|Library|Leica|Biosystems|ImageServer|ScanScope|Format|Versa|
@@ -29,7 +28,6 @@ HEADER_TOKEN = re.compile(r"""(?x)
     label|macro|thumbnail
 """)
 LINE_SPLIT = re.compile(r"(\r\n|\r|\n)")
-TIME = catalog.TIME
 
 
 def is_aperio(tiff: TiffFile) -> bool:
@@ -65,38 +63,39 @@ def clean_header(header: str) -> tuple[str, list[str]]:
     return ";".join(out_parts), dropped
 
 
-class SvsSlide(TiffSlide):
-    format = "aperio-svs"
+class SvsAdapter(TiffAdapter):
+    name = "aperio-svs"
+    order = 300
     extension = ".svs"
 
-    def __init__(self, path, tiff=None):
-        self.fields_catalog = catalog.load("aperio-svs")
-        super().__init__(path, tiff)
+    def claims(self, tiff: TiffFile) -> bool:
+        return is_aperio(tiff)
 
-    def classify(self) -> list[str]:
+    def classify(self, slide: TiffSlide) -> list[str]:
         roles = []
-        for i, ifd in enumerate(self.tiff.ifds):
+        for i, ifd in enumerate(slide.tiff.ifds):
             if 322 in ifd.tags:
                 roles.append("level")
             elif i == 1:
                 roles.append("thumbnail")
             else:
-                roles.append(self._associated_role(ifd))
+                roles.append(self._associated_role(ifd, slide.bo))
         return roles
 
-    def _associated_role(self, ifd: Ifd) -> str:
+    @staticmethod
+    def _associated_role(ifd: Ifd, bo: str) -> str:
         lines = [line for line in LINE_SPLIT.split(ifd.text(270) or "")[2::2]]
         word = lines[0].split(" ", 1)[0].strip().lower() if lines else ""
         if word in ("label", "macro"):
             return word
-        subfile = ifd.int_value(254, self.bo, 0) or 0
+        subfile = ifd.int_value(254, bo, 0) or 0
         if subfile == 9:
             return "macro"
         if subfile == 1:
             return "label"
         return "unknown"
 
-    def describe(self, ifd: Ifd, text: str, policy: Policy) -> tuple[str | None, list[Field]]:
+    def describe(self, ctx: TiffPlanning, ifd: Ifd, text: str) -> tuple[str | None, list[Field]]:
         where = f"{ifd.label} ImageDescription"
         if not text.startswith("Aperio"):
             if not text.strip():
@@ -112,8 +111,10 @@ class SvsSlide(TiffSlide):
         fields.append(Field("aperio:header", f"{where} header", "", "keep",
                             why="product line and geometry; OpenSlide detects Aperio by it"))
         out = [new_header]
+        fields_catalog = catalog.load("aperio-svs")
         for key, value in pairs:
-            field = self._plan_pair(key, value, where, policy)
+            field = decide(fields_catalog.lookup(key), value, ctx.policy, name=f"aperio:{key}",
+                           where=where)
             fields.append(field)
             if field.action == "keep":
                 out.append(f"{key} = {value}")
@@ -121,23 +122,5 @@ class SvsSlide(TiffSlide):
                 out.append(f"{key} = {field.new_value}")
         return "|".join(out), fields
 
-    def _plan_pair(self, key: str, value: str | None, where: str, policy: Policy) -> Field:
-        name = f"aperio:{key}"
-        if value is None:
-            return Field(name, where, key, "remove", why="fragment without '='", known=False)
-        entry = self.fields_catalog.lookup(key)
-        known = entry is not catalog.UNKNOWN
-        action = policy.field_action(entry.action)
-        if action == "keep" and not catalog.has_type(value, entry.type):
-            return Field(name, where, value, "remove", why=f"value is not a {entry.type}",
-                         known=known)
-        if action == "date":
-            if entry.type == "date":
-                new = transform_date(value, policy.dates, policy.date_shift_days)
-                if new is None:
-                    return Field(name, where, value, "remove", why=entry.why + " (not a date)")
-                return Field(name, where, value, "date", new, why=entry.why)
-            action = "keep" if policy.dates == "shift" else "remove"
-            if action == "keep" and entry.type == "time" and not TIME.fullmatch(value):
-                return Field(name, where, value, "remove", why="value is not a time")
-        return Field(name, where, value, action, why=entry.why, known=known)
+
+ADAPTER = SvsAdapter()

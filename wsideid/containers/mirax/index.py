@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..errors import SlideError
+from ...errors import SlideError
 
 VERSION = b"01.02"
 HIER_ITEM = 4

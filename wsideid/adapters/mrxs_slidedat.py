@@ -12,10 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from .. import catalog
-from ..model import Field
-from ..policy import Policy
-from ..pseudonym import transform_date
-from .slidedat import (
+from ..containers.mirax.slidedat import (
     DATAFILE,
     GENERAL,
     HIERARCHICAL,
@@ -24,21 +21,22 @@ from .slidedat import (
     Slidedat,
     data_file_name,
 )
+from ..dates import DAY_FIRST
+from ..model import Field, Naming
+from ..policy import Policy, decide
 
 if TYPE_CHECKING:
-    from ..adapters.mrxs import MrxsSlide, Naming, NonhierValue
+    from .mrxs import MiraxSlide, NonhierValue
 
 # [HIERARCHICAL] vocabulary: OpenSlide needs HIER_0 to be the zoom level layer; the other names
 # seen in scanner output name filter and focus layers; level names are a word and a number.
 HIER_LAYER_NAMES = re.compile(r"Slide (zoom|filter|focus) level|Microscope focus level")
 HIER_VALUE = re.compile(r"(Zoom|Filter|Focus)Level_\d{1,4}")
 STRUCTURE_KEY = re.compile(r"HIER_COUNT|NONHIER_COUNT|INDEXFILE|(NON)?HIER_\d+_(NAME|COUNT|VAL_\d+(_SECTION)?)")
-# Slidedat.ini dates are day first ("14/03/2021 13:37:42"); a date in any other shape is removed.
-DATE_FORMATS = ("%d/%m/%Y", "%Y-%m-%d", "%d.%m.%Y")
 
 
 class SlidedatPlanner:
-    def __init__(self, slide: MrxsSlide, policy: Policy, naming: Naming, fields: list[Field]):
+    def __init__(self, slide: MiraxSlide, policy: Policy, naming: Naming, fields: list[Field]):
         self.slide, self.policy, self.naming, self.fields = slide, policy, naming, fields
 
     def build(self, kept: list[NonhierValue]) -> Slidedat:
@@ -162,21 +160,14 @@ class SlidedatPlanner:
     def _plan_key(self, group: str, section: str, key: str, value: str) -> Field:
         entry = catalog.load("mirax", "fields").lookup(f"{group}.{key}")
         name, where = f"mirax:{group}.{key}", f"Slidedat.ini [{section}]"
-        action = entry.action
-        if action == "replace":
+        if entry.action == "replace":
             new_value = self.naming.slide_id if key == "SLIDE_ID" else self.naming.pseudonym
             return Field(name, where, value, "replace", new_value, entry.why)
-        action = self.policy.field_action(action)
-        if action == "date":
-            new_value = transform_date(value, self.policy.dates, self.policy.date_shift_days, DATE_FORMATS)
-            if new_value is not None:
-                return Field(name, where, value, "date", new_value, entry.why)
-            return Field(name, where, value, "remove", why="not a date this tool can shift")
-        if action == "keep":
-            if not catalog.has_type(value, entry.type):
-                return Field(name, where, value, "remove", why=f"value is not a {entry.type}")
-            return Field(name, where, value, "keep", value, entry.why)
-        return Field(name, where, value, "remove", why=entry.why, known=entry is not catalog.UNKNOWN)
+        # Slidedat.ini dates are day first ("14/03/2021 13:37:42"); any other shape is removed
+        field = decide(entry, value, self.policy, name=name, where=where, date_format=DAY_FIRST)
+        if field.action == "keep":
+            field.new_value = value
+        return field
 
 
 def new_positions(kept: list[NonhierValue]) -> dict[tuple[int, int], tuple[int, int]]:

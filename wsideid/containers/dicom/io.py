@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from .errors import SlideError
-from .tiff.writer import read_sequentially
+from ...errors import SlideError
+from ..files import read_sequentially
 
 ITEM = (0xFFFE, 0xE000)
 SEQ_END = (0xFFFE, 0xE0DD)

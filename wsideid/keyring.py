@@ -1,8 +1,9 @@
-"""Keyed pseudonyms for slides, and the date shift derived from the same key.
+"""Every keyed derivation: slide pseudonyms, file UUIDs, vendor slide identifiers, DICOM UIDs
+and identifiers, and the date shift.
 
-The key is 32 random bytes kept by the user (`--key-file`). With the same key, the same slide
-gets the same pseudonym and dates move by the same number of days, so separate runs stay
-consistent; without a key, a fresh random key is used and nothing links two runs.
+The key is secret bytes kept by the user (`--key-file`). With the same key, the same slide gets
+the same pseudonym, UIDs and date shift, so separate runs stay consistent; without a key, a
+fresh random key is used and nothing links two runs.
 """
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ import base64
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import uuid
-from datetime import date, datetime, timedelta
 from pathlib import Path
 
 FINGERPRINT_SPAN = 1 << 20
@@ -72,32 +71,21 @@ class Keyring:
         """Days to move every date back by: 1..3650, fixed for a key."""
         return 1 + int.from_bytes(self._mac("date-shift", b"")[:4], "big") % MAX_SHIFT_DAYS
 
+    def uid(self, old: str) -> str:
+        """The replacement of a DICOM UID: the same old UID maps to the same new one."""
+        digest = hmac.new(self.key, b"uid\x00" + old.encode(), hashlib.sha256).digest()
+        return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
-DATE_FORMATS = ("%m/%d/%y", "%m/%d/%Y", "%Y-%m-%d", "%Y:%m:%d", "%Y/%m/%d", "%Y%m%d", "%d.%m.%Y")
+    def identifier(self, kind: str, value: str) -> str:
+        """A keyed pseudonym for an identifier of one kind (patient, accession, ...)."""
+        digest = hmac.new(self.key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        return f"{kind[:3].upper()}-{digest[:12].upper()}"
 
-
-def transform_date(value: str, mode: str, shift_days: int,
-                   formats: tuple[str, ...] = DATE_FORMATS) -> str | None:
-    """Shift a date back by `shift_days` or reduce it to January 1st of its year.
-
-    The value keeps its own format (and any time part after the date). Returns None when the
-    value is not a date we can parse: the caller then removes it."""
-    value = value.strip()
-    for fmt in formats:
-        width = len(datetime.now().strftime(fmt))
-        head, tail = value[:width], value[width:]
-        try:
-            parsed = datetime.strptime(head, fmt).date()
-        except ValueError:
-            continue
-        if tail and not re.fullmatch(r"[ T][0-9:.+\-Z]*", tail):
-            continue
-        if mode == "shift":
-            new = parsed - timedelta(days=shift_days)
-        elif mode == "keep-year":
-            new = date(parsed.year, 1, 1)
-            tail = re.sub(r"\d", "0", tail)
-        else:
-            return None
-        return new.strftime(fmt) + tail
-    return None
+    def uid_sequence(self, fp: bytes):
+        """A generator of new UIDs for the instances made from one source (conversion): the
+        n-th UID is the same on every run with the same key and source."""
+        n = 0
+        while True:
+            n += 1
+            digest = hmac.new(self.key, fp + n.to_bytes(8, "big"), hashlib.sha256).digest()
+            yield "2.25." + str(int.from_bytes(digest[:16], "big"))

@@ -8,21 +8,16 @@ the file is cut after its last live byte. Nothing removed survives, nothing kept
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import SlideError
+from ...errors import SlideError
+from ..files import zero_gaps
 from .reader import TYPE_NUMPY, Ifd, Tag, TiffFile
-
-ZERO_CHUNK = b"\x00" * (1 << 20)
-SYNC_FILE_RANGE_WRITE = 2
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-PUNCH_MIN = 1 << 20
 
 
 @dataclass
@@ -49,12 +44,10 @@ def array_value(dtype: int, values, byteorder: str) -> NewValue:
 
 @dataclass
 class IfdOut:
-    """One IFD of the output: its final tags, its child IFDs, replaced image byte runs."""
+    """One IFD of the output: its final tags and its child IFDs."""
     source: Ifd
     tags: dict[int, Tag | NewValue]
     children: dict[int, list["IfdOut"]] = field(default_factory=dict)
-    data_edits: dict[int, bytes] = field(default_factory=dict)
-    header_shifts: dict[int, int] = field(default_factory=dict)  # bytes removed before the scan data
 
     def walk(self):
         yield self
@@ -99,8 +92,11 @@ class _Layout:
         return starts, ends
 
 
-def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut]) -> WriteResult:
-    """Patch `fd` (which holds a copy of `src`, or is `src` opened for writing)."""
+def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut],
+               run_edits: Mapping[str, Mapping[int, bytes]] | None = None) -> WriteResult:
+    """Patch `fd` (which holds a copy of `src`, or is `src` opened for writing). `run_edits`
+    gives new bytes for image byte runs, by IFD label and run number."""
+    run_edits = run_edits or {}
     if not chain:
         raise SlideError("nothing would remain of the slide")
     bo = src.byteorder
@@ -110,11 +106,12 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut]) -> WriteResult:
     # 1. Replaced image byte runs (e.g. a JPEG tile without its COM segment) go where the
     #    old run started; the tail of the old run is freed and zeroed below.
     for node in nodes:
-        if not node.data_edits:
+        edits = run_edits.get(node.source.label)
+        if not edits:
             continue
         off_tag, cnt_tag, offs, cnts = node.source.data_regions(bo)
         cnts = cnts.copy()
-        for index, payload in node.data_edits.items():
+        for index, payload in edits.items():
             if len(payload) > cnts[index]:
                 raise SlideError(f"{node.source.label}: replacement for run {index} is longer than the original")
             os.pwrite(fd, payload, int(offs[index]))
@@ -270,125 +267,3 @@ def _write_ifd(src: TiffFile, fd: int, node: IfdOut, pos: int, nxt: int,
     if src.ndpi:
         out += highs
     os.pwrite(fd, bytes(out), pos)
-
-
-def zero_gaps(fd: int, starts: np.ndarray, ends: np.ndarray) -> int:
-    """Overwrite with zeros every byte below max(ends) that no [start, end) covers."""
-    order = np.argsort(starts, kind="stable")
-    s = starts[order]
-    e = np.maximum.accumulate(ends[order])
-    gap_starts = e[:-1]
-    gap_ends = s[1:]
-    mask = gap_ends > gap_starts
-    total = 0
-    if s[0] > 0:
-        total += _zero(fd, 0, int(s[0]))
-    for a, b in zip(gap_starts[mask].tolist(), gap_ends[mask].tolist()):
-        total += _zero(fd, a, b)
-    return total
-
-
-def _zero(fd: int, start: int, end: int) -> int:
-    """Make [start, end) read as zeros: punch a hole (no write, stays sparse) where the file
-    system can, else write zeros over the parts that hold data."""
-    if end - start >= PUNCH_MIN and _punch_hole(fd, start, end - start):
-        return end - start
-    for a, b in data_extents(fd, start, end):
-        pos = a
-        while pos < b:
-            n = min(len(ZERO_CHUNK), b - pos)
-            os.pwrite(fd, ZERO_CHUNK[:n], pos)
-            pos += n
-    return end - start
-
-
-def _punch_hole(fd: int, offset: int, length: int) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fallocate = libc.fallocate
-        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-        return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def uncovered(ranges, size: int):
-    """The parts of [0, size) that no [start, end) of `ranges` covers, in order."""
-    pos = 0
-    for start, end in sorted(ranges):
-        if start > pos:
-            yield pos, min(start, size)
-        pos = max(pos, end)
-    if pos < size:
-        yield pos, size
-
-
-def data_extents(fd: int, start: int, end: int):
-    """The parts of [start, end) that hold data (holes of a sparse file are skipped)."""
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole after pos
-                return
-            yield pos, end  # no SEEK_DATA on this file system: all of it is data
-            return
-        if data >= end:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        yield data, hole
-        pos = hole
-
-
-def copy_file(src_path, dst_fd: int) -> None:
-    """Kernel-side copy of the data extents (what `cp` does); holes stay holes."""
-    with open(src_path, "rb") as fsrc:
-        size = os.fstat(fsrc.fileno()).st_size
-        os.ftruncate(dst_fd, size)
-        for start, end in data_extents(fsrc.fileno(), 0, size):
-            copy_range(fsrc.fileno(), dst_fd, start, end)
-
-
-def copy_range(src_fd: int, dst_fd: int, start: int, end: int, at: int | None = None) -> None:
-    """Copy bytes [start, end) of src to offset `at` (default: the same offset) of dst, in the
-    kernel where possible, falling back to a buffered copy."""
-    pos = start
-    out = start if at is None else at
-    try:
-        while pos < end:
-            n = os.copy_file_range(src_fd, dst_fd, end - pos, pos, out)
-            if n == 0:
-                break
-            pos += n
-            out += n
-    except OSError as exc:
-        if exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: fall back
-            raise
-    while pos < end:
-        chunk = os.pread(src_fd, min(1 << 24, end - pos), pos)
-        if not chunk:
-            raise SlideError("input shrank while being copied")
-        os.pwrite(dst_fd, chunk, out)
-        pos += len(chunk)
-        out += len(chunk)
-
-
-def read_sequentially(fd: int) -> None:
-    """Tell the kernel the file is read front to back (larger read-ahead, as `cp` asks): a
-    cold 2 GB read-and-write loop took 1.4 s instead of 5.8 s on this project's machine. Not
-    used for the TIFF copy, which runs beside the tile screen (measured slower with it)."""
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    except (OSError, AttributeError):
-        pass
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the file out now (Linux sync_file_range), so that the
-    final fsync only waits for what is left. A no-op where the call is unavailable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), SYNC_FILE_RANGE_WRITE)
-    except (OSError, AttributeError):
-        pass

@@ -6,8 +6,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from .pipeline import Result
+from .. import __version__
+from ..model import Result
 
 
 def build(results: list[Result], options: dict) -> dict:
@@ -16,7 +16,7 @@ def build(results: list[Result], options: dict) -> dict:
         entry: dict = {"pseudonym": r.pseudonym or None, "status": r.status,
                        "output": r.output.name if r.output else None}
         if r.status != "ok":
-            entry["message"] = _without_source(r.message, r.source)
+            entry["message"] = without_source(r.message, r.source)
         if r.plan is not None:
             entry["format"] = r.plan.format
             entry["images"] = [img.public() for img in r.plan.images]
@@ -32,7 +32,7 @@ def build(results: list[Result], options: dict) -> dict:
                         "failed": sum(r.status != "ok" for r in results)}}
 
 
-def _without_source(message: str, source: Path) -> str:
+def without_source(message: str, source: Path) -> str:
     """A failure message as the report may keep it: the input's path and name (which a
     library's message may quote) replaced by <input>."""
     stem = source.name.split(".")[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import SlideError
+from ...errors import SlideError
 
 BOM = b"\xef\xbb\xbf"
 GENERAL, HIERARCHICAL, DATAFILE = "GENERAL", "HIERARCHICAL", "DATAFILE"

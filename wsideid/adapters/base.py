@@ -1,0 +1,120 @@
+"""What every format adapter is: detect, read, name, plan, and its own checks of an output.
+
+An adapter is a stateless description of a format; what it reads of one slide lives in the
+slide object it returns, what it decides lives in the plan. Each adapter module ends with
+`ADAPTER = ...`, which the registry (adapters/__init__.py) finds by itself: adding a format is
+one module plus one catalog.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..errors import SlideError
+from ..keyring import Keyring
+from ..model import Image, Job, Naming, Plan
+from ..policy import Policy
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class Probe:
+    """One candidate file, looked at once for every adapter's detect: its first bytes and,
+    for TIFF files, the parsed structure."""
+
+    HEAD = 132 + 4   # enough for the DICOM preamble and "DICM"
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as fh:
+                self.head = fh.read(self.HEAD)
+        except OSError:
+            self.head = b""
+
+    @property
+    def is_tiff(self) -> bool:
+        return self.head[:4] in TIFF_MAGIC
+
+    @cached_property
+    def tiff(self):
+        """The parsed TIFF structure, or None when the file is not a readable TIFF."""
+        from ..containers.tiff.reader import TiffFile
+
+        if not self.is_tiff:
+            return None
+        try:
+            tiff = TiffFile(self.path)
+        except SlideError:
+            return None
+        tiff.close()
+        return tiff
+
+
+class Adapter:
+    """A format: the registry asks `detect`, the pipeline the rest."""
+
+    name = "?"              # registry name
+    format_name = ""        # the format as plans and reports name it (default: the name)
+    order = 500             # detection order: lower first (generic formats last)
+    container = "?"         # tiff | mirax | dicom
+    extension = ""
+    multi_file = False      # one slide spread over several given files (DICOM series)
+    in_place = True         # supports --in-place
+    settled: tuple[str, ...] = ("keep",)   # actions a re-plan of a released output may show
+    tiles_copyable = True   # its tiles can become DICOM frames unchanged (conversion)
+
+    def __init__(self) -> None:
+        if not self.format_name:
+            self.format_name = self.name
+
+    def detect(self, probe: Probe) -> bool:
+        raise NotImplementedError
+
+    def group_key(self, path: Path) -> str:
+        """For multi-file formats: which slide a file belongs to."""
+        raise NotImplementedError
+
+    def read(self, job: Job) -> Any:
+        raise NotImplementedError
+
+    def fingerprint(self, slide: Any) -> bytes:
+        """The slide's content, from which its pseudonym and identifiers are derived."""
+        raise NotImplementedError
+
+    def naming(self, slide: Any, keyring: Keyring) -> Naming:
+        raise NotImplementedError
+
+    def images(self, slide: Any) -> list[Image]:
+        """The slide's images with their roles, geometry and stored pieces, before planning."""
+        raise NotImplementedError
+
+    def writer(self, slide: Any, naming: Naming, target: Any) -> Any:
+        """What writes the planned slide to `target` (containers.output.Target): an object
+        with `finish(plan) -> Written` and `abort()`. Created before planning, so that bulk
+        copies can start while the slide is planned."""
+        raise NotImplementedError
+
+    def plan(self, slide: Any, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
+        """Every field and image of the slide with its action, the edits, and what the
+        container writes. `screen=False` skips looking inside image data for text segments
+        (verification compares kept image data with the screened input instead)."""
+        raise NotImplementedError
+
+    def reader_path(self, slide: Any) -> Path | None:
+        """The file OpenSlide opens to show the slide (compared before and after), or None
+        when the container's verification looks at the reader itself."""
+        return slide.path
+
+    def checks(self, source: Any, out: Any, plan: Plan, out_plan: Plan) -> list[str]:
+        """Format-specific checks of a written output (the shared ones run anyway)."""
+        return []
+
+
+def is_regular_file(path: Path) -> bool:
+    try:
+        return os.path.isfile(path)
+    except OSError:
+        return False

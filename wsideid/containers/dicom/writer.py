@@ -1,0 +1,38 @@
+"""Write one DICOM instance: a new header (pydicom), then the pixel data element copied by the
+kernel from the source, or rebuilt from its fragments when some of them were replaced."""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from ..files import copy_range
+from .io import PixelElement
+
+
+def write_instance(header: Dataset, source: Path, pixels: PixelElement, out: Path,
+                   replaced: dict[int, bytes]) -> None:
+    """`header` without pixel data, then the source's pixel data element: copied verbatim, or
+    rebuilt with the `replaced` fragments (by frame index), each padded to an even length."""
+    header.save_as(out, enforce_file_format=True)
+    with open(source, "rb") as src, open(out, "r+b") as dst:
+        at = dst.seek(0, 2)
+        if not replaced:
+            copy_range(src.fileno(), dst.fileno(), pixels.start, pixels.end, at)
+        else:
+            dst.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+            dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))  # empty Basic Offset Table
+            for i, (off, n) in enumerate(zip(pixels.frame_offsets.tolist(),
+                                             pixels.frame_lengths.tolist())):
+                data = replaced.get(i)
+                if data is None:
+                    src.seek(off)
+                    data = src.read(n)
+                if len(data) % 2:
+                    data += b"\x00"
+                dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(data)) + data)
+            dst.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+        dst.flush()
+        os.fsync(dst.fileno())

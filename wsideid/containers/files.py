@@ -1,0 +1,239 @@
+"""The file layer every container writes through: kernel copies, zeroing (holes punched where
+the file system can), durable writes, and outputs that appear only whole.
+
+An output is built under a hidden name in its destination folder (`Staging`), made durable,
+verified, and only then renamed into place; discarding it leaves nothing behind.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SlideError
+
+ZERO_CHUNK = b"\x00" * (1 << 20)
+SYNC_FILE_RANGE_WRITE = 2
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+PUNCH_MIN = 1 << 20
+PARTIAL = ".partial"
+
+
+# ---- copying --------------------------------------------------------------------------------
+
+def copy_file(src_path, dst_fd: int) -> None:
+    """Kernel-side copy of the data extents (what `cp` does); holes stay holes."""
+    with open(src_path, "rb") as fsrc:
+        size = os.fstat(fsrc.fileno()).st_size
+        os.ftruncate(dst_fd, size)
+        for start, end in data_extents(fsrc.fileno(), 0, size):
+            copy_range(fsrc.fileno(), dst_fd, start, end)
+
+
+def copy_range(src_fd: int, dst_fd: int, start: int, end: int, at: int | None = None) -> None:
+    """Copy bytes [start, end) of src to offset `at` (default: the same offset) of dst, in the
+    kernel where possible, falling back to a buffered copy."""
+    pos = start
+    out = start if at is None else at
+    try:
+        while pos < end:
+            n = os.copy_file_range(src_fd, dst_fd, end - pos, pos, out)
+            if n == 0:
+                break
+            pos += n
+            out += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    while pos < end:
+        chunk = os.pread(src_fd, min(1 << 24, end - pos), pos)
+        if not chunk:
+            raise SlideError("input shrank while being copied")
+        os.pwrite(dst_fd, chunk, out)
+        pos += len(chunk)
+        out += len(chunk)
+
+
+def data_extents(fd: int, start: int, end: int):
+    """The parts of [start, end) that hold data (holes of a sparse file are skipped)."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole after pos
+                return
+            yield pos, end  # no SEEK_DATA on this file system: all of it is data
+            return
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole
+        pos = hole
+
+
+def read_sequentially(fd: int) -> None:
+    """Tell the kernel the file is read front to back (larger read-ahead, as `cp` asks)."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except (OSError, AttributeError):
+        pass
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file out now (Linux sync_file_range), so that the
+    final fsync only waits for what is left. A no-op where the call is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), SYNC_FILE_RANGE_WRITE)
+    except (OSError, AttributeError):
+        pass
+
+
+# ---- zeroing --------------------------------------------------------------------------------
+
+def zero_gaps(fd: int, starts: np.ndarray, ends: np.ndarray) -> int:
+    """Overwrite with zeros every byte below max(ends) that no [start, end) covers."""
+    order = np.argsort(starts, kind="stable")
+    s = starts[order]
+    e = np.maximum.accumulate(ends[order])
+    gap_starts = e[:-1]
+    gap_ends = s[1:]
+    mask = gap_ends > gap_starts
+    total = 0
+    if s[0] > 0:
+        total += zero_range(fd, 0, int(s[0]))
+    for a, b in zip(gap_starts[mask].tolist(), gap_ends[mask].tolist()):
+        total += zero_range(fd, a, b)
+    return total
+
+
+def zero_range(fd: int, start: int, end: int) -> int:
+    """Make [start, end) read as zeros: punch a hole (no write, stays sparse) where the file
+    system can, else write zeros over the parts that hold data."""
+    if end - start >= PUNCH_MIN and _punch_hole(fd, start, end - start):
+        return end - start
+    for a, b in data_extents(fd, start, end):
+        pos = a
+        while pos < b:
+            n = min(len(ZERO_CHUNK), b - pos)
+            os.pwrite(fd, ZERO_CHUNK[:n], pos)
+            pos += n
+    return end - start
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+        return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def uncovered(ranges, size: int):
+    """The parts of [0, size) that no [start, end) of `ranges` covers, in order."""
+    pos = 0
+    for start, end in sorted(ranges):
+        if start > pos:
+            yield pos, min(start, size)
+        pos = max(pos, end)
+    if pos < size:
+        yield pos, size
+
+
+# ---- durable writes and renames -------------------------------------------------------------
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist) with `data`, flushed to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Replace a file's content whole: a hidden new file beside it, then a rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL}")
+    try:
+        write_new(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def rename_all(folder: Path, renames: list[tuple[str, str]]) -> None:
+    """Rename files within a folder in two steps, so that a name another file is about to
+    leave is never overwritten (Data0001.dat -> Data0000.dat while Data0000.dat -> ...)."""
+    moves = [(a, b) for a, b in renames if a != b]
+    token = secrets.token_hex(4)
+    for n, (a, _) in enumerate(moves):
+        os.rename(folder / a, folder / f".{n}.{token}.renaming")
+    for n, (_, b) in enumerate(moves):
+        os.rename(folder / f".{n}.{token}.renaming", folder / b)
+
+
+class Staging:
+    """A hidden place in the destination folder where an output is built: a file
+    (`.NAME.xxxx.partial`) or a folder holding the output's files. `release` renames what
+    was built to its final name(s) durably; `discard` removes it."""
+
+    def __init__(self, folder: Path, name: str, kind: str = "file"):
+        self.folder = folder
+        self.name = name
+        self.kind = kind
+        self.path = folder / f".{name}.{secrets.token_hex(4)}{PARTIAL}"
+        if kind == "folder":
+            self.path.mkdir()
+
+    def open_file(self) -> int:
+        """The staged file, created empty (file staging)."""
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def release(self, moves: list[tuple[str, str]] | None = None) -> Path:
+        """File staging: rename the file to NAME. Folder staging: rename each (entry, final
+        name) of `moves` out of the staging folder into the destination, in order, replacing
+        an earlier run's output of the same name; then remove the staging folder."""
+        if self.kind == "file":
+            target = self.folder / self.name
+            os.replace(self.path, target)
+            fsync_dir(self.folder)
+            return target
+        moves = moves or [(self.name, self.name)]
+        for _, final in moves:   # a marker file (NAME.mrxs) never names a half-replaced folder
+            target = self.folder / final
+            if target.is_file() or target.is_symlink():
+                target.unlink()
+        targets = []
+        for entry, final in moves:
+            target = self.folder / final
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(self.path / entry, target)
+            targets.append(target)
+        self.path.rmdir()
+        fsync_dir(self.folder)
+        return targets[-1]
+
+    def discard(self) -> None:
+        if self.kind == "folder":
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,159 @@
+"""Verification of a DICOM series output: re-read and re-plan it like any other slide, check
+each header (preamble, file meta, private elements, the de-identification marks, removed
+values), the frames where the copy must have put them, dciodvfy (no error its input did not
+have), and OpenSlide's levels."""
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+
+from .. import needles
+from ..adapters.dicom import FILE_META_KEPT, WRITER_META, DicomAdapter, DicomSeries, InstanceOut
+from ..background import checks_in_background
+from ..containers.dicom.io import PixelElement, locate_pixels, read_header
+from ..containers.output import Written
+from ..errors import SlideError
+from ..model import Job, Naming, Plan
+from ..policy import Policy
+from . import checks
+from .reader import openslide_view
+
+
+def verify(adapter: DicomAdapter, source: DicomSeries, plan: Plan, written: Written,
+           policy: Policy, naming: Naming, before) -> list[str]:
+    outputs: list[InstanceOut] = plan.output
+    pairs = list(zip(outputs, written.paths))
+    targets = checks.residue_targets(plan, plan.kept_values())
+    # dciodvfy runs on the outputs and their inputs (needed when an output has errors, to tell
+    # the new ones: scanner output often has some) while the headers and frames are checked
+    futures = checks_in_background(dciodvfy_errors, [out for _, out in pairs]
+                                   + [o.instance.source for o, _ in pairs])
+    after, inputs = futures[:len(pairs)], futures[len(pairs):]
+    problems: list[str] = []
+    try:
+        out_slide = adapter.read(Job(tuple(written.paths), adapter.name))
+        out_plan = adapter.plan(out_slide, policy, naming, screen=False)
+        problems += checks.check_fields(plan, out_plan, adapter.settled)
+        problems += checks.check_images(plan, out_plan)
+    except SlideError as exc:
+        problems.append(f"the output does not read back: {exc}")
+    for planned, out in pairs:
+        try:
+            header = read_header(out)
+            problems += header_problems(out, targets, header)
+            start = header[1]
+            edited = plan.run_edits(f"instance {planned.instance.number}")
+            pixels = (locate_pixels(out, start) if edited or not len(planned.pixels.frame_offsets)
+                      else _expected_pixels(planned.pixels, start))
+        except SlideError as exc:
+            problems.append(f"{out.name}: cannot be read back: {exc}")
+            continue
+        problems += _check_frames(planned, out, pixels, {k: e.data for k, e in edited.items()})
+    for (_, out), result, source_result in zip(pairs, after, inputs):
+        problems += _check_dciodvfy(result.result(), source_result, out.name)
+    problems += _check_openslide(pairs)
+    return problems
+
+
+def _expected_pixels(src: PixelElement, start: int) -> PixelElement:
+    """Where the copied pixel data element and its frames must be in the output (the input's
+    layout moved to the output's header length); `_check_frames` reads the item tags there."""
+    shift = start - src.start
+    return PixelElement(start, src.end + shift, src.frame_offsets + shift, src.frame_lengths)
+
+
+def header_problems(out: Path, targets: list[str], header=None) -> list[str]:
+    """What is wrong with a written instance's header: private elements, missing marks, a
+    file meta that disagrees, removed values still present (everything before pixel data).
+    `header` is the instance's read_header() when the caller already has it."""
+    ds, start = header or read_header(out)
+    problems = []
+    if bytes(ds.preamble or b"").strip(b"\x00"):
+        problems.append(f"{out.name}: the file preamble is not empty")
+    extra = {int(e.tag) for e in ds.file_meta} - FILE_META_KEPT - WRITER_META
+    if extra:
+        problems.append(f"{out.name}: file meta holds {len(extra)} element(s) it should not")
+    if any(elem.tag.is_private for elem in ds.iterall()):
+        problems.append(f"{out.name}: private elements remain")
+    if ds.get("PatientIdentityRemoved") != "YES":
+        problems.append(f"{out.name}: PatientIdentityRemoved is not YES")
+    if str(ds.file_meta.MediaStorageSOPInstanceUID) != str(ds.SOPInstanceUID):
+        problems.append(f"{out.name}: file meta SOP Instance UID does not match")
+    with open(out, "rb") as fh:
+        head = fh.read(start)
+    found = needles.find_in(head, targets)
+    return problems + [f"{out.name}: a removed value of {len(n)} characters is still present"
+                       for n in found]
+
+
+def _check_frames(planned: InstanceOut, out: Path, pixels: PixelElement,
+                  edits: dict[int, bytes]) -> list[str]:
+    src = planned.pixels
+    source = planned.instance.source
+    if len(src.frame_offsets) != len(pixels.frame_offsets):
+        return [f"{out.name}: {len(pixels.frame_offsets)} fragments instead of {len(src.frame_offsets)}"]
+    if not len(src.frame_offsets):  # native pixel data: one element, compared whole
+        pairs = [(0, src.start, src.end - src.start, pixels.start, pixels.end - pixels.start)]
+    else:
+        pairs = [(i, int(src.frame_offsets[i]), int(src.frame_lengths[i]),
+                  int(pixels.frame_offsets[i]), int(pixels.frame_lengths[i]))
+                 for i in checks.sample(src.frame_lengths, edits)]
+    with open(source, "rb") as a, open(out, "rb") as b:
+        if len(src.frame_offsets):   # the element is closed where expected, and nothing follows
+            b.seek(pixels.end - 8)
+            if b.read(8) != struct.pack("<HHI", 0xFFFE, 0xE0DD, 0) or b.read(1):
+                return [f"{out.name}: pixel data does not end where expected"]
+        for i, ao, an, bo, bn in pairs:
+            b.seek(bo - 8 if len(src.frame_offsets) else bo)
+            if len(src.frame_offsets) and b.read(8) != struct.pack("<HHI", 0xFFFE, 0xE000, bn):
+                return [f"{out.name}: frame item {i} is not where expected"]
+            got = b.read(bn)
+            a.seek(ao)
+            want = a.read(an)
+            edit = edits.get(i) if len(src.frame_offsets) else None
+            if edit is not None:
+                want = edit + (b"\x00" if len(edit) % 2 else b"")
+            if got != want:
+                return [f"{out.name}: pixel data differs from the input"]
+    return []
+
+
+def dciodvfy_errors(path: Path) -> set[str] | None:
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return {_normalise(line) for line in lines if line.startswith("Error")}
+
+
+def _normalise(line: str) -> str:
+    return line.split(" - ", 1)[-1].strip()
+
+
+def _check_dciodvfy(after: set[str] | None, before: Future, name: str) -> list[str]:
+    """No dciodvfy error in the output that its input (checked alongside) did not have."""
+    if not after:
+        return []
+    new = sorted(after - (before.result() or set()))
+    return [f"{name}: dciodvfy: {line}" for line in new[:3]]
+
+
+def _check_openslide(pairs) -> list[str]:
+    if not pairs:
+        return []
+    source, out = pairs[0][0].instance.source, pairs[0][1]
+    before = openslide_view(source)
+    if before is None:
+        return []
+    after = openslide_view(out)
+    if after is None:
+        return ["OpenSlide can no longer open the slide"]
+    if after.level_dimensions != before.level_dimensions:
+        return [f"OpenSlide levels changed: {before.level_dimensions} -> {after.level_dimensions}"]
+    return []

@@ -1,0 +1,135 @@
+"""Verification of a TIFF output (SVS, NDPI, OME-TIFF, generic TIFF).
+
+- re-read the output and plan it again under the same policy (checks.check_fields);
+- search every byte outside the kept image data for every removed value;
+- check kept image data against the input, byte for byte (all of it for slides up to
+  FULL_COMPARE_BYTES, a spread sample above that, plus every run that was rewritten; in place,
+  the rewritten runs are screened again instead);
+- open the output with OpenSlide and compare what users will see with the input.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import adapters
+from ..adapters.tiff import TiffAdapter, TiffSlide
+from ..containers.files import data_extents, uncovered
+from ..containers.output import Written
+from ..containers.tiff.writer import IfdOut
+from ..images import segments
+from ..model import Job, Naming, Plan
+from ..policy import Policy
+from . import checks
+from .reader import ReaderView, check_reader
+
+
+def verify(adapter: TiffAdapter, source: TiffSlide, plan: Plan, written: Written,
+           policy: Policy, naming: Naming, before: ReaderView | None) -> list[str]:
+    out_path = written.paths[0]
+    detected = adapters.detect(out_path)
+    if detected is not adapter:
+        return [f"output is detected as {detected.name if detected else 'nothing'}, "
+                f"not {adapter.name}"]
+    try:
+        out = adapter.read(Job((out_path,), adapter.name))
+    except Exception as exc:  # noqa: BLE001 - any failure to re-read is a verification failure
+        return [f"output cannot be read back: {exc}"]
+    problems: list[str] = []
+    try:
+        # Kept image data is compared with the input below (and the input's was screened for
+        # text segments while planning), so the re-plan skips screening every tile again.
+        out_plan = adapter.plan(out, policy, naming, screen=False)
+        problems += adapter.checks(source, out, plan, out_plan)
+        problems += checks.check_fields(plan, out_plan, adapter.settled)
+        image_problems = checks.check_images(plan, out_plan)
+        problems += image_problems or _check_image_data(source, out, plan, written.info["input_intact"])
+        kept = [f.value for f in out_plan.fields if f.action in ("keep", "date")]
+        problems += _check_residue(out, checks.residue_targets(plan, kept))
+    finally:
+        out.close()
+    problems += check_reader(out_path, {img.role for img in plan.images if img.action == "drop"},
+                             before)
+    return problems
+
+
+def _payload(slide: TiffSlide) -> tuple[np.ndarray, np.ndarray]:
+    starts, ends = [], []
+    for root in slide.tiff.ifds:
+        for ifd in root.walk():
+            regions = ifd.data_regions(slide.bo)
+            if regions is not None:
+                _, _, offs, cnts = regions
+                starts.append(offs[cnts > 0])
+                ends.append((offs + cnts)[cnts > 0])
+    if not starts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(starts), np.concatenate(ends)
+
+
+def _check_residue(out: TiffSlide, targets: list[str]) -> list[str]:
+    """Search every byte that is not kept image data for every removed value."""
+    if not targets:
+        return []
+    starts, ends = _payload(out)
+    pieces = []
+    for a, b in uncovered(zip(starts.tolist(), ends.tolist()), out.tiff.size):
+        for x, y in data_extents(out.tiff.fd, a, b):
+            pieces.append(os.pread(out.tiff.fd, y - x, x))
+    return checks.residue(b"\x00".join(pieces), targets)
+
+
+def _check_image_data(source: TiffSlide, out: TiffSlide, plan: Plan,
+                      input_intact: bool) -> list[str]:
+    problems = []
+    bo_in, bo_out = source.bo, out.bo
+    for node, out_root in zip(plan.output, out.tiff.ifds):
+        for src_ifd, out_ifd in _pairs(node, out_root):
+            edits = {run: e.data for run, e in plan.run_edits(src_ifd.label).items()}
+            a, b = src_ifd.data_regions(bo_in), out_ifd.data_regions(bo_out)
+            if a is None and b is None:
+                continue
+            if a is None or b is None or len(a[2]) != len(b[2]):
+                problems.append(f"{out_ifd.label}: image data layout changed")
+                continue
+            _, _, offs_in, cnts_in = a
+            _, _, offs_out, cnts_out = b
+            expected = cnts_in.copy()
+            for index, payload in edits.items():
+                expected[index] = len(payload)
+            if not np.array_equal(expected, cnts_out):
+                problems.append(f"{out_ifd.label}: image data byte counts changed")
+                continue
+            if not input_intact:
+                continue
+            problems += _rescan_edits(out, out_ifd, offs_out, cnts_out, edits)
+            for index in checks.sample(cnts_in, edits):
+                got = os.pread(out.tiff.fd, int(cnts_out[index]), int(offs_out[index]))
+                want = edits.get(index)
+                if want is None:
+                    want = os.pread(source.tiff.fd, int(cnts_in[index]), int(offs_in[index]))
+                if got != want:
+                    problems.append(f"{out_ifd.label}: image data run {index} differs from the input")
+                    break
+    return problems
+
+
+def _rescan_edits(out: TiffSlide, ifd, offs: np.ndarray, cnts: np.ndarray,
+                  edits: dict[int, bytes]) -> list[str]:
+    from ..containers.tiff.names import codec_family
+
+    family = codec_family(ifd.int_value(259, out.bo))
+    clean = segments.clean_jpeg if family == "jpeg" else segments.clean_j2k
+    for index in edits:
+        data = os.pread(out.tiff.fd, int(cnts[index]), int(offs[index]))
+        if clean(data)[1]:
+            return [f"{ifd.label}: image data run {index} still holds a text segment"]
+    return []
+
+
+def _pairs(node: IfdOut, out_ifd):
+    yield node.source, out_ifd
+    for code, kids in node.children.items():
+        for kid, out_kid in zip(kids, out_ifd.children.get(code, [])):
+            yield from _pairs(kid, out_kid)
