@@ -1,6 +1,7 @@
 """Benchmarks: de-identify generated slides, against `cp` of the same file in the same run.
 
-    python bench/run.py [--case svs|ndpi|ome|dicom|mrxs|convert|all] [--size-gb 2] [--rounds 3]
+    python bench/run.py [--case svs|ndpi|ome|dicom|mrxs|convert|startup|all] [--size-gb 2]
+                        [--rounds 3] [--baseline OTHER_CHECKOUT]
 
 Cases: `svs`, a ~2 GB tiled-JPEG Aperio SVS; `ndpi`, a 5 GB sparse NDPI (every offset above
 4 GB); `ome`, a ~1 GB pyramidal OME-TIFF with label and macro; `dicom`, a ~2 GB DICOM WSI
@@ -8,6 +9,10 @@ series folder (compared with `cp -r`); `mrxs`, a ~1 GB MIRAX slide (slide.mrxs +
 with `cp -r` of both). For each: wall-time ratios
 (deid / cp and deid / cp+fsync; as root the page cache is emptied before every run), the
 in-place time (inside the process after imports, and for the whole command) and peak RSS.
+`startup`: `wsideid --version` (the interpreter and the command line, nothing of any format) and
+`deid` of a 80 KB slide (the fixed cost every slide pays in a shell loop), medians of 15.
+`--baseline` times another checkout of wsideid (say, the commit before a change) in the same
+rounds, interleaved with this one, so that before and after share the disk's mood.
 """
 from __future__ import annotations
 
@@ -194,7 +199,48 @@ def cp_fsync(src: Path, dst: Path) -> None:
     os.close(fd)
 
 
-def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
+def wsideid_command(checkout: Path) -> tuple[list[str], Path]:
+    """How to run the wsideid of a checkout: `python -m wsideid` from inside it (its own
+    package comes first on the path), with the checkout's own .venv when it has one."""
+    python = checkout / ".venv" / "bin" / "python"
+    return [str(python) if python.exists() else sys.executable, "-m", "wsideid"], checkout
+
+
+def timed_in(cmd: list[str], cwd: Path) -> tuple[float, int]:
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return timed(cmd)
+    finally:
+        os.chdir(here)
+
+
+def bench_startup(rounds: int, baseline: Path | None) -> list[str]:
+    """Start-up: the command line alone, and a tiny slide end to end."""
+    from fixtures.svs import SvsSpec, write_svs
+
+    tiny = OUT / "tiny.svs"
+    write_svs(tiny, SvsSpec(width=512, height=512, tile=256, levels=1, label=False, macro=False))
+    variants = [("this", ROOT)] + ([("baseline", baseline)] if baseline else [])
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(max(15, rounds)):
+        for label, checkout in variants:
+            cmd, cwd = wsideid_command(checkout)
+            if label == "this":
+                times.setdefault((label, "version"), []).append(timed_in(cmd + ["--version"], cwd)[0])
+            shutil.rmtree(OUT / "tiny-out", ignore_errors=True)
+            t, _ = timed_in(cmd + ["deid", str(tiny), "-o", str(OUT / "tiny-out")], cwd)
+            times.setdefault((label, "tiny"), []).append(t)
+    shutil.rmtree(OUT / "tiny-out", ignore_errors=True)
+    med = statistics.median
+    lines = [f"[startup] medians of {max(15, rounds)}, page cache warm"]
+    for (label, what), xs in times.items():
+        name = "wsideid --version" if what == "version" else "deid of an 80 KB SVS"
+        lines.append(f"  {label}: {name} {med(xs):.3f} s (range {min(xs):.3f}-{max(xs):.3f})")
+    return lines
+
+
+def bench_case(name: str, size_gb: float | None, rounds: int, baseline: Path | None = None) -> list[str]:
     make, file_name, default_gb = CASES[name]
     make = make or make_big_svs
     size_gb = size_gb or default_gb
@@ -208,6 +254,8 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
     wsideid = [sys.executable, "-m", "wsideid"]
     suffix = "".join(big.suffixes)
     cp_times, cp_sync_times, deid_times, deid_rss = [], [], [], []
+    base_times: list[float] = []
+    base_inplace: list[float] = []
 
     def settle() -> None:
         """Remove earlier copies, flush, and (as root) empty the page cache: every run starts
@@ -237,12 +285,18 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
         t, rss = timed(wsideid + ["deid", str(slide), "-o", str(OUT / "copy-deid")])
         deid_times.append(t)
         deid_rss.append(rss)
+        if baseline is not None:
+            settle()
+            cmd, cwd = wsideid_command(baseline)
+            base_times.append(timed_in(cmd + ["deid", str(slide), "-o", str(OUT / "copy-base")], cwd)[0])
     settle()
 
     # In place: the work itself (after imports), and the whole command.
-    from wsideid.pipeline import deidentify
+    from wsideid.containers.output import Target
+    from wsideid.keyring import Keyring
+    from wsideid.model import Job
+    from wsideid.pipeline import Settings, run
     from wsideid.policy import Policy
-    from wsideid.pseudonym import Keyring
 
     inplace_work, inplace_cmd, inplace_rss = [], [], []
     for _ in range(rounds if name == "mrxs" else 0):  # the command only; DICOM has no in-place mode
@@ -260,7 +314,8 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
         os.sync()
         drop_caches()
         t0 = time.perf_counter()
-        result = deidentify(target, Policy(), Keyring(b"bench-key-0123456789"), None, in_place=True)
+        job = Job((target,), {"svs": "aperio-svs", "ndpi": "hamamatsu-ndpi", "ome": "ome-tiff"}[name])
+        result = run(job, Settings(Policy(), Keyring(b"bench-key-0123456789"), Target(None)))
         inplace_work.append(time.perf_counter() - t0)
         result.output.unlink()
         cp_fsync(big, target)
@@ -271,6 +326,14 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
         inplace_rss.append(rss)
         for p in OUT.glob("wsi-*"):
             p.unlink()
+        if baseline is not None:
+            cp_fsync(big, target)
+            os.sync()
+            drop_caches()
+            cmd, cwd = wsideid_command(baseline)
+            base_inplace.append(timed_in(cmd + ["deid", str(target), "--in-place"], cwd)[0])
+            for p in OUT.glob("wsi-*"):
+                p.unlink()
 
     med = statistics.median
 
@@ -281,6 +344,14 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
         inplace_work = [0.0]
         inplace_cmd = inplace_cmd or [0.0]
         inplace_rss = inplace_rss or [0]
+    before = ([f"  baseline ({baseline}): samples {fmt(base_times)}; median {med(base_times):.2f} s: "
+               f"ratio to cp {med(base_times) / med(cp_times):.2f}, to cp+fsync "
+               f"{med(base_times) / med(cp_sync_times):.2f}; this / baseline "
+               f"{med(deid_times) / med(base_times):.2f}"] if base_times else [])
+    if base_inplace:
+        before.append(f"  baseline in place: samples {fmt(base_inplace)}; median "
+                      f"{med(base_inplace):.2f} s; this / baseline "
+                      f"{med(inplace_cmd) / med(base_inplace):.2f}")
     return [
         f"[{name}] {size / 1e9:.2f} GB ({_blocks(big) / 1e9:.2f} GB on disk), "
         f"rounds: {rounds} (medians), page cache "
@@ -292,10 +363,10 @@ def bench_case(name: str, size_gb: float | None, rounds: int) -> list[str]:
         f"to cp+fsync {med(deid_times) / med(cp_sync_times):.2f}; peak RSS {max(deid_rss) / 1e6:.0f} MB",
         f"  in place: {med(inplace_work) * 1000:.0f} ms of work, {med(inplace_cmd):.2f} s for the "
         f"command (with Python start-up); peak RSS {max(inplace_rss) / 1e6:.0f} MB",
-    ]
+    ] + before
 
 
-def bench_convert(rounds: int) -> list[str]:
+def bench_convert(rounds: int, baseline: Path | None = None) -> list[str]:
     """`wsideid convert --to dicom` of the 2 GB SVS against plain wsidicomizer on the same file
     (tiles copied, no de-identification), both in new processes, cold page cache."""
     big = OUT / "big.svs"
@@ -307,37 +378,53 @@ def bench_convert(rounds: int) -> list[str]:
              str(big), str(OUT / "plain-dicom")]
     ours = [sys.executable, "-m", "wsideid", "convert", str(big), "--to", "dicom", "-o",
             str(OUT / "ours-dicom")]
-    plain_t, ours_t, plain_rss, ours_rss = [], [], [], []
+    runs = [(plain, ROOT, [], []), (ours, ROOT, [], [])]
+    if baseline is not None:
+        runs.append((ours, baseline, [], []))
     for _ in range(rounds):
-        for cmd, times, rss in ((plain, plain_t, plain_rss), (ours, ours_t, ours_rss)):
+        for cmd, cwd, times, rss in runs:
             for p in ("plain-dicom", "ours-dicom"):
                 shutil.rmtree(OUT / p, ignore_errors=True)
             (OUT / "plain-dicom").mkdir()
             os.sync()
             drop_caches()
-            t, r = timed(cmd)
+            t, r = timed_in(cmd, cwd)
             times.append(t)
             rss.append(r)
     for p in ("plain-dicom", "ours-dicom"):
         shutil.rmtree(OUT / p, ignore_errors=True)
     med = statistics.median
-    return [f"[convert] {big.stat().st_size / 1e9:.2f} GB SVS to DICOM, rounds: {rounds} (medians)",
-            f"  wsidicomizer {med(plain_t):.2f} s (peak RSS {max(plain_rss) / 1e6:.0f} MB) | wsideid convert "
-            f"{med(ours_t):.2f} s (peak RSS {max(ours_rss) / 1e6:.0f} MB): ratio {med(ours_t) / med(plain_t):.2f}"]
+    (_, _, plain_t, plain_rss), (_, _, ours_t, ours_rss) = runs[:2]
+    lines = [f"[convert] {big.stat().st_size / 1e9:.2f} GB SVS to DICOM, rounds: {rounds} (medians)",
+             f"  wsidicomizer {med(plain_t):.2f} s (peak RSS {max(plain_rss) / 1e6:.0f} MB) | wsideid convert "
+             f"{med(ours_t):.2f} s (peak RSS {max(ours_rss) / 1e6:.0f} MB): ratio {med(ours_t) / med(plain_t):.2f}"]
+    if baseline is not None:
+        base_t = runs[2][2]
+        lines.append(f"  baseline convert {med(base_t):.2f} s: ratio {med(base_t) / med(plain_t):.2f}; "
+                     f"this / baseline {med(ours_t) / med(base_t):.2f}")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--case", choices=[*CASES, "convert", "all"], default="all")
+    parser.add_argument("--case", choices=[*CASES, "convert", "startup", "all"], default="all")
     parser.add_argument("--size-gb", type=float, default=None)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of wsideid, timed in the same rounds")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}, {platform.platform()}"]
-    for name in ([*CASES, "convert"] if args.case == "all" else [args.case]):
-        lines += bench_convert(args.rounds) if name == "convert" else bench_case(name, args.size_gb, args.rounds)
-        print("\n".join(lines[-4:]), flush=True)
+    for name in (["startup", *CASES, "convert"] if args.case == "all" else [args.case]):
+        if name == "convert":
+            found = bench_convert(args.rounds, args.baseline)
+        elif name == "startup":
+            found = bench_startup(args.rounds, args.baseline)
+        else:
+            found = bench_case(name, args.size_gb, args.rounds, args.baseline)
+        lines += found
+        print("\n".join(found), flush=True)
     print("\n".join(lines))
 
 

@@ -310,3 +310,30 @@ def test_free_text_the_table_does_not_list_is_emptied(tmp_path):
             assert not path.get("OpticalPathDescription")
             checked += 1
     assert checked >= 1
+
+
+def test_verification_replans_the_output_like_any_slide(tmp_path):
+    """A DICOM output is planned again like every other format: a patient's name or an
+    institution put back into a written header is found by the re-plan."""
+    import pydicom
+
+    from wsideid import adapters
+    from wsideid.containers.output import Target
+    from wsideid.keyring import Keyring
+    from wsideid.model import Job
+    from wsideid.policy import Policy
+    from wsideid.verify import verify
+
+    files = tuple(sorted(shared_slide("dicom/openslide-boxes").glob("*.dcm")))
+    dicom = adapters.by_name("dicom-wsi")
+    series = dicom.read(Job(files, dicom.name))
+    naming = dicom.naming(series, Keyring(b"k" * 32))
+    plan = dicom.plan(series, Policy(), naming)
+    written = dicom.writer(series, naming, Target(tmp_path)).finish(plan)
+    assert verify(dicom, series, plan, written, Policy(), naming, None) == []
+    out = written.paths[0]
+    ds = pydicom.dcmread(out)
+    ds.InstitutionName = "ST ELSEWHERE HOSPITAL"
+    ds.save_as(out, enforce_file_format=True)
+    problems = verify(dicom, series, plan, written, Policy(), naming, None)
+    assert any("InstitutionName is still present" in p for p in problems), problems

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from conftest import all_files, deid_real_copy, found_needles, run, shared_slide
-from test_svs_deid import raw_runs
+from test_svs import raw_runs
 
 CMU_NEEDLES = ["CMU-1", "b414003d-95c6-48b0-9369-8010ed517ba7", "12/29/09", "09:59:15",
                "CPAPERIOCS", "1004486", "USM Filter", "CMU-1-Small-Region"]

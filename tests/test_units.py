@@ -235,3 +235,117 @@ def test_report_messages_do_not_quote_the_input_name():
     message = "wsidicomizer could not convert the slide: cannot open /data/incoming/DOE-JOHN-S26.svs (DOE-JOHN-S26)"
     cleaned = without_source(message, src)
     assert "DOE-JOHN" not in cleaned and "incoming" not in cleaned and "<input>" in cleaned
+
+
+# -- decide(): one decision for every field ---------------------------------------------------
+
+def test_decide_keeps_only_values_of_the_declared_type():
+    from wsideid.catalog import Entry
+    from wsideid.policy import Policy, decide
+
+    number = Entry("AppMag", "keep", "objective", "number")
+    assert decide(number, "40", Policy(), name="x:AppMag", where="w").action == "keep"
+    bad = decide(number, "40 Dr. Who", Policy(), name="x:AppMag", where="w")
+    assert (bad.action, bad.why, bad.known) == ("remove", "value is not a number", True)
+    numbers = Entry("roi", "keep", "", "numbers")
+    assert decide(numbers, "68,279,1256,685", Policy(), name="n", where="w").action == "keep"
+    assert decide(numbers, "68,279 DOE", Policy(), name="n", where="w").why == "value is not numeric"
+    assert decide(Entry("t", "keep", "", "text"), "a\x00b", Policy(), name="n", where="w").action == "remove"
+
+
+def test_decide_dates_follow_the_policy_and_times_are_kept_only_when_shifting():
+    from wsideid.catalog import UNKNOWN, Entry
+    from wsideid.dates import DAY_FIRST
+    from wsideid.policy import Policy, decide
+
+    date = Entry("Date", "date", "scan date", "date")
+    assert decide(date, "12/29/09", Policy(), name="d", where="w").action == "remove"
+    shifted = decide(date, "12/29/09", Policy(dates="shift", date_shift_days=10), name="d", where="w")
+    assert (shifted.action, shifted.new_value) == ("date", "12/19/09")
+    year = decide(date, "2021-03-14", Policy(dates="keep-year"), name="d", where="w")
+    assert year.new_value == "2021-01-01"
+    assert decide(date, "not a date", Policy(dates="shift"), name="d", where="w").why == "scan date (not a date)"
+    day_first = decide(date, "14/03/2021 13:37:42", Policy(dates="shift", date_shift_days=1),
+                       name="d", where="w", date_format=DAY_FIRST)
+    assert day_first.new_value == "13/03/2021 13:37:42"
+    time = Entry("Time", "date", "scan time", "time")
+    assert decide(time, "13:37:42", Policy(dates="shift"), name="t", where="w").action == "keep"
+    assert decide(time, "13:37:42", Policy(dates="keep-year"), name="t", where="w").action == "remove"
+    assert decide(time, "DOE 13:37", Policy(dates="shift"), name="t", where="w").action == "remove"
+    unknown = decide(UNKNOWN, "Jane Roe", Policy(dates="shift"), name="x:Who", where="w")
+    assert (unknown.action, unknown.known) == ("remove", False)
+
+
+def test_decide_device_identity_and_fragments():
+    from wsideid.catalog import Entry
+    from wsideid.policy import Policy, decide
+
+    serial = Entry("ScanScope ID", "device", "scanner serial")
+    assert decide(serial, "SS1234", Policy(), name="s", where="w").action == "remove"
+    assert decide(serial, "SS1234", Policy(keep_device_id=True), name="s", where="w").action == "keep"
+    fragment = decide(Entry("AppMag", "keep", "", "number"), None, Policy(), name="a:DOE JANE", where="w")
+    assert (fragment.action, fragment.value, fragment.known) == ("remove", "DOE JANE", False)
+    marker = decide(Entry(";NDP Shading Data", "keep", "heading", "marker"), None, Policy(),
+                    name="ndpi:;NDP Shading Data", where="w")
+    assert marker.action == "keep"
+
+
+def test_registry_detects_by_content_in_order(tmp_path):
+    import numpy as np
+
+    from wsideid import adapters
+
+    names = [a.name for a in adapters.adapters()]
+    assert names[0] == "dicom-wsi" and names[-1] == "generic-tiff"
+    assert names.index("hamamatsu-ndpi") < names.index("ome-tiff") < names.index("aperio-svs")
+    plain = tmp_path / "named-like.svs"
+    tifffile.imwrite(plain, np.zeros((8, 8), np.uint8), software=False)
+    assert adapters.detect(plain).name == "generic-tiff"      # the name says svs; content rules
+    aperio = tmp_path / "x.tif"
+    tifffile.imwrite(aperio, np.zeros((8, 8), np.uint8), software=False,
+                     description="Aperio Image Library v12\r\n8x8 [0,0 8x8] (8x8) JPEG/RGB Q=70|AppMag = 20")
+    assert adapters.detect(aperio).name == "aperio-svs"
+    text = tmp_path / "notes.svs"
+    text.write_text("not a slide")
+    assert adapters.detect(text) is None
+
+
+def test_keyring_derivations_are_stable():
+    """Released data sets are linked across runs by these: a change of formula would give
+    every slide of a later run new pseudonyms and UIDs."""
+    ring = Keyring(b"k" * 32)
+    assert ring.slide_pseudonym(b"fp") == ring.slide_pseudonym(b"fp") != ring.slide_pseudonym(b"fq")
+    assert ring.slide_pseudonym(b"fp").startswith("wsi-") and len(ring.slide_pseudonym(b"fp")) == 20
+    assert ring.uid("1.2.3") == ring.uid("1.2.3") and ring.uid("1.2.3").startswith("2.25.")
+    assert ring.identifier("patient", "P1") == ring.identifier("patient", "P1") != ring.identifier("accession", "P1")
+    assert ring.slide_identifier(b"fp", "ABCDEF12") == ring.slide_identifier(b"fp", "ABCDEF12").upper()
+    assert len(ring.slide_identifier(b"fp", "ABCDEF12")) == 8
+    first = ring.uid_sequence(b"fp")
+    second = ring.uid_sequence(b"fp")
+    assert [next(first) for _ in range(3)] == [next(second) for _ in range(3)]
+    assert 1 <= ring.date_shift_days() <= 3650 and ring.date_shift_days() == Keyring(b"k" * 32).date_shift_days()
+    assert Keyring(b"j" * 32).slide_pseudonym(b"fp") != ring.slide_pseudonym(b"fp")
+
+
+def test_staging_appears_whole_or_not_at_all(tmp_path):
+    import os
+
+    from wsideid.containers.files import Staging
+
+    stage = Staging(tmp_path, "wsi-x.svs")
+    fd = stage.open_file()
+    os.write(fd, b"data")
+    os.close(fd)
+    assert [p.name for p in tmp_path.iterdir()] == [stage.path.name]
+    assert stage.path.name.startswith(".") and stage.path.name.endswith(".partial")
+    assert stage.release() == tmp_path / "wsi-x.svs"
+    assert [p.name for p in tmp_path.iterdir()] == ["wsi-x.svs"]
+    folder = Staging(tmp_path, "wsi-y", kind="folder")
+    (folder.path / "wsi-y").mkdir()
+    (folder.path / "wsi-y.mrxs").write_bytes(b"")
+    (tmp_path / "wsi-y.mrxs").write_bytes(b"old")    # an earlier run's output is replaced
+    folder.release([("wsi-y", "wsi-y"), ("wsi-y.mrxs", "wsi-y.mrxs")])
+    assert (tmp_path / "wsi-y.mrxs").read_bytes() == b"" and (tmp_path / "wsi-y").is_dir()
+    gone = Staging(tmp_path, "wsi-z", kind="folder")
+    gone.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wsi-x.svs", "wsi-y", "wsi-y.mrxs"]

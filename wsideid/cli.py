@@ -24,6 +24,20 @@ from .report import audit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="De-identify whole-slide images.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        sys.stdout.write(f"wsideid {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    """De-identify whole-slide images."""
 out = Console(width=None if sys.stdout.isatty() else 200)
 
 EXIT_FINDINGS = 1

@@ -20,6 +20,7 @@ import numpy as np
 from . import adapters
 from .adapters.dicom import DicomPlanner, role_of
 from .background import checks_in_background
+from .catalog import Entry
 from .containers.dicom.io import locate_pixels, read_header
 from .containers.files import Staging
 from .dates import DICOM as DICOM_DATES
@@ -27,7 +28,6 @@ from .errors import SlideError, VerificationError
 from .keyring import Keyring
 from .model import Field, Image, Job, Plan, Result
 from .policy import Policy, decide
-from .catalog import Entry
 from .verify import checks
 from .verify.dicom import dciodvfy_errors, header_problems
 from .verify.reader import openslide_view

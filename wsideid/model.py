@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_ACTIONS = ("keep", "drop", "replace", "redact")
 
@@ -79,6 +80,8 @@ class Runs:
 
     @classmethod
     def in_file(cls, file: int, offsets, counts, codec: str = "other") -> Runs:
+        import numpy as np
+
         offsets = np.asarray(offsets, dtype=np.int64)
         return cls(np.full(len(offsets), file, dtype=np.int64), offsets,
                    np.asarray(counts, dtype=np.int64), codec)

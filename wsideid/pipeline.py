@@ -48,7 +48,8 @@ def run(job: Job, settings: Settings) -> Result:
             before.join()
         writer = adapter.writer(slide, naming, settings.target)
         try:
-            plan = adapter.plan(slide, settings.policy, naming)
+            plan = adapter.plan(slide, settings.policy, naming,
+                                screen=not writer.screens)
             result.plan = plan
             if plan.empty is not None:
                 writer.abort()

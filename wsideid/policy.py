@@ -72,7 +72,7 @@ def decide(entry: Entry, value: str | None, policy: Policy, *, name: str, where:
         if known and action == "keep" and entry.type == "marker":
             return Field(name, where, name.split(":", 1)[-1], "keep", why=entry.why)
         return Field(name, where, name.split(":", 1)[-1], "remove", why="fragment without '='",
-                     known=known)
+                     known=False)
     if action == "date":
         if entry.type in DATE_TYPES:
             new = transform_date(value, policy.dates, policy.date_shift_days, date_format)

@@ -93,8 +93,9 @@ class Adapter:
 
     def writer(self, slide: Any, naming: Naming, target: Any) -> Any:
         """What writes the planned slide to `target` (containers.output.Target): an object
-        with `finish(plan) -> Written` and `abort()`. Created before planning, so that bulk
-        copies can start while the slide is planned."""
+        with `finish(plan) -> Written`, `abort()` and `screens` (True: the writer, not the
+        plan, looks inside the image data, after copying it). Created before planning, so
+        that bulk copies can start while the slide is planned."""
         raise NotImplementedError
 
     def plan(self, slide: Any, policy: Policy, naming: Naming, screen: bool = True) -> Plan:

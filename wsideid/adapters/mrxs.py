@@ -32,7 +32,14 @@ from ..containers.files import (
 )
 from ..containers.mirax.data import DataFileOut, MiraxOutput, finish_data_file
 from ..containers.mirax.index import VERSION, IndexFile, Record
-from ..containers.mirax.slidedat import DATAFILE, GENERAL, HIERARCHICAL, INDEX_NAME, Slidedat, data_file_name
+from ..containers.mirax.slidedat import (
+    DATAFILE,
+    GENERAL,
+    HIERARCHICAL,
+    INDEX_NAME,
+    Slidedat,
+    data_file_name,
+)
 from ..containers.output import Target, Written
 from ..errors import SlideError
 from ..images import codestreams, segments
@@ -514,6 +521,8 @@ def replacements(plan: Plan) -> dict[int, dict[int, bytes]]:
 class MiraxWriter:
     """NAME.mrxs + NAME/ under a hidden staging folder in OUTDIR (data files copied by the
     kernel while the slide is planned), or the slide patched where it is (in place)."""
+
+    screens = False   # the plan screens the image data (beside the copy)
 
     def __init__(self, slide: MiraxSlide, naming: Naming, target: Target):
         self.slide = slide

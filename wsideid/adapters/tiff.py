@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import catalog
+from ..background import Background
+from ..containers.files import Staging, copy_file, fsync_dir, start_writeback
+from ..containers.output import Target, Written
+from ..containers.tiff.names import codec_family, compression_name, tag_name
+from ..containers.tiff.reader import ASCII, Ifd, Tag, TiffFile
+from ..containers.tiff.writer import IfdOut, NewValue, ascii_value, write_tiff
 from ..errors import SlideError
 from ..images import codestreams, segments
 from ..keyring import Keyring, fingerprint
 from ..model import Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy, decide
-from ..containers.tiff.names import codec_family, compression_name, tag_name
-from ..containers.tiff.reader import ASCII, Ifd, Tag, TiffFile
-from ..containers.files import Staging, copy_file, fsync_dir, start_writeback
-from ..containers.output import Target, Written
-from ..containers.tiff.writer import IfdOut, NewValue, ascii_value, write_tiff
-from ..background import Background
 from .base import Adapter, Probe
 
 MAX_REPORTED_SEGMENTS = 50
@@ -316,6 +316,8 @@ def _hidden_text(tag: Tag) -> str:
 class TiffWriter:
     """Writes a planned TIFF slide: a kernel copy of the input started at once (it runs while
     the slide is planned), patched when the plan is ready; or the input itself, in place."""
+
+    screens = False   # the plan screens the image data (beside the copy)
 
     def __init__(self, slide: TiffSlide, naming: Naming, target: Target):
         self.slide = slide

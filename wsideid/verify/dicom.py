@@ -10,10 +10,14 @@ import subprocess
 from concurrent.futures import Future
 from pathlib import Path
 
-import numpy as np
-
 from .. import needles
-from ..adapters.dicom import FILE_META_KEPT, WRITER_META, DicomAdapter, DicomSeries, InstanceOut
+from ..adapters.dicom import (
+    FILE_META_KEPT,
+    WRITER_META,
+    DicomAdapter,
+    DicomSeries,
+    InstanceOut,
+)
 from ..background import checks_in_background
 from ..containers.dicom.io import PixelElement, locate_pixels, read_header
 from ..containers.output import Written

@@ -12,6 +12,18 @@ from ..files import copy_range
 from .io import PixelElement
 
 
+def copy_pixels_after_header(header: Dataset, source: Path, pixel_start: int, out: Path) -> int:
+    """`header`, then everything of `source` from its pixel data element on, copied by the
+    kernel (as `cp` does); the caller cuts the file where the element ends once it knows.
+    Returns where the header ends."""
+    header.save_as(out, enforce_file_format=True)
+    with open(source, "rb") as src, open(out, "r+b") as dst:
+        header_end = dst.seek(0, 2)
+        size = os.fstat(src.fileno()).st_size
+        copy_range(src.fileno(), dst.fileno(), pixel_start, size, header_end)
+    return header_end
+
+
 def write_instance(header: Dataset, source: Path, pixels: PixelElement, out: Path,
                    replaced: dict[int, bytes]) -> None:
     """`header` without pixel data, then the source's pixel data element: copied verbatim, or
