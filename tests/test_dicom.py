@@ -182,15 +182,17 @@ def test_comment_segment_in_a_frame_is_removed(tmp_path):
     assert clean.rstrip(b"\x00") == frame.rstrip(b"\x00")
 
 
-def test_instance_without_image_type_is_reported_not_released(tmp_path):
+def test_instance_without_image_type_refuses_the_slide(tmp_path):
+    """An instance whose role cannot be told is not skipped silently: the slide is refused."""
     folder = tmp_path / "odd"
     folder.mkdir()
     ds = pydicom.dcmread(shared_slide("dicom/highdicom-sm/sm_image.dcm"))
     del ds.ImageType
     ds.save_as(folder / "x.dcm", enforce_file_format=True)
     out = tmp_path / "out"
-    proc = run("deid", folder, "-o", out, check=0)
-    assert "wsideid: warning:" in proc.stderr and "unknown" in proc.stderr
+    proc = run("deid", folder, "-o", out, check=2)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("wsideid: error:")]
+    assert len(errors) == 1 and "ImageType" in errors[0], proc.stderr
     assert outputs(out) == []
 
 

@@ -538,15 +538,15 @@ def test_errors_do_not_quote_the_slide(slide, tmp_path):
 def test_verification_refuses_an_output_with_dropped_bytes_left(slide, tmp_path, monkeypatch):
     """If the writer forgot to zero the dropped records, verification finds them (header text
     and non-zero unreferenced bytes) and nothing is released."""
-    import wsideid.containers.mirax.data as data_files
     from wsideid import pipeline
+    from wsideid.containers.files import DirectWrites
     from wsideid.containers.output import Target
     from wsideid.errors import VerificationError
     from wsideid.keyring import Keyring
     from wsideid.model import Job
     from wsideid.policy import Policy
 
-    monkeypatch.setattr(data_files, "zero_gaps", lambda fd, starts, ends: 0)
+    monkeypatch.setattr(DirectWrites, "zero_gaps", lambda self, starts, ends: 0)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(VerificationError, match="belong to no kept record and are not zero"):

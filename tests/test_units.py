@@ -14,6 +14,7 @@ from wsideid.images import segments
 from wsideid.dates import transform_date
 from wsideid.keyring import Keyring
 from wsideid.containers.tiff.reader import TiffFile
+from wsideid.containers.files import DirectWrites
 from wsideid.containers.tiff.writer import IfdOut, ascii_value, write_tiff
 
 
@@ -131,7 +132,7 @@ def test_writer_drops_ifd_and_leaves_no_residue(tmp_path, bigtiff, byteorder):
         chain.append(IfdOut(ifd, tags))
     fd = __import__("os").open(out, __import__("os").O_RDWR)
     try:
-        write_tiff(src, fd, chain)
+        write_tiff(src, DirectWrites(fd), chain)
     finally:
         __import__("os").close(fd)
     data = out.read_bytes()
@@ -349,3 +350,78 @@ def test_staging_appears_whole_or_not_at_all(tmp_path):
     gone = Staging(tmp_path, "wsi-z", kind="folder")
     gone.discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wsi-x.svs", "wsi-y", "wsi-y.mrxs"]
+
+
+# -- JPEG segments wherever they sit ----------------------------------------------------------
+
+def _jfif(thumb: bytes = b"") -> bytes:
+    xy = bytes([1, 1]) if thumb else b"\x00\x00"
+    payload = b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01" + xy + thumb
+    return bytes([0xFF, 0xE0]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _after_scan(stream: bytes, segment: bytes) -> bytes:
+    """A segment between the entropy-coded data and EOI."""
+    assert stream.endswith(b"\xff\xd9")
+    return stream[:-2] + segment + b"\xff\xd9"
+
+
+def _com(text: bytes) -> bytes:
+    return b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text
+
+
+@pytest.mark.parametrize("dirty,name", [
+    (lambda s: _after_scan(s, _com(b"PATIENT DOE JANE")), "COM"),
+    (lambda s: _after_scan(s, b"\xff\xe5" + struct.pack(">H", 12) + b"ACC-12345\x00"), "APP5"),
+    (lambda s: s[:2] + _jfif(thumb=b"DOE") + s[2:], "APP0"),   # a JFIF thumbnail of 1x1 px
+    (lambda s: s[:2] + b"\xff\xe0" + struct.pack(">H", 11) + b"JFXX\x00\x13DOE" + s[2:], "APP0"),
+    (lambda s: s[:2] + b"\xff\xee" + struct.pack(">H", 19) + b"Adobe\x00\x64\x00\x00\x00\x00\x01DOE!X" + s[2:], "APP14"),
+])
+def test_jpeg_text_segments_are_found_and_removed_wherever_they_sit(dirty, name):
+    base = _jpeg()
+    stream = dirty(base)
+    cleaned, removed = segments.clean_jpeg(stream)
+    assert [m for m, _ in removed] == [name]
+    assert b"DOE" not in cleaned and b"ACC-" not in cleaned
+    assert np.array_equal(imagecodecs.jpeg8_decode(cleaned), imagecodecs.jpeg8_decode(base))
+    buf = np.frombuffer(base + stream + base, np.uint8)
+    offs = np.array([0, len(base), len(base) + len(stream)])
+    cnts = np.array([len(base), len(stream), len(base)])
+    assert segments.screen_jpeg(buf, offs, cnts).tolist() == [False, True, False]
+
+
+def test_exact_jfif_and_adobe_segments_stay_and_restart_markers_are_not_segments():
+    base = _jpeg()
+    assert base[2:4] == b"\xff\xe0" and segments.clean_jpeg(base) == (base, [])   # libjpeg's JFIF
+    adobe = base[:2] + b"\xff\xee" + struct.pack(">H", 14) + b"Adobe\x00\x64\x00\x00\x00\x00\x01" + base[2:]
+    assert segments.clean_jpeg(adobe)[1] == []
+    import io
+
+    from PIL import Image as PILImage
+
+    noise = np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)
+    encoded = io.BytesIO()
+    PILImage.fromarray(noise).save(encoded, "JPEG", quality=90, restart_marker_rows=1)
+    restarts = encoded.getvalue()
+    assert b"\xff\xd0" in restarts[segments.scan_start(restarts):]
+    assert segments.clean_jpeg(restarts) == (restarts, [])
+    buf = np.frombuffer(adobe + restarts, np.uint8)
+    flags = segments.screen_jpeg(buf, np.array([0, len(adobe)]), np.array([len(adobe), len(restarts)]))
+    assert flags.tolist() == [False, False]
+
+
+def test_removing_a_header_segment_reports_how_far_the_scan_data_moved():
+    from wsideid.images import codestreams
+
+    base = _jpeg()
+    dirty = _with_segment(base, 0xFE, b"x" * 30)
+    tail = _after_scan(base, _com(b"y" * 50))
+    data = dirty + tail
+    import os
+    import tempfile
+    with tempfile.TemporaryFile() as fh:
+        fh.write(data)
+        fh.flush()
+        found = codestreams.clean_runs(fh.fileno(), len(data), np.array([0, len(dirty)]),
+                                       np.array([len(dirty), len(tail)]), "jpeg")
+    assert [(f.index, f.header_shift) for f in found] == [(0, 34), (1, 0)]

@@ -24,12 +24,16 @@ OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 class Found:
     jobs: list[Job] = field(default_factory=list)
     problems: list[tuple[Path, str]] = field(default_factory=list)   # (what, why) for each input that is not a slide
+    restored: list[Path] = field(default_factory=list)   # inputs an interrupted in-place run had changed
 
 
-def find(inputs: list[Path]) -> Found:
+def find(inputs: list[Path], repair: bool = True) -> Found:
     """Every slide among the inputs: files as given, folders walked (a walked file that no
-    format claims is not a slide and is skipped)."""
+    format claims is not a slide and is skipped). With `repair`, slides an interrupted
+    in-place run left half-changed are restored first."""
     found = Found()
+    if repair:
+        found.restored = restore_interrupted(inputs)
     files: list[tuple[Path, adapters.Adapter]] = []
     for item in inputs:
         if item.is_dir():
@@ -56,6 +60,23 @@ def find(inputs: list[Path]) -> Found:
             found.problems.append((path, str(exc)))
     found.jobs += [Job(tuple(paths), name) for (name, _), paths in groups.items()]
     return found
+
+
+def restore_interrupted(inputs: list[Path]) -> list[Path]:
+    """Slides an in-place run was killed while changing are put back first, from the undo
+    records beside them (before anything looks at their content)."""
+    from .containers.files import UNDO_SUFFIX, restore
+
+    records = []
+    for item in inputs:
+        if item.is_dir():
+            records += sorted(item.rglob(f".*{UNDO_SUFFIX}"))
+        else:
+            record = item.with_name(f".{item.name}{UNDO_SUFFIX}")
+            if record.exists():
+                records.append(record)
+    return [record.with_name(record.name[1:-len(UNDO_SUFFIX)]) for record in records
+            if restore(record)]
 
 
 def not_a_slide(path: Path) -> str:

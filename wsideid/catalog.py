@@ -4,7 +4,6 @@ The catalogs ship inside the package (`wsideid.formats`; `formats/` in the repos
 """
 from __future__ import annotations
 
-import fnmatch
 import re
 import tomllib
 from dataclasses import dataclass
@@ -81,16 +80,27 @@ class Entry:
     why: str
     type: str = "text"
     attributes: object = None  # OME elements: "*" or a list of attribute names kept
+    tiff_type: tuple[str, ...] | None = None   # TIFF tags: the field types the standard allows
+    count: str | None = None                   # TIFF tags: how many values (see tiff-tags.toml)
+    required: bool = False                     # TIFF tags: the image cannot be read without it
 
 
 UNKNOWN = Entry("?", "remove", "not in the catalog: only fields known to be safe are kept")
 
 
+KEY_PART = re.compile(r"[A-Za-z0-9_.\[\]/ ]*")
+
+
 class Catalog:
+    """A key the catalog lists exactly, or one matched by a pattern whose wildcard part is made
+    of the format's own words (`key_words` in the catalog): a key name is the slide's text too,
+    so a pattern cannot let a made-up name through."""
+
     def __init__(self, filename: str, section: str | None = None):
         data = read_toml(filename)
         self.filename = filename
         self.meta = data.get("catalog", {})
+        self.key_words = {w.lower() for w in self.meta.get("key_words", [])}
         self.exact: dict[str, Entry] = {}
         self.patterns: list[tuple[str, Entry]] = []
         entries = data.get(section, {}) if section else (data.get("fields") or data.get("tags") or {})
@@ -99,10 +109,14 @@ class Catalog:
             attrs = spec.get("attributes")
             # a field under the date action holds a date unless the catalog says otherwise
             kind = spec.get("type", "date" if spec["action"] == "date" else "text")
+            types = spec.get("tiff_type")
             entry = Entry(name, spec["action"], spec.get("why", ""), kind,
-                          tuple(attrs) if isinstance(attrs, list) else attrs)
+                          tuple(attrs) if isinstance(attrs, list) else attrs,
+                          tuple(types) if types else None, spec.get("count"),
+                          bool(spec.get("required", False)))
             if "*" in key:
-                self.patterns.append((key, entry))
+                wild = re.compile("(.*?)".join(re.escape(p) for p in key.split("*")), re.DOTALL)
+                self.patterns.append((wild, entry))
             else:
                 self.exact[key] = entry
 
@@ -114,9 +128,16 @@ class Catalog:
         if key in self.exact:
             return self.exact[key]
         for pattern, entry in self.patterns:
-            if fnmatch.fnmatchcase(key, pattern):
+            match = pattern.fullmatch(key)
+            if match and all(self._made_of_words(part) for part in match.groups()):
                 return entry
         return UNKNOWN
+
+    def _made_of_words(self, part: str) -> bool:
+        if not KEY_PART.fullmatch(part):
+            return False
+        words = re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", part)   # camel case and capitals
+        return all(len(w) == 1 or w.lower() in self.key_words for w in words)
 
 
 @lru_cache(maxsize=None)

@@ -134,7 +134,10 @@ def deid(
             fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
     if outdir is not None and not dry_run:
         prepare_outdir(outdir)
-    found = batch.find(inputs)
+    found = batch.find(inputs, repair=not dry_run)
+    for path in found.restored:
+        sys.stderr.write(f"wsideid: warning: {path}: an interrupted in-place run had left it "
+                         "half-changed: restored from its undo record\n")
     for path, why in found.problems:
         error_line(f"{path}: {why}")
     if not found.jobs and not found.problems:
@@ -345,7 +348,7 @@ def scan(
             targets = [line.strip() for line in needles_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         except OSError as exc:
             fail(f"{needles_file}: {exc.strerror}")
-    found = batch.find(paths)
+    found = batch.find(paths, repair=False)
     for path, why in found.problems:
         error_line(f"{path}: {why}")
     findings = 0

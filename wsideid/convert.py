@@ -13,6 +13,7 @@ folder renamed to OUTDIR/<pseudonym>.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             raise SlideError("MIRAX images cannot become DICOM tiles unchanged (camera images "
                              "overlap and do not form a regular tile grid): pass "
                              "--allow-transcode to accept re-encoded tiles")
-        source_tiles = _source_level0_tiles(slide, adapter.images(slide)) if adapter.tiles_copyable else []
+        source_levels = [_sampled_tiles(slide, img) for img in adapter.stored_levels(slide)]
         fp = adapter.fingerprint(slide)
     finally:
         slide.close()
@@ -106,9 +107,11 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             os.replace(name, target)
             files.append(target)
         for f in files:
+            _clean_frames(f, fields)
             _settle_write_stamps(f, policy, fields)
         plan = Plan("dicom-wsi", [], fields)
-        problems = _verify(files, plan, policy, keyring, source_tiles, allow_transcode, before)
+        problems = _verify(files, plan, policy, keyring, source_levels, job.path, allow_transcode,
+                           before)
         if problems:
             raise VerificationError("; ".join(problems))
         final = staging.release([(pseudonym, pseudonym)])
@@ -173,7 +176,8 @@ def _stamp_value(value: str, vr: str, policy: Policy) -> str:
 
 
 def _verify(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring,
-            source_tiles: list[tuple[int, bytes]], allow_transcode: bool, before) -> list[str]:
+            source_levels: list[SampledLevel], source: Path, allow_transcode: bool,
+            before) -> list[str]:
     targets = checks.residue_targets(plan, plan.kept_values())
     problems = []
     # dciodvfy runs in the background while the headers and frames are checked
@@ -185,7 +189,7 @@ def _verify(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring,
             problems.append(f"{f.name}: cannot be read back: {exc}")
     problems += _replan(files, plan, policy, keyring)
     if not allow_transcode:
-        problems += _check_not_reencoded(files, source_tiles)
+        problems += _check_not_reencoded(files, source_levels, source)
     for f, check in zip(files, validity):
         errors = check.result()
         if errors:
@@ -210,22 +214,26 @@ def _replan(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring) -> 
     return checks.nothing_left(plan, replanned, dicom.settled)
 
 
-def _source_level0_tiles(slide, images: list[Image]) -> list[tuple[int, bytes]]:
-    """[(tile count, b"")] + [(index, scan data)] for a spread of level-0 tiles; empty when
-    level 0 is not tiled (NDPI: one JPEG that wsidicomizer splits at its restart markers)."""
-    level0 = next((img for img in images if img.role == "level"), None)
-    if level0 is None or level0.runs is None or level0.geometry.tile is None:
-        return []
-    runs = level0.runs
+@dataclass
+class SampledLevel:
+    """A spread of one stored level's tiles, as compressed scan data."""
+    width: int
+    height: int
+    tiles: int
+    samples: list[tuple[int, bytes]]
+
+
+def _sampled_tiles(slide, level: Image) -> SampledLevel:
+    runs = level.runs
     picks = np.linspace(0, len(runs) - 1, min(SAMPLED_TILES, len(runs))).astype(int).tolist()
-    out = [(len(runs), b"")]
+    samples = []
     for i in picks:
         if runs.counts[i] <= 0:
             continue
         with open(slide.files[int(runs.files[i])], "rb") as fh:
-            data = os.pread(fh.fileno(), int(runs.counts[i]), int(runs.offsets[i]))
-        out.append((i, _scan_data(data)))
-    return out
+            samples.append((i, _scan_data(os.pread(fh.fileno(), int(runs.counts[i]),
+                                                   int(runs.offsets[i])))))
+    return SampledLevel(level.width, level.height, len(runs), samples)
 
 
 def _scan_data(stream: bytes) -> bytes:
@@ -235,24 +243,115 @@ def _scan_data(stream: bytes) -> bytes:
     return stream.rstrip(b"\x00")
 
 
-def _check_not_reencoded(files: list[Path], source_tiles: list[tuple[int, bytes]]) -> list[str]:
-    """Sampled level-0 tiles must appear, unchanged in their compressed scan data, as the
-    frames at the same index of the VOLUME instance that has one frame per source tile."""
-    if not source_tiles:
-        return []
+def _clean_frames(path: Path, fields: list[Field]) -> None:
+    """Text segments that came along into the frames (a source tile's APPn/COM, or the
+    JPEGTables segments wsidicomizer puts into every frame) are removed: the instance is
+    rebuilt from its cleaned fragments."""
+    from .adapters.dicom import J2K_SYNTAXES, JPEG_SYNTAXES, padded_frame
+    from .containers.dicom.writer import write_instance
+    from .images import codestreams
+
+    ds, start = read_header(path)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    codec = "jpeg" if syntax in JPEG_SYNTAXES else "j2k" if syntax in J2K_SYNTAXES else None
+    if codec is None:
+        return
+    pixels = locate_pixels(path, start)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found = codestreams.clean_runs(fd, os.fstat(fd).st_size, pixels.frame_offsets,
+                                       pixels.frame_lengths, codec, prepare=padded_frame)
+    finally:
+        os.close(fd)
+    replaced = {}
+    for result in found:
+        if isinstance(result, codestreams.Unparseable):
+            continue
+        replaced[result.index] = result.data
+        for marker, payload in result.removed:
+            fields.append(Field(f"codestream:{marker}", f"converted {path.name} frame {result.index}",
+                                segments_text(payload), "remove",
+                                why="text segment carried into a frame"))
+    if not replaced:
+        return
+    for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table: offsets change
+        if tag in ds:
+            del ds[tag]
+    rebuilt = path.with_name(f".{path.name}.rebuilt")
+    write_instance(ds, path, pixels, rebuilt, replaced)
+    os.replace(rebuilt, path)
+
+
+def segments_text(payload: bytes) -> str:
+    from .images.segments import payload_text
+
+    return payload_text(payload)
+
+
+def _check_not_reencoded(files: list[Path], levels: list[SampledLevel], source: Path) -> list[str]:
+    """Every converted level carries the source's compressed data unchanged: a spread of
+    frames equals, in its compressed scan data, the source tile at the same index (a level
+    stored as tiles of the same grid); where the source level is not stored as such tiles
+    (NDPI: one JPEG per level, cut at its restart markers), a spread of frames decodes to
+    exactly the source's pixels there, as OpenSlide reads them."""
+    problems = []
     for f in files:
         ds, start = read_header(f)
         if role_of(ds) != "level":
             continue
+        width = int(ds.get("TotalPixelMatrixColumns", 0))
+        height = int(ds.get("TotalPixelMatrixRows", 0))
         pixels = locate_pixels(f, start)
-        if len(pixels.frame_offsets) != source_tiles[0][0]:
-            continue
+        same = [lv for lv in levels if (lv.width, lv.height, lv.tiles)
+                == (width, height, len(pixels.frame_offsets))]
+        if same:
+            problems += _compare_tiles(f, pixels, same[0])
+        else:
+            problems += _compare_pixels(f, ds, pixels, source)
+    return problems
+
+
+def _compare_tiles(f: Path, pixels, level: SampledLevel) -> list[str]:
+    with open(f, "rb") as fh:
+        for index, tile in level.samples:
+            fh.seek(int(pixels.frame_offsets[index]))
+            if _scan_data(fh.read(int(pixels.frame_lengths[index]))) != tile:
+                return [f"{f.name}: frame {index} was re-encoded during conversion "
+                        "(pass --allow-transcode to accept that)"]
+    return []
+
+
+def _compare_pixels(f: Path, ds, pixels, source: Path) -> list[str]:
+    import imagecodecs
+    import openslide
+
+    width, height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+    tw, th = int(ds.Columns), int(ds.Rows)
+    try:
+        slide = openslide.OpenSlide(str(source))
+    except openslide.OpenSlideError:
+        return [f"{f.name}: a level the source does not store as tiles, and no reader to "
+                "compare its pixels with: cannot show it was not re-encoded (pass "
+                "--allow-transcode to accept that)"]
+    with slide:
+        if (width, height) not in slide.level_dimensions:
+            return [f"{f.name}: a level of {width}x{height} that the source does not have: "
+                    "re-sampled (pass --allow-transcode to accept that)"]
+        level = list(slide.level_dimensions).index((width, height))
+        down = slide.level_downsamples[level]
+        cols = -(-width // tw)
+        n = len(pixels.frame_offsets)
         with open(f, "rb") as fh:
-            for index, tile in source_tiles[1:]:
+            for index in sorted(set(np.linspace(0, n - 1, min(4, n)).astype(int).tolist())):
                 fh.seek(int(pixels.frame_offsets[index]))
-                if _scan_data(fh.read(int(pixels.frame_lengths[index]))) != tile:
-                    return [f"{f.name}: frame {index} was re-encoded during conversion "
-                            "(pass --allow-transcode to accept that)"]
-        return []
-    return ["no converted level has the source's tiles, one frame per tile: cannot show they "
-            "were copied (pass --allow-transcode to accept re-tiling)"]
+                frame = imagecodecs.imread(fh.read(int(pixels.frame_lengths[index])))
+                x, y = (index % cols) * tw, (index // cols) * th
+                w, h = min(tw, width - x), min(th, height - y)
+                region = slide.read_region((int(x * down), int(y * down)), level, (w, h))
+                want = np.asarray(region)[:, :, :3]
+                if frame.ndim == 2:
+                    frame = np.repeat(frame[:, :, None], 3, axis=2)
+                if not np.array_equal(frame[:h, :w, :3], want):
+                    return [f"{f.name}: frame {index} does not decode to the source's pixels: "
+                            "re-encoded during conversion (pass --allow-transcode to accept that)"]
+    return []

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from . import adapters
 from .background import Background
 from .containers.output import Target
-from .errors import VerificationError
+from .errors import SlideError, VerificationError
 from .keyring import Keyring
 from .model import Job, Plan, Result
 from .policy import Policy
@@ -37,6 +37,12 @@ def run(job: Job, settings: Settings) -> Result:
     failure came after patching began)."""
     adapter = adapters.by_name(job.format)
     result = Result(job.path)
+    if settings.target.in_place:
+        for path in job.paths:
+            if path.is_symlink():
+                raise SlideError("is a symbolic link: --in-place would change the file it points "
+                                 "to; give that file itself")
+    recovered = recover(job)
     slide = adapter.read(job)
     try:
         naming = adapter.naming(slide, settings.keyring)
@@ -59,9 +65,14 @@ def run(job: Job, settings: Settings) -> Result:
         except BaseException:
             writer.abort()
             raise
+        if recovered:
+            plan.warnings.append("an interrupted in-place run had left the input half-changed: "
+                                 "it was restored from its undo record first")
         try:
             problems = verify(adapter, slide, plan, written, settings.policy, naming, before.join())
             if problems:
+                if settings.target.in_place:
+                    problems.append("the input was restored as it was")
                 raise VerificationError("; ".join(problems))
             result.output = written.release()
         except BaseException:
@@ -71,3 +82,16 @@ def run(job: Job, settings: Settings) -> Result:
         return result
     finally:
         slide.close()
+
+
+def recover(job: Job) -> bool:
+    """Put back any slide file an interrupted in-place run left half-changed (its undo record
+    lies beside it); True when something was restored."""
+    from .containers.files import restore, undo_record_for
+
+    restored = False
+    for path in job.paths:
+        record = undo_record_for(path)
+        if record.exists():
+            restored |= restore(record)
+    return restored

@@ -91,6 +91,10 @@ class Adapter:
         """The slide's images with their roles, geometry and stored pieces, before planning."""
         raise NotImplementedError
 
+    def stored_levels(self, slide: Any) -> list[Image]:
+        """Every tiled pyramid image as stored (what a converter can copy tile by tile)."""
+        return []
+
     def writer(self, slide: Any, naming: Naming, target: Any) -> Any:
         """What writes the planned slide to `target` (containers.output.Target): an object
         with `finish(plan) -> Written`, `abort()` and `screens` (True: the writer, not the

@@ -47,6 +47,15 @@ PSEUDONYMISED = {0x00100020: "patient", 0x00080050: "accession", 0x00400512: "co
                  0x00400551: "specimen", 0x00200010: "study"}
 # Always removed: text and barcodes of the slide label, in every instance.
 ALWAYS_REMOVE = {0x22000002, 0x22000005}
+# Elements that hold file paths (Referenced File ID, PS3.3 F.5) where the table is silent.
+PATH_ELEMENTS = {0x00041500, 0x00041504}
+REGISTRY_ROOT = "1.2.840.10008."
+# UIDs that name a kind of thing (a SOP class, a coding scheme such as SNOMED CT's
+# 2.16.840.1.113883.6.96, a context group), never an instance: kept as they are.
+SCHEME_UIDS = {"SOPClassUID", "ReferencedSOPClassUID", "AffectedSOPClassUID",
+               "RequestedSOPClassUID", "ReferencedSOPClassUIDInFile", "TransferSyntaxUID",
+               "ReferencedTransferSyntaxUIDInFile", "CodingSchemeUID", "ContextUID",
+               "MappingResourceUID", "ContextGroupExtensionCreatorUID", "SOPClassesInStudy"}
 OPTION_FLAGS = {  # PS3.15 option -> (policy attribute, value that enables it)
     "rtnUIDsOpt": ("retain_uids", True),
     "rtnDevIdOpt": ("keep_device_id", True),
@@ -170,6 +179,15 @@ class DicomPlanner:
             if rule is None and elem.VR in FREE_TEXT_VRS and elem.keyword not in SAFE_TEXT:
                 self._empty_free_text(elem, fields, path)
                 continue
+            if rule is None and elem.VR == "UI":
+                self._map_unlisted_uid(elem, fields, path)
+                continue
+            if rule is None and (elem.VR in ("UR", "AE") or tag in PATH_ELEMENTS):
+                # a URL, an application entity (a host) or a file path: where the data lived
+                fields.append(Field(f"dicom:{elem.keyword}", path, _text(elem), "remove",
+                                    why="a location (URL, host or path) not in PS3.15 Table E.1-1"))
+                del ds[elem.tag]
+                continue
             if rule is None or rule.code == "K":
                 if elem.VR == "SQ":
                     for i, item in enumerate(elem.value):
@@ -179,6 +197,23 @@ class DicomPlanner:
                                         why="not in PS3.15 Table E.1-1" if rule is None else "PS3.15 K"))
                 continue
             self.apply(ds, elem, rule, fields, path)
+
+    def _map_unlisted_uid(self, elem, fields: list[Field], path: str) -> None:
+        """A UID the table does not list (a concatenation's source instance, say) is mapped
+        like the listed ones, so that references stay consistent; UIDs from the DICOM registry
+        (SOP classes, transfer syntaxes, coding schemes: 1.2.840.10008.*) name no instance."""
+        old = _text(elem)
+        values = [str(v) for v in (elem.value if elem.VM > 1 else [elem.value]) if v]
+        if (not values or all(v.startswith(REGISTRY_ROOT) for v in values)
+                or elem.keyword in SCHEME_UIDS or self.policy.retain_uids):
+            fields.append(Field(f"dicom:{elem.keyword}", path, old, "keep",
+                                why="registry UID" if not self.policy.retain_uids else
+                                "Retain UIDs Option"))
+            return
+        new = [v if v.startswith(REGISTRY_ROOT) else self.keyring.uid(v) for v in values]
+        elem.value = new if elem.VM > 1 else new[0]
+        fields.append(Field(f"dicom:{elem.keyword}", path, old, "replace", _text(elem),
+                            why="UID not in PS3.15 Table E.1-1: mapped like the listed ones"))
 
     def _empty_free_text(self, elem, fields: list[Field], path: str) -> None:
         """Free text that Table E.1-1 does not list (OpticalPathDescription, ContentDescription,
@@ -401,7 +436,7 @@ class DicomSeries:
         pass
 
 
-def _padded_frame(data: bytes) -> bytes:
+def padded_frame(data: bytes) -> bytes:
     """A frame as stored, without the NUL that pads it to an even length (PS3.5 A.4)."""
     return data.rstrip(b"\x00") if data.endswith(b"\xff\xd9\x00") else data
 
@@ -435,7 +470,12 @@ class DicomAdapter(Adapter):
             syntax = ds.file_meta.get("TransferSyntaxUID")
             if syntax is None or syntax.is_implicit_VR or not syntax.is_little_endian:
                 raise SlideError(f"instance {number}: transfer syntax {syntax} is not explicit VR little endian")
-            instances.append(Instance(number, path, ds, pixel_start, role_of(ds)))
+            role = role_of(ds)
+            if role == "unknown":
+                raise SlideError(f"instance {number} has no usable ImageType (VOLUME, THUMBNAIL, "
+                                 "LABEL or OVERVIEW in its third value): its role cannot be "
+                                 "told, so the slide is refused rather than released without it")
+            instances.append(Instance(number, path, ds, pixel_start, role))
         if len(series) > 1:
             raise SlideError("instances of more than one series were given as one slide")
         return DicomSeries(instances)
@@ -501,7 +541,7 @@ def locate_and_screen(out: InstanceOut, fields: list[Field], edits: list[Replace
     fd = os.open(inst.source, os.O_RDONLY)
     try:
         found = codestreams.clean_runs(fd, os.fstat(fd).st_size, runs.offsets, runs.counts,
-                                       runs.codec, prepare=_padded_frame)
+                                       runs.codec, prepare=padded_frame)
     finally:
         os.close(fd)
     cleaned = False

@@ -22,12 +22,15 @@ import numpy as np
 from .. import catalog
 from ..background import Background
 from ..containers.files import (
+    DirectWrites,
+    PlannedWrites,
     Staging,
+    Undo,
     copy_file,
     fsync_dir,
-    rename_all,
     replace_durably,
     start_writeback,
+    undo_record_for,
     write_new,
 )
 from ..containers.mirax.data import DataFileOut, MiraxOutput, finish_data_file
@@ -46,6 +49,7 @@ from ..images import codestreams, segments
 from ..keyring import Keyring, fingerprint
 from ..model import Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy
+from ..sampling import digest, sample
 from .base import Adapter, Probe, is_regular_file
 from .mrxs_slidedat import SlidedatPlanner
 
@@ -504,6 +508,29 @@ def text_fields(data: bytes, name: str, where: str) -> list[Field]:
             for run in sorted(runs)]
 
 
+def two_step_renames(folder: Path, renames: list[tuple[str, str]]) -> list[tuple[Path, Path]]:
+    """Renames within a folder in two steps, so that a name another file is about to leave is
+    never overwritten (Data0001.dat -> Data0000.dat while Data0000.dat -> ...)."""
+    moves = [(a, b) for a, b in renames if a != b]
+    token = os.urandom(4).hex()
+    first = [(folder / a, folder / f".{n}.{token}.renaming") for n, (a, _) in enumerate(moves)]
+    second = [(folder / f".{n}.{token}.renaming", folder / b) for n, (_, b) in enumerate(moves)]
+    return first + second
+
+
+def _record_digests(slide: MiraxSlide, output: MiraxOutput) -> dict[int, list[tuple[int, int, str]]]:
+    """(offset, length, digest) of a spread of the kept records of every data file, before an
+    in-place patch: verification compares the patched files with them."""
+    out: dict[int, list[tuple[int, int, str]]] = {}
+    for fileno, spec in enumerate(output.data_files):
+        ranges = [r for r in sorted(set(spec.keep)) if r[0] not in spec.replacements]
+        picks = sample([b - a for a, b in ranges], [])
+        with open(slide.data_paths[fileno], "rb") as fh:
+            out[fileno] = [(a, b - a, digest(os.pread(fh.fileno(), b - a, a)))
+                           for a, b in (ranges[i] for i in picks)]
+    return out
+
+
 def replacements(plan: Plan) -> dict[int, dict[int, bytes]]:
     """The cleaned images of the plan's edits, by data file and offset."""
     images = {image.index: image for image in plan.images}
@@ -556,7 +583,10 @@ class MiraxWriter:
             return self._finish_in_place(output)
         try:
             self.copier.join()
-            zeroed = sum(finish_data_file(fd, out) for fd, out in zip(self.fds, output.data_files))
+            zeroed = 0
+            for fd, out in zip(self.fds, output.data_files):
+                zeroed += finish_data_file(DirectWrites(fd), out)
+                os.fsync(fd)
         finally:
             self._close()
         write_new(self.folder / "Slidedat.ini", output.slidedat)
@@ -573,28 +603,62 @@ class MiraxWriter:
         """Patch the slide where it is: the data files keep every kept record where it is
         (dropped and unused bytes zeroed, headers rewritten, files cut), Slidedat.ini and
         Index.dat are replaced, NAME.mrxs emptied, then the folder and NAME.mrxs take the
-        pseudonym. Everything was planned and checked before the first byte is written."""
+        pseudonym. Everything was planned and checked before; what the patch overwrites is
+        saved in an undo record first (restored if verification fails, or by the next run)."""
         slide = self.slide
-        zeroed = 0
-        for src, spec in zip(slide.data_paths, output.data_files):
-            fd = os.open(src, os.O_RDWR)
-            try:
-                zeroed += finish_data_file(fd, spec)
-            finally:
-                os.close(fd)
         folder = slide.folder
-        rename_all(folder, [(old.name, spec.name) for old, spec in zip(slide.data_paths, output.data_files)])
-        replace_durably(folder / "Slidedat.ini", output.slidedat)
-        replace_durably(folder / INDEX_NAME, output.index)
-        if slide.index_path.name != INDEX_NAME:
-            slide.index_path.unlink()
-        replace_durably(slide.path, b"")
-        fsync_dir(folder)
-        os.rename(folder, self.final_folder)
-        os.rename(slide.path, self.final)
-        fsync_dir(slide.path.parent)
-        return Written((self.final,), lambda: self.final, lambda: None, zeroed,
-                       {"input_intact": False})
+        undo = Undo(undo_record_for(slide.path))
+        fds = [os.open(src, os.O_RDWR) for src in slide.data_paths]
+        try:
+            planned = [PlannedWrites(fd) for fd in fds]
+            zeroed = sum(finish_data_file(p, spec) for p, spec in zip(planned, output.data_files))
+            digests = _record_digests(slide, output)
+            for src, p in zip(slide.data_paths, planned):
+                undo.keep_ranges(src, p.ranges())
+            for small in (folder / "Slidedat.ini", slide.index_path, slide.path):
+                undo.keep_file(small)
+            renames = two_step_renames(folder, [(old.name, spec.name) for old, spec
+                                                in zip(slide.data_paths, output.data_files)])
+            for old, new in renames:
+                undo.rename(old, new)
+            undo.rename(folder, self.final_folder)
+            undo.rename(slide.path, self.final)
+            undo.seal()
+            for p, fd in zip(planned, fds):
+                p.apply()
+                os.fsync(fd)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            if (undo.record / "manifest.json").exists():
+                undo.restore()
+            else:
+                undo.discard()
+            raise
+        for fd in fds:
+            os.close(fd)
+        try:
+            for old, new in renames:
+                os.rename(old, new)
+            replace_durably(folder / "Slidedat.ini", output.slidedat)
+            replace_durably(folder / INDEX_NAME, output.index)
+            if slide.index_path.name != INDEX_NAME:
+                slide.index_path.unlink()
+            replace_durably(slide.path, b"")
+            fsync_dir(folder)
+            os.rename(folder, self.final_folder)
+            os.rename(slide.path, self.final)
+            fsync_dir(slide.path.parent)
+        except BaseException:
+            undo.restore()
+            raise
+
+        def release() -> Path:
+            undo.discard()
+            return self.final
+
+        return Written((self.final,), release, undo.restore, zeroed,
+                       {"input_intact": False, "digests": digests})
 
     def _close(self) -> None:
         for fd in self.fds:

@@ -23,7 +23,13 @@ from .tiff import TiffAdapter, TiffPlanning, TiffSlide
 
 OME_NS = "http://www.openmicroscopy.org/Schemas/OME/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-ROLE_NAMES = {"label": "label", "macro": "macro", "overview": "macro", "thumbnail": "thumbnail"}
+# Words Bio-Formats and other converters use in the Name of a label or overview Image
+# ("label", "label image", "slide label", "macro image", "overview image", any case).
+ROLE_WORDS = {"label": "label", "barcode": "label", "macro": "macro", "overview": "macro"}
+# A Name made only of these words says what the image is and nothing else: kept as it is.
+ROLE_VOCABULARY = {"label", "barcode", "macro", "overview", "thumbnail", "image", "slide", "whole"}
+WORD = re.compile(r"[a-z]+")
+SHAPE_TOLERANCE = 0.02
 DEVICE_ATTRIBUTES = {"SerialNumber", "LotNumber"}
 # Attributes whose values are free text (reported and searched for when their element goes);
 # the others are IDs, enumerations and numbers that also occur in what is kept.
@@ -95,6 +101,40 @@ def attribute_type(name: str) -> str:
     return next((kind for pattern, kind in patterns if fnmatch.fnmatchcase(name, pattern)), "text")
 
 
+def names_a_role_only(name: str) -> bool:
+    words = WORD.findall(name.lower())
+    return bool(words) and set(words) <= ROLE_VOCABULARY and not re.search(r"[^A-Za-z ]", name)
+
+
+def _pixels_size(image, ns: str) -> tuple[int, int] | None:
+    pixels = image.find(f"{{{ns}}}Pixels")
+    try:
+        return int(pixels.get("SizeX", "0")), int(pixels.get("SizeY", "0"))
+    except (AttributeError, ValueError):
+        return None
+
+
+def _image_role(name: str, number: int, size, first_size) -> str:
+    """A role from the Image's name and its shape: a name that says label or overview decides
+    (the more dangerous role); the first Image is the slide; another Image is kept only when
+    it has the slide's shape (a thumbnail, another resolution), else it is of unknown role."""
+    words = set(WORD.findall(name.lower()))
+    for word, role in ROLE_WORDS.items():
+        if word in words and role == "label":
+            return "label"
+    for word, role in ROLE_WORDS.items():
+        if word in words:
+            return role
+    if number == 0:
+        return "level"
+    if size and first_size and all(size) and all(first_size):
+        same_shape = (abs(size[0] / size[1] - first_size[0] / first_size[1])
+                      <= SHAPE_TOLERANCE * first_size[0] / first_size[1])
+        if same_shape:
+            return "thumbnail" if "thumbnail" in words else "level"
+    return "unknown"
+
+
 class OmeTiffAdapter(TiffAdapter):
     name = "ome-tiff"
     order = 200
@@ -117,9 +157,12 @@ class OmeTiffAdapter(TiffAdapter):
         files = {u.get("FileName") for u in root.iter(f"{{{ns}}}UUID") if u.get("FileName")}
         if len(files) > 1:
             raise SlideError("multi-file OME-TIFF (TiffData points into other files) is not supported")
-        for image in root.iter(f"{{{ns}}}Image"):
-            name = (image.get("Name") or "").strip().lower()
-            role = ROLE_NAMES.get(name, "level")
+        first_size = None
+        for number, image in enumerate(root.iter(f"{{{ns}}}Image")):
+            size = _pixels_size(image, ns)
+            if number == 0:
+                first_size = size
+            role = _image_role(image.get("Name") or "", number, size, first_size)
             ifds: list[int] = []
             for td in image.iter(f"{{{ns}}}TiffData"):
                 try:
@@ -157,6 +200,11 @@ class OmeTiffAdapter(TiffAdapter):
             return None, [Field("tiff:ImageDescription", f"{ifd.label} tag 270", text, "remove",
                                 why="OME-XML belongs in the first IFD only")]
         return super().text_tag(ctx, ifd, code, text)
+
+    def warnings(self, slide: TiffSlide) -> list[str]:
+        unknown = sum(1 for _, role, _ in slide.extra["image_ifds"] if role == "unknown")
+        return ([f"{unknown} OME Image(s) neither named as a label or overview nor shaped like the "
+                 "slide: their role cannot be told, so they were dropped"] if unknown else [])
 
     def checks(self, source: TiffSlide, out: TiffSlide, plan: Plan, out_plan: Plan) -> list[str]:
         errors = schema_errors(out.tiff.ifds[0].text(270) or "")
@@ -238,7 +286,7 @@ class XmlCleaner:
             elif name in DEVICE_ATTRIBUTES:
                 rule = catalog.Entry(name, "device", "serial or lot number; kept only with "
                                      "--keep-device-id")
-            elif allowed == "*" or name in allowed:
+            elif (allowed == "*" and name in schema_attribute_names()) or name in allowed:
                 rule = catalog.Entry(name, "keep", entry.why, attribute_type(name))
             else:
                 rule = catalog.Entry(name, "remove", NOT_IN_CATALOG)
@@ -263,7 +311,7 @@ class XmlCleaner:
         if element == "UUID" and attribute == "FileName":
             return self.naming.output_name
         if element == "Image" and attribute == "Name":
-            return value if value.strip().lower() in ROLE_NAMES else self.naming.pseudonym
+            return value if names_a_role_only(value) else self.naming.pseudonym
         if element == "StageLabel" and attribute == "Name":
             return "stage"  # required by the schema; the original name is free text
         if element == "TiffData" and attribute == "IFD":
@@ -283,62 +331,130 @@ class XmlCleaner:
         texts = [t.strip() for t in el.itertext() if t and t.strip()]
         texts += [v for node in el.iter() if _is_element(node)
                   for k, v in node.attrib.items()
-                  if _qname(k).localname in FREE_TEXT_ATTRIBUTES and v.strip().lower() not in ROLE_NAMES]
+                  if _qname(k).localname in FREE_TEXT_ATTRIBUTES and not names_a_role_only(v)]
         for text in texts or [""]:  # every piece of text is reported (and searched for) alone
             fields.append(Field(f"ome:{_local(el)}", where, text, "remove", why=why, known=known))
         el.getparent().remove(el)
 
     # ---- annotations -------------------------------------------------------------------------
     def _clean_annotation(self, el, where: str, fields: list[Field]) -> None:
+        """An annotation is kept only for a reason the catalog gives, and then only the parts
+        that reason needs (element by element); anything else inside it goes."""
         key = f"{_local(el)} {el.get('Namespace', '')}".strip()
         entry = self.annotations.lookup(key)
+        if entry.action not in ("keep", "vendor"):
+            self._drop(el, where, fields, entry.why if entry is not catalog.UNKNOWN
+                       else "annotation not in the catalog", known=entry is not catalog.UNKNOWN)
+            return
+        for attr in list(el.attrib):
+            if _qname(attr).localname not in ("ID", "Namespace") or _qname(attr).namespace:
+                fields.append(Field(f"ome:{_local(el)}@(attribute)", f"{where}@(withheld)",
+                                    el.get(attr), "remove", why="not needed by the annotation's "
+                                    "purpose", known=False))
+                del el.attrib[attr]
+        value = self._only_value_child(el, where, fields)
         if entry.action == "keep":
             fields.append(Field(f"ome:{key}", where, "", "keep", why=entry.why))
-            return
-        if entry.action == "vendor":
-            self._clean_original_metadata(el, where, fields)
-            return
-        self._drop(el, where, fields, entry.why if entry is not catalog.UNKNOWN
-                   else "annotation not in the catalog", known=entry is not catalog.UNKNOWN)
+            self._clean_pyramid_resolution(value, f"{where}/Value", fields)
+        else:
+            self._clean_original_metadata(el, value, where, fields)
 
-    def _clean_original_metadata(self, el, where: str, fields: list[Field]) -> None:
-        """Bio-Formats OriginalMetadata: <OriginalMetadata><Key/><Value/></OriginalMetadata>."""
+    def _only_value_child(self, el, where: str, fields: list[Field]):
+        """An annotation's Value; every other child (a Description, AnnotationRefs, text) goes."""
+        value = None
+        for child in list(el):
+            if (_is_element(child) and _local(child) == "Value" and _ns(child).startswith(OME_NS)
+                    and value is None):
+                value = child
+                continue
+            known = _is_element(child) and _ns(child).startswith(OME_NS)
+            self._drop(child, f"{where}/{_local(child) if known else '(withheld)'}", fields,
+                       "not needed by the annotation's purpose", known=known)
+        if (el.text or "").strip():
+            fields.append(Field("ome:text", where, el.text.strip(), "remove", why="loose text"))
+        el.text = None
+        return value
+
+    def _clean_pyramid_resolution(self, value, where: str, fields: list[Field]) -> None:
+        """Bio-Formats' pyramid sizes: <Value><M K="1">1024 768</M>...</Value>; nothing else."""
+        if value is None:
+            return
+        for child in list(value):
+            keep = (_is_element(child) and _local(child) == "M" and not len(child)
+                    and set(child.attrib) == {"K"} and (child.get("K") or "").isdigit()
+                    and re.fullmatch(r"\d+ \d+", (child.text or "").strip()))
+            if not keep:
+                known = _is_element(child) and _ns(child).startswith(OME_NS)
+                self._drop(child, f"{where}/{_local(child) if known else '(withheld)'}", fields,
+                           "not a pyramid level size", known=known)
+
+    def _clean_original_metadata(self, el, value, where: str, fields: list[Field]) -> None:
+        """Bio-Formats OriginalMetadata: <Value><OriginalMetadata><Key/><Value/></OriginalMetadata>
+        ...</Value>: each record through the catalog of the vendor it came from; records hold a
+        Key and a Value and nothing else."""
         vendors = [catalog.load("aperio-svs"), catalog.load("hamamatsu-ndpi", "properties")]
-        records = [node for node in el.iter() if _is_element(node)
-                   and _local(node) == "OriginalMetadata"]
-        for record in records:
-            key_el = next((c for c in record if _is_element(c) and _local(c) == "Key"), None)
-            val_el = next((c for c in record if _is_element(c) and _local(c) == "Value"), None)
-            key = (key_el.text or "").strip() if key_el is not None else ""
-            value = (val_el.text or "").strip() if val_el is not None else ""
-            field = decide(catalog.lookup(vendors, key), value, self.policy,
+        for record in list(value) if value is not None else []:
+            parts = ({_local(c): c for c in record if _is_element(c)}
+                     if _is_element(record) and _local(record) == "OriginalMetadata" else {})
+            key_el, val_el = parts.get("Key"), parts.get("Value")
+            well_formed = (key_el is not None and val_el is not None and len(record) == 2
+                           and not record.attrib and not len(key_el) and not len(val_el))
+            if not well_formed:
+                # its texts are searched for in the output, but a key name the vendors'
+                # catalogs know is no secret (a kept record may use it too)
+                if (key_el is not None and catalog.lookup(vendors, (key_el.text or "").strip())
+                        is not catalog.UNKNOWN):
+                    key_el.text = None
+                self._drop(record, f"{where}/(withheld)", fields, "not a Key/Value record",
+                           known=False)
+                continue
+            key = (key_el.text or "").strip()
+            field = decide(catalog.lookup(vendors, key), (val_el.text or "").strip(), self.policy,
                            name=f"ome:OriginalMetadata:{key}", where=where)
             fields.append(field)
             if field.action == "date":
                 val_el.text = field.new_value
             elif field.action != "keep":
-                record.getparent().remove(record)
-        remaining = [node for node in el.iter() if _is_element(node)
-                     and _local(node) == "OriginalMetadata"]
-        if not remaining:
+                value.remove(record)
+        if value is None or not len(value):
             fields.append(Field("ome:XMLAnnotation", where, "", "remove",
                                 why="no original metadata left"))
             el.getparent().remove(el)
 
 
 @lru_cache(maxsize=1)
-def ome_schema():
-    """The OME 2016-06 schema, as shipped by the ome-types package (found without importing
-    it), compiled by libxml2; None when the package is not installed."""
-    import importlib.util
-
+def schema_attribute_names() -> frozenset[str]:
+    """Every attribute name the OME schema declares: an element kept with all its attributes
+    ("*" in the catalog) keeps only these (a made-up attribute name is the slide's text)."""
     from lxml import etree
+
+    xsd = _schema_path()
+    if xsd is None:
+        return frozenset()
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    tree = etree.parse(str(xsd), parser)
+    ns = "{http://www.w3.org/2001/XMLSchema}"
+    return frozenset(el.get("name") for el in tree.iter(f"{ns}attribute") if el.get("name"))
+
+
+def _schema_path() -> Path | None:
+    import importlib.util
 
     spec = importlib.util.find_spec("ome_types")
     if spec is None or not spec.submodule_search_locations:
         return None
     xsd = Path(list(spec.submodule_search_locations)[0]) / "ome-2016-06.xsd"
-    if not xsd.exists():
+    return xsd if xsd.exists() else None
+
+
+@lru_cache(maxsize=1)
+def ome_schema():
+    """The OME 2016-06 schema, as shipped by the ome-types package (found without importing
+    it), compiled by libxml2; None when the package is not installed."""
+    from lxml import etree
+
+    xsd = _schema_path()
+    if xsd is None:
         return None
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     return etree.XMLSchema(etree.parse(str(xsd), parser))

@@ -20,12 +20,18 @@ from ..model import Field
 from ..policy import decide
 from .tiff import TiffAdapter, TiffPlanning, TiffSlide
 
-HEADER_TOKEN = re.compile(r"""(?x)
-    Aperio|Image|Library|Leica|Biosystems|ImageServer|ScanScope|Format|Versa|
-    GT\d{2,4}|AT2?|CS2?|DX|v\d+(?:\.\d+)*[a-z]?|\(fake\)|
-    \d+x\d+|\[\d+,\d+|\d+x\d+\]|\[\d+,\d+,\d+x\d+\]|\(\d+x\d+\)|->|-|
-    (?:JPEG|J2K|JP2K|LZW|RAW|NONE|DEFLATE)(?:/(?:RGB|YCC|YCbCr|KDU|RAW))?|Q=\d+|
-    label|macro|thumbnail
+# The header's grammar (Aperio's data interchange note as OpenSlide reads it, and the lines
+# seen in ScanScope, GT450 and ImageServer files): a product line, then a geometry line, per
+# ';'-joined part. A line keeps the longest start that the grammar allows; the rest goes.
+_DIM = r"\d+x\d+"
+_CODEC = r"(?:JPEG|J2K|JP2K|LZW|RAW|NONE|DEFLATE)(?:/(?:RGB|YCC|YCbCr|YUV16|KDU|RAW))?"
+HEADER_LINE = re.compile(rf"""(?x)
+    Aperio(?:\ (?:Image\ Library|Leica\ Biosystems(?:\ GT\d{{2,4}}(?:\ DX)?)?|ImageServer
+                |Format|ScanScope(?:\ (?:AT2?|CS2?|XT|FL|GT\d{{2,4}}))?|Versa))?
+          (?:\ v\d+(?:\.\d+)*[a-z]?)?(?:\ \(fake\))?\ ?
+  | (?:label|macro|thumbnail)\ {_DIM}\ ?
+  | {_DIM}(?:\ \[\d+,\d+[,\ ]{_DIM}\])?(?:\ \({_DIM}\))?(?:\ ->\ {_DIM})?(?:\ -)?
+          (?:\ {_CODEC})?(?:\ Q=\d+)?\ ?
 """)
 LINE_SPLIT = re.compile(r"(\r\n|\r|\n)")
 
@@ -48,19 +54,59 @@ def split_description(text: str) -> tuple[str, list[tuple[str, str | None]]]:
 
 
 def clean_header(header: str) -> tuple[str, list[str]]:
-    """Keep only known header tokens; returns the header and the tokens that were dropped."""
+    """Keep of every header line the start the grammar allows; returns the header and what
+    was dropped (line by line)."""
     dropped: list[str] = []
     out_parts = []
     for part in header.split(";"):
         pieces = LINE_SPLIT.split(part)
         for i in range(0, len(pieces), 2):
-            tokens = pieces[i].split(" ")
-            kept = [t for t in tokens if t == "" or HEADER_TOKEN.fullmatch(t)]
-            dropped += [t for t in tokens if t and not HEADER_TOKEN.fullmatch(t)]
-            if len(kept) != len(tokens):
-                pieces[i] = " ".join(t for t in kept if t)
+            line = pieces[i]
+            match = HEADER_LINE.match(line)
+            kept = match.group(0) if match else ""
+            rest = line[len(kept):]
+            if rest.strip():
+                dropped.append(rest.strip())
+                pieces[i] = kept.rstrip()
         out_parts.append("".join(pieces))
     return ";".join(out_parts), dropped
+
+
+# how close a thumbnail's shape must be to level 0's (rounding of a 10000-px slide to 768 px)
+SHAPE_TOLERANCE = 0.02
+
+
+def _second_line(ifd: Ifd) -> str:
+    lines = LINE_SPLIT.split(ifd.text(270) or "")[2::2]
+    return lines[0].strip() if lines else ""
+
+
+def _role(ifd: Ifd, index: int, bo: str, base_size: tuple[int, int]) -> str:
+    line = _second_line(ifd)
+    word = line.split(" ", 1)[0].lower()
+    subfile = ifd.int_value(254, bo, 0) or 0
+    tiled = 322 in ifd.tags
+    header = (ifd.text(270) or "").split("|", 1)[0]     # the keys after it name other things
+    words = {w.lower().strip(";,") for w in header.split()}
+    if word == "label" or ({"label", "barcode"} & words and not tiled):
+        return "label"
+    if word == "macro" or subfile == 9 or ("macro" in words and not tiled):
+        return "macro"
+    if tiled:
+        return "level"
+    # GT450: a label has NewSubfileType 1 and an empty description
+    if subfile & 1 and not line:
+        return "label"
+    size = (ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0)
+    if index > 0 and "->" in line and _same_shape(size, base_size) and size[0] < base_size[0]:
+        return "thumbnail"
+    return "unknown"
+
+
+def _same_shape(size: tuple[int, int], base: tuple[int, int]) -> bool:
+    if not (size[0] and size[1] and base[0] and base[1]):
+        return False
+    return abs(size[0] / size[1] - base[0] / base[1]) <= SHAPE_TOLERANCE * base[0] / base[1]
 
 
 class SvsAdapter(TiffAdapter):
@@ -72,28 +118,13 @@ class SvsAdapter(TiffAdapter):
         return is_aperio(tiff)
 
     def classify(self, slide: TiffSlide) -> list[str]:
-        roles = []
-        for i, ifd in enumerate(slide.tiff.ifds):
-            if 322 in ifd.tags:
-                roles.append("level")
-            elif i == 1:
-                roles.append("thumbnail")
-            else:
-                roles.append(self._associated_role(ifd, slide.bo))
-        return roles
-
-    @staticmethod
-    def _associated_role(ifd: Ifd, bo: str) -> str:
-        lines = [line for line in LINE_SPLIT.split(ifd.text(270) or "")[2::2]]
-        word = lines[0].split(" ", 1)[0].strip().lower() if lines else ""
-        if word in ("label", "macro"):
-            return word
-        subfile = ifd.int_value(254, bo, 0) or 0
-        if subfile == 9:
-            return "macro"
-        if subfile == 1:
-            return "label"
-        return "unknown"
+        """Every signal the format gives decides (the description's second line, NewSubfileType,
+        tiling, size and shape against level 0), and where they disagree the more dangerous
+        role wins: an image that says label anywhere is a label, whatever its position."""
+        bo = slide.bo
+        base = slide.tiff.ifds[0]
+        base_size = (base.int_value(256, bo, 0) or 0, base.int_value(257, bo, 0) or 0)
+        return [_role(ifd, i, bo, base_size) for i, ifd in enumerate(slide.tiff.ifds)]
 
     def describe(self, ctx: TiffPlanning, ifd: Ifd, text: str) -> tuple[str | None, list[Field]]:
         where = f"{ifd.label} ImageDescription"
@@ -107,7 +138,7 @@ class SvsAdapter(TiffAdapter):
         new_header, dropped = clean_header(header)
         for token in dropped:
             fields.append(Field("aperio:header", f"{where} header", token, "remove",
-                                why="header token that is not a product name, size or codec"))
+                                why="header text the Aperio header grammar does not allow"))
         fields.append(Field("aperio:header", f"{where} header", "", "keep",
                             why="product line and geometry; OpenSlide detects Aperio by it"))
         out = [new_header]

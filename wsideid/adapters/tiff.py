@@ -13,7 +13,16 @@ from typing import Any
 
 from .. import catalog
 from ..background import Background
-from ..containers.files import Staging, copy_file, fsync_dir, start_writeback
+from ..containers.files import (
+    DirectWrites,
+    PlannedWrites,
+    Staging,
+    Undo,
+    copy_file,
+    fsync_dir,
+    start_writeback,
+    undo_record_for,
+)
 from ..containers.output import Target, Written
 from ..containers.tiff.names import codec_family, compression_name, tag_name
 from ..containers.tiff.reader import ASCII, Ifd, Tag, TiffFile
@@ -23,6 +32,7 @@ from ..images import codestreams, segments
 from ..keyring import Keyring, fingerprint
 from ..model import Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy, decide
+from ..sampling import digest, sample
 from .base import Adapter, Probe
 
 MAX_REPORTED_SEGMENTS = 50
@@ -143,6 +153,19 @@ class TiffAdapter(Adapter):
             images.append(image)
         return images
 
+    def stored_levels(self, slide: TiffSlide) -> list[Image]:
+        """Every tiled pyramid image as stored: the levels of the main chain and the levels
+        in their SubIFDs (OME-TIFF pyramids), each with its tile grid and byte runs."""
+        out = []
+        base = slide.tiff.ifds[0]
+        for ifd, role in zip(slide.tiff.ifds, slide.roles):
+            if role != "level":
+                continue
+            for node in ifd.walk():
+                if node.kind in ("main", "subifd") and 322 in node.tags:
+                    out.append(self.image_of(slide, node, "level", "keep", base))
+        return out
+
     def plan(self, slide: TiffSlide, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
         ctx = TiffPlanning(slide, policy, naming, screen)
         self.prepare(ctx)
@@ -196,6 +219,14 @@ class TiffAdapter(Adapter):
             if entry is catalog.UNKNOWN and code >= 32768:
                 decided.why = "private tag not in the catalog"
             action = decided.action
+            problem = _shape_problem(entry, tag, ifd, slide_bo(ctx)) if action in ("keep", "date") else None
+            if problem and entry.required:
+                raise SlideError(f"{ifd.label} tag {code} {entry.name}: {problem}; the image cannot "
+                                 "be read without it")
+            if problem:
+                fields.append(Field(name, where, value or _printable(tag) or _as_text(tag),
+                                    "remove", why=problem))
+                continue
             hidden = _hidden_text(tag) if tag.dtype == ASCII else ""
             if action == "keep" and hidden:
                 # Bytes after the string's NUL: no reader shows them, so they are a hiding place.
@@ -288,6 +319,69 @@ class TiffAdapter(Adapter):
                                 "remove", why="text segment inside the image codestream"))
 
 
+TYPE_NAMES = {1: "BYTE", 2: "ASCII", 3: "SHORT", 4: "LONG", 5: "RATIONAL", 6: "SBYTE",
+              7: "UNDEFINED", 8: "SSHORT", 9: "SLONG", 10: "SRATIONAL", 11: "FLOAT", 12: "DOUBLE",
+              13: "IFD", 16: "LONG8", 17: "SLONG8", 18: "IFD8"}
+
+
+def slide_bo(ctx: TiffPlanning) -> str:
+    return ctx.slide.bo
+
+
+def _shape_problem(entry: catalog.Entry, tag: Tag, ifd: Ifd, bo: str) -> str | None:
+    """Why a tag to be kept is not what TIFF 6.0 says it is (its field type, its count), or
+    None. A number stored as text, or an array longer than the image needs, can carry text."""
+    if entry.tiff_type is None:
+        return None
+    stored = TYPE_NAMES.get(tag.dtype, str(tag.dtype))
+    if stored not in entry.tiff_type:
+        return f"stored as {stored}, where the standard says {' or '.join(entry.tiff_type)}"
+    allowed = _allowed_counts(entry.count or "any", ifd, bo)
+    if allowed is not None and tag.count not in allowed:
+        return f"{tag.count} values, where the image needs {' or '.join(map(str, sorted(allowed)))}"
+    return None
+
+
+def _allowed_counts(rule: str, ifd: Ifd, bo: str) -> set[int] | None:
+    if rule == "any":
+        return None
+    if rule.isdigit():
+        return {int(rule)}
+    spp = ifd.int_value(277, bo, 1) or 1
+    bps = ifd.int_value(258, bo, 1) or 1
+    if rule == "spp":
+        return {1, spp}
+    if rule == "extra":
+        return set(range(0, spp + 1))
+    if rule == "gray":
+        return {1 << min(bps, 24)}
+    if rule == "colormap":
+        return {3 << min(bps, 24)}
+    if rule == "transfer":
+        return {1 << min(bps, 24), 3 << min(bps, 24)}
+    if rule == "runs":
+        return {_runs_needed(ifd, bo, spp)}
+    return None
+
+
+def _runs_needed(ifd: Ifd, bo: str, spp: int) -> int:
+    width, height = ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0
+    planes = spp if ifd.int_value(284, bo, 1) == 2 else 1
+    if 322 in ifd.tags:
+        tw, th = ifd.int_value(322, bo, 0) or 0, ifd.int_value(323, bo, 0) or 0
+        if not tw or not th:
+            return -1
+        return -(-width // tw) * -(-height // th) * planes
+    rows = ifd.int_value(278, bo, 0) or height or 1
+    return -(-height // max(1, min(rows, height or rows))) * planes if height else planes
+
+
+def _as_text(tag: Tag) -> str:
+    """What a malformed tag's bytes say, when they say something (searched for in the output)."""
+    text = tag.data.decode("latin-1").strip("\x00 ")
+    return text if text.isprintable() else ""
+
+
 def _printable(tag: Tag) -> str:
     if tag.dtype in (1, 7) and tag.code in (700, 33723, 34377):
         return tag.data.decode("utf-8", errors="ignore").strip("\x00")
@@ -315,7 +409,9 @@ def _hidden_text(tag: Tag) -> str:
 
 class TiffWriter:
     """Writes a planned TIFF slide: a kernel copy of the input started at once (it runs while
-    the slide is planned), patched when the plan is ready; or the input itself, in place."""
+    the slide is planned), patched when the plan is ready; or the input itself, in place, after
+    everything the patch overwrites is saved in an undo record (restored if verification fails,
+    or by the next run after a crash)."""
 
     screens = False   # the plan screens the image data (beside the copy)
 
@@ -343,22 +439,46 @@ class TiffWriter:
                 raise SlideError("replacing or redacting whole images is not supported yet")
             edits.setdefault(edit.image, {})[edit.run] = edit.data
         if self.staging is None:
-            fd = os.open(self.slide.path, os.O_RDWR)
-            try:
-                result = write_tiff(self.slide.tiff, fd, plan.output, edits)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            return Written((self.slide.path,), self._rename_in_place, lambda: None,
-                           result.zeroed_bytes, {"input_intact": False})
+            return self._finish_in_place(plan, edits)
         try:
             self.copier.join()
-            result = write_tiff(self.slide.tiff, self.fd, plan.output, edits)
+            result = write_tiff(self.slide.tiff, DirectWrites(self.fd), plan.output, edits)
             os.fsync(self.fd)
         finally:
             os.close(self.fd)
         return Written((self.staging.path,), self.staging.release, self.staging.discard,
                        result.zeroed_bytes, {"input_intact": True})
+
+    def _finish_in_place(self, plan: Plan, edits: dict[str, dict[int, bytes]]) -> Written:
+        path = self.slide.path
+        digests = _run_digests(self.slide, plan, edits)
+        undo = Undo(undo_record_for(path))
+        fd = os.open(path, os.O_RDWR)
+        try:
+            planned = PlannedWrites(fd)
+            result = write_tiff(self.slide.tiff, planned, plan.output, edits)
+            undo.keep_ranges(path, planned.ranges())
+            undo.rename(path, self.final)
+            undo.seal()
+            planned.apply()
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            if (undo.record / "manifest.json").exists():
+                undo.restore()
+            else:
+                undo.discard()
+            raise
+        os.close(fd)
+
+        def release() -> Path:
+            os.replace(path, self.final)
+            fsync_dir(self.final.parent)
+            undo.discard()
+            return self.final
+
+        return Written((path,), release, undo.restore, result.zeroed_bytes,
+                       {"input_intact": False, "digests": digests})
 
     def abort(self) -> None:
         if self.staging is not None:
@@ -373,7 +493,18 @@ class TiffWriter:
                 pass
             self.staging.discard()
 
-    def _rename_in_place(self) -> Path:
-        os.replace(self.slide.path, self.final)
-        fsync_dir(self.final.parent)
-        return self.final
+
+def _run_digests(slide: TiffSlide, plan: Plan, edits: dict[str, dict[int, bytes]]) -> dict:
+    """Digests of a spread of every kept image's runs as they are before an in-place patch,
+    by IFD label and run: verification compares the patched file with them."""
+    out: dict[str, dict[int, str]] = {}
+    for root in plan.output:
+        for node in root.walk():
+            regions = node.source.data_regions(slide.bo)
+            if regions is None:
+                continue
+            _, _, offs, cnts = regions
+            label = node.source.label
+            out[label] = {i: digest(slide.tiff.read(int(offs[i]), int(cnts[i])))
+                          for i in sample(cnts, edits.get(label, {})) if i not in edits.get(label, {})}
+    return out

@@ -237,3 +237,183 @@ class Staging:
             shutil.rmtree(self.path, ignore_errors=True)
         else:
             self.path.unlink(missing_ok=True)
+
+
+# ---- patching a file: directly, or planned first and applied with an undo record ------------
+
+class DirectWrites:
+    """Writes that go straight to the file (an output being built: nothing to undo)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data: bytes, offset: int) -> None:
+        os.pwrite(self.fd, data, offset)
+
+    def zero_gaps(self, starts: np.ndarray, ends: np.ndarray) -> int:
+        return zero_gaps(self.fd, starts, ends)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+
+class PlannedWrites:
+    """Writes collected first and applied later (`apply`), so that everything they will
+    overwrite can be saved in an undo record before the first byte changes (in place)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.ops: list[tuple[str, int, int, bytes]] = []   # (kind, start, end, data)
+
+    def write(self, data: bytes, offset: int) -> None:
+        self.ops.append(("write", offset, offset + len(data), bytes(data)))
+
+    def zero_gaps(self, starts: np.ndarray, ends: np.ndarray) -> int:
+        order = np.argsort(starts, kind="stable")
+        s, e = starts[order], np.maximum.accumulate(ends[order])
+        gaps = [(0, int(s[0]))] if s[0] > 0 else []
+        gaps += [(int(a), int(b)) for a, b in zip(e[:-1].tolist(), s[1:].tolist()) if b > a]
+        for a, b in gaps:
+            self.ops.append(("zero", a, b, b""))
+        return sum(b - a for a, b in gaps)
+
+    def truncate(self, size: int) -> None:
+        self.ops.append(("truncate", size, size, b""))
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The byte ranges the writes will change (a truncation changes what lies after it)."""
+        size = os.fstat(self.fd).st_size
+        out = []
+        for kind, start, end, _ in self.ops:
+            if kind == "truncate":
+                if start < size:
+                    out.append((start, size))
+            else:
+                out.append((start, min(end, max(size, end))))
+        return out
+
+    def apply(self) -> None:
+        for kind, start, end, data in self.ops:
+            if kind == "write":
+                os.pwrite(self.fd, data, start)
+            elif kind == "zero":
+                zero_range(self.fd, start, end)
+            else:
+                os.ftruncate(self.fd, start)
+
+
+UNDO_SUFFIX = ".wsideid-undo"
+
+
+def undo_record_for(path: Path) -> Path:
+    """Where the undo record of an in-place change of `path` lives (beside it, hidden)."""
+    return path.with_name(f".{path.name}{UNDO_SUFFIX}")
+
+
+class Undo:
+    """What an in-place change overwrites, saved and flushed before the change: byte ranges of
+    files, whole small files, and renames. `restore` puts everything back exactly (also after a
+    crash: a record left behind is restored by the next run); `discard` forgets it once the
+    change is complete and verified. The record is a folder; its manifest, written last, says
+    it is complete (a folder without one means nothing was changed yet)."""
+
+    def __init__(self, record: Path):
+        self.record = record
+        self.files: list[dict] = []
+        self.renames: list[tuple[str, str]] = []
+        self._blobs = 0
+
+    # -- building the record --------------------------------------------------------------------
+    def keep_ranges(self, path: Path, ranges: list[tuple[int, int]]) -> None:
+        self._ensure_folder()
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            saved = []
+            for start, end in _merged(ranges):
+                end = min(end, size)
+                if end <= start:
+                    continue
+                blob = self._blob(os.pread(fh.fileno(), end - start, start))
+                saved.append([start, end, blob])
+        self.files.append({"path": str(path), "size": size, "ranges": saved})
+
+    def keep_file(self, path: Path) -> None:
+        self._ensure_folder()
+        self.files.append({"path": str(path), "size": path.stat().st_size,
+                           "whole": self._blob(path.read_bytes())})
+
+    def rename(self, old: Path, new: Path) -> None:
+        self.renames.append((str(old), str(new)))
+
+    def seal(self) -> None:
+        """Make the record durable before the first change."""
+        import json
+
+        self._ensure_folder()
+        manifest = json.dumps({"files": self.files, "renames": self.renames}).encode()
+        write_new(self.record / "manifest.json.partial", manifest)
+        os.replace(self.record / "manifest.json.partial", self.record / "manifest.json")
+        fsync_dir(self.record)
+        fsync_dir(self.record.parent)
+
+    # -- using it -------------------------------------------------------------------------------
+    def restore(self) -> None:
+        restore(self.record)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.record, ignore_errors=True)
+        fsync_dir(self.record.parent)
+
+    def _ensure_folder(self) -> None:
+        if not self.record.exists():
+            self.record.mkdir()
+
+    def _blob(self, data: bytes) -> str:
+        name = f"{self._blobs:06d}.bin"
+        self._blobs += 1
+        write_new(self.record / name, data)
+        return name
+
+
+def restore(record: Path) -> bool:
+    """Put back what an undo record saved; True when there was something to restore. A record
+    without a manifest was never sealed: nothing had been changed."""
+    import json
+
+    manifest = record / "manifest.json"
+    if not manifest.exists():
+        shutil.rmtree(record, ignore_errors=True)
+        return False
+    data = json.loads(manifest.read_text())
+    for old, new in reversed(data["renames"]):
+        old_path, new_path = Path(old), Path(new)
+        if new_path.exists() and not old_path.exists():
+            os.rename(new_path, old_path)
+    for entry in data["files"]:
+        path = Path(entry["path"])
+        if "whole" in entry:
+            replace_durably(path, (record / entry["whole"]).read_bytes())
+            continue
+        fd = os.open(path, os.O_RDWR)
+        try:
+            for start, end, blob in entry["ranges"]:
+                os.pwrite(fd, (record / blob).read_bytes(), start)
+            os.ftruncate(fd, entry["size"])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in {Path(e["path"]).parent for e in data["files"]}:
+        fsync_dir(folder)
+    shutil.rmtree(record, ignore_errors=True)
+    fsync_dir(record.parent)
+    return True
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]

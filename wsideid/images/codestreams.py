@@ -24,7 +24,7 @@ class Cleaned:
     index: int
     data: bytes                           # the run without its text segments
     removed: list[tuple[str, bytes]]      # (segment name, payload)
-    header_shift: int                     # bytes removed before the entropy-coded data
+    header_shift: int                     # bytes removed before the entropy-coded data (JPEG)
 
 
 @dataclass
@@ -60,6 +60,7 @@ def clean_runs(fd: int, size: int, offsets: np.ndarray, counts: np.ndarray, code
             out.append(Unparseable(index, str(exc)))
             continue
         if removed:
-            trailing = sum(len(p) for m, p in removed if m == "trailing data")
-            out.append(Cleaned(index, cleaned, removed, len(data) - len(cleaned) - trailing))
+            shift = (segments.scan_start(data) - segments.scan_start(cleaned)
+                     if data[:2] == b"\xff\xd8" else 0)
+            out.append(Cleaned(index, cleaned, removed, shift))
     return out

@@ -1,9 +1,13 @@
 """Find and remove text-bearing segments inside JPEG and JPEG 2000 codestreams.
 
-JPEG (ITU T.81 B.1): after SOI, marker segments `FF xx LL LL ...` up to SOS. APPn (FFE0-FFEF)
-and COM (FFFE) can carry free text; APP0 "JFIF"/"JFXX" and APP14 "Adobe" carry only colour
-facts decoders need and are kept. JPEG 2000 (ITU T.800 A.4-A.9): COM (FF64) in the main
-header or in a tile-part header (between SOT and SOD).
+JPEG (ITU T.81 B.1): after SOI, marker segments `FF xx LL LL ...` up to SOS, then entropy-coded
+data (where FF is followed by 00 or a restart marker), then EOI; markers may also stand between
+scans and after the last one. APPn (FFE0-FFEF) and COM (FFFE) can carry free text wherever they
+sit: they are removed, except an APP0 that is exactly a JFIF header without thumbnail (JFIF
+1.02: 16 bytes) and an APP14 that is exactly Adobe's colour-transform segment (Adobe TN 5116:
+14 bytes), which decoders need and which hold nothing else. Non-zero bytes after EOI go.
+JPEG 2000 (ITU T.800 A.4-A.9): COM (FF64) in the main header or in a tile-part header
+(between SOT and SOD).
 
 Scanning every tile of a large slide in Python would be slow, so `screen_*` walks the marker
 chains of all tiles at once with numpy and only flags streams that need a closer look.
@@ -16,7 +20,8 @@ import struct
 
 import numpy as np
 
-KEEP_APP = {0xE0: (b"JFIF\x00", b"JFXX\x00"), 0xEE: (b"Adobe",)}
+JFIF_LENGTH = 16     # the segment's length field: "JFIF\0", version, units, densities, 0x0 thumbnail
+ADOBE_LENGTH = 14    # "Adobe", version, flags0, flags1, transform
 # Encoder comments that are known to hold nothing but the encoder's name or its rate-control
 # statistics (Kakadu writes one per codestream in Aperio J2K slides). Matched whole, so nothing
 # else can ride along; every other comment is removed.
@@ -45,9 +50,12 @@ def segment_name(marker: int) -> str:
 def _removable_jpeg(marker: int, payload: bytes) -> bool:
     if marker == 0xFE:
         return not any(p.fullmatch(payload) for p in SAFE_JPEG_COMMENTS)
-    if 0xE0 <= marker <= 0xEF:
-        return not any(payload.startswith(sig) for sig in KEEP_APP.get(marker, ()))
-    return False
+    if marker == 0xE0:
+        return not (len(payload) == JFIF_LENGTH - 2 and payload.startswith(b"JFIF\x00")
+                    and payload[12:14] == b"\x00\x00")
+    if marker == 0xEE:
+        return not (len(payload) == ADOBE_LENGTH - 2 and payload.startswith(b"Adobe"))
+    return 0xE1 <= marker <= 0xEF
 
 
 class MalformedStream(ValueError):
@@ -123,7 +131,8 @@ def clean_image(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
 
 
 def clean_jpeg(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """Remove APPn/COM segments before SOS and non-zero bytes after the last EOI."""
+    """Remove APPn/COM segments wherever they sit (before, between and after the scans) and
+    non-zero bytes after EOI."""
     if data[:2] != b"\xff\xd8":
         raise MalformedStream("JPEG stream does not start with SOI")
     out = bytearray(b"\xff\xd8")
@@ -131,12 +140,12 @@ def clean_jpeg(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     pos = 2
     n = len(data)
     while True:
-        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+        while pos + 1 < n and data[pos] == 0xFF and data[pos + 1] == 0xFF:
             pos += 1  # fill bytes (T.81 B.1.1.2)
         if pos + 2 > n or data[pos] != 0xFF:
             raise MalformedStream(f"JPEG marker expected at byte {pos}")
         marker = data[pos + 1]
-        if marker == 0xD9:  # EOI of an abbreviated table stream
+        if marker == 0xD9:  # EOI
             out += data[pos:pos + 2]
             pos += 2
             break
@@ -151,16 +160,50 @@ def clean_jpeg(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
         else:
             out += segment
         pos += 2 + length
-        if marker == 0xDA:  # SOS: entropy-coded data follows up to EOI
-            out += data[pos:]
-            pos = n
-            break
-    body = bytes(out)
-    eoi = body.rfind(b"\xff\xd9")
-    if eoi >= 0 and eoi + 2 < len(body) and any(body[eoi + 2:]):
-        removed.append(("trailing data", body[eoi + 2:]))
-        body = body[:eoi + 2]
-    return body, removed
+        if marker == 0xDA:  # SOS: entropy-coded data follows up to the next marker
+            end = _entropy_end(data, pos)
+            out += data[pos:end]
+            pos = end
+            if pos >= n:
+                break   # no EOI: the stream ends with its data
+    tail = data[pos:]
+    if any(tail):
+        removed.append(("trailing data", tail))
+    else:
+        out += tail    # zero padding (DICOM items, tile alignment) carries nothing
+    return bytes(out), removed
+
+
+def _entropy_end(data: bytes, pos: int) -> int:
+    """Where the entropy-coded data starting at `pos` ends: at the first marker that is not a
+    stuffed zero or a restart marker (T.81 B.1.1.5, F.1.2.3), or at the end of the data."""
+    n = len(data)
+    while True:
+        i = data.find(b"\xff", pos)
+        if i < 0 or i + 1 >= n:
+            return n
+        following = data[i + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7:
+            pos = i + 2
+        elif following == 0xFF:
+            pos = i + 1
+        else:
+            return i
+
+
+def scan_start(data: bytes) -> int:
+    """Offset of the first entropy-coded byte (just after the first SOS segment), or 0."""
+    pos = 2 if data[:2] == b"\xff\xd8" else len(data)
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        if marker == 0xDA:
+            return pos + 2 + length
+        pos += 2 + length
+    return 0
 
 
 def clean_j2k(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -270,7 +313,8 @@ def _starts_with(buf: np.ndarray, pos: np.ndarray, sig: bytes) -> np.ndarray:
 
 
 def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:
-    """True for every JPEG stream that may hold APPn/COM segments or trailing data."""
+    """True for every JPEG stream that may hold APPn/COM segments (anywhere: in the headers,
+    between scans, after the entropy-coded data) or trailing data."""
     flags = np.zeros(len(offs), dtype=bool)
     ok = cnts >= 4
     idx = np.nonzero(ok)[0]
@@ -279,21 +323,41 @@ def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarr
     o, e = offs[idx], offs[idx] + cnts[idx]
     soi = (buf[o] == 0xFF) & (buf[o + 1] == 0xD8)
     # a stream may end with one padding NUL (DICOM items have even lengths)
-    tail = ((buf[e - 2] == 0xFF) & (buf[e - 1] == 0xD9)) | (
-        (buf[e - 3] == 0xFF) & (buf[e - 2] == 0xD9) & (buf[e - 1] == 0))
+    plain_end = (buf[e - 2] == 0xFF) & (buf[e - 1] == 0xD9)
+    padded_end = (buf[e - 3] == 0xFF) & (buf[e - 2] == 0xD9) & (buf[e - 1] == 0)
+    tail = plain_end | padded_end
 
     def suspicious(m: np.ndarray, p: np.ndarray) -> np.ndarray:
-        app = ((m >= 0xE0) & (m <= 0xEF)) | (m == 0xFE)
-        for marker, sigs in KEEP_APP.items():
-            known = np.zeros(len(p), dtype=bool)
-            for sig in sigs:
-                known |= _starts_with(buf, p + 4, sig)
-            app &= ~((m == marker) & known)
+        app = ((m >= 0xE1) & (m <= 0xED)) | (m == 0xEF) | (m == 0xFE)
+        length = (buf[np.minimum(p + 2, len(buf) - 1)].astype(np.int64) << 8) | buf[np.minimum(p + 3, len(buf) - 1)]
+        jfif = (_starts_with(buf, p + 4, b"JFIF\x00") & (length == JFIF_LENGTH)
+                & (buf[np.minimum(p + 16, len(buf) - 1)] == 0) & (buf[np.minimum(p + 17, len(buf) - 1)] == 0))
+        adobe = _starts_with(buf, p + 4, b"Adobe") & (length == ADOBE_LENGTH)
+        app |= (m == 0xE0) & ~jfif
+        app |= (m == 0xEE) & ~adobe
         return app
 
-    walked, _, _ = _walk(buf, o + 2, e, (0xDA, 0xD9), suspicious)
-    flags[idx] = ~soi | ~tail | walked
+    walked, stops, _ = _walk(buf, o + 2, e, (0xDA, 0xD9), suspicious)
+    # after SOS: any marker other than a restart marker before the final EOI
+    sos_length = ((buf[np.minimum(stops + 2, len(buf) - 1)].astype(np.int64) << 8)
+                  | buf[np.minimum(stops + 3, len(buf) - 1)])
+    data_start = np.minimum(stops + 2 + sos_length, e)
+    data_end = np.where(padded_end & ~plain_end, e - 3, e - 2)
+    flags[idx] = ~soi | ~tail | walked | _markers_between(buf, data_start, data_end)
     return flags
+
+
+def _markers_between(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """For each [start, end): does it hold a marker other than a stuffed zero, a restart
+    marker or a fill byte (T.81 B.1.1.5)?"""
+    lo, hi = int(starts.min(initial=0)), int(ends.max(initial=0))
+    if hi <= lo:
+        return np.zeros(len(starts), dtype=bool)
+    ff = np.flatnonzero(buf[lo:hi] == 0xFF) + lo
+    following = buf[np.minimum(ff + 1, len(buf) - 1)]
+    marker = (following != 0x00) & (following != 0xFF) & ((following < 0xD0) | (following > 0xD7))
+    found = ff[marker]
+    return np.searchsorted(found, ends, side="left") > np.searchsorted(found, starts, side="left")
 
 
 def screen_j2k(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
-
 from .. import needles
 from ..model import Plan
-
-FULL_COMPARE_BYTES = 256 << 20
-SAMPLE_RUNS = 256
+from ..sampling import FULL_COMPARE_BYTES, SAMPLE_RUNS, sample  # noqa: F401 - shared here
 
 
 def check_fields(plan: Plan, out_plan: Plan, settled: tuple[str, ...] = ("keep",)) -> list[str]:
@@ -54,12 +50,3 @@ def residue_targets(plan: Plan, kept: list[str]) -> list[str]:
 def residue(data: bytes, targets: list[str], where: str = "the file") -> list[str]:
     return [f"a removed value of {len(n)} characters is still in {where}"
             for n in needles.find_in(data, targets)]
-
-
-def sample(counts: np.ndarray, must: set[int] | dict) -> list[int]:
-    """Which runs to compare: all of them when the image is small, else a spread of
-    SAMPLE_RUNS plus every run that was rewritten."""
-    n = len(counts)
-    if int(np.asarray(counts).sum()) <= FULL_COMPARE_BYTES or n <= SAMPLE_RUNS:
-        return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, SAMPLE_RUNS).astype(int).tolist()) | set(must))

@@ -18,6 +18,7 @@ from ..images import segments
 from ..model import Job, Naming, Plan
 from ..needles import find_in, find_in_file
 from ..policy import Policy
+from ..sampling import digest
 from . import checks
 from .reader import ReaderView, check_reader
 
@@ -38,8 +39,10 @@ def verify(adapter: MiraxAdapter, source: MiraxSlide, plan: Plan, written: Writt
                  if img.action == "drop"]
     problems += _check_rewritten(plan)
     problems += _check_residue(out, plan, output)
-    if written.info["input_intact"]:   # in place, the kept records were never written
+    if written.info["input_intact"]:
         problems += _check_records(source, out, plan, output)
+    else:   # in place: the kept records against their digests taken before patching
+        problems += _check_digests(out, written.info["digests"])
     dropped = {i.role for i in plan.images if i.action == "drop" and i.role in OPENSLIDE_ASSOCIATED}
     problems += check_reader(mrxs, dropped, before, exact=True)
     return problems
@@ -78,6 +81,15 @@ def _check_residue(out: MiraxSlide, plan: Plan, output: MiraxOutput) -> list[str
                                         "and are not zero")
                         break
     return problems
+
+
+def _check_digests(out: MiraxSlide, digests: dict[int, list[tuple[int, int, str]]]) -> list[str]:
+    for fileno, records in digests.items():
+        with open(out.data_paths[fileno], "rb") as fh:
+            for offset, length, expected in records:
+                if digest(os.pread(fh.fileno(), length, offset)) != expected:
+                    return [f"{out.data_paths[fileno].name}: record at {offset} differs from the input"]
+    return []
 
 
 def _check_records(source: MiraxSlide, out: MiraxSlide, plan: Plan, output: MiraxOutput) -> list[str]:

@@ -21,6 +21,7 @@ from ..containers.tiff.writer import IfdOut
 from ..images import segments
 from ..model import Job, Naming, Plan
 from ..policy import Policy
+from ..sampling import digest
 from . import checks
 from .reader import ReaderView, check_reader
 
@@ -44,7 +45,7 @@ def verify(adapter: TiffAdapter, source: TiffSlide, plan: Plan, written: Written
         problems += adapter.checks(source, out, plan, out_plan)
         problems += checks.check_fields(plan, out_plan, adapter.settled)
         image_problems = checks.check_images(plan, out_plan)
-        problems += image_problems or _check_image_data(source, out, plan, written.info["input_intact"])
+        problems += image_problems or _check_image_data(source, out, plan, written.info)
         kept = [f.value for f in out_plan.fields if f.action in ("keep", "date")]
         problems += _check_residue(out, checks.residue_targets(plan, kept))
     finally:
@@ -80,9 +81,11 @@ def _check_residue(out: TiffSlide, targets: list[str]) -> list[str]:
     return checks.residue(b"\x00".join(pieces), targets)
 
 
-def _check_image_data(source: TiffSlide, out: TiffSlide, plan: Plan,
-                      input_intact: bool) -> list[str]:
+def _check_image_data(source: TiffSlide, out: TiffSlide, plan: Plan, info: dict) -> list[str]:
+    """Kept image data equals the input's (in place: the digests taken before patching), and
+    rewritten runs are the plan's and hold no text segment."""
     problems = []
+    input_intact = info["input_intact"]
     bo_in, bo_out = source.bo, out.bo
     for node, out_root in zip(plan.output, out.tiff.ifds):
         for src_ifd, out_ifd in _pairs(node, out_root):
@@ -101,9 +104,11 @@ def _check_image_data(source: TiffSlide, out: TiffSlide, plan: Plan,
             if not np.array_equal(expected, cnts_out):
                 problems.append(f"{out_ifd.label}: image data byte counts changed")
                 continue
-            if not input_intact:
-                continue
             problems += _rescan_edits(out, out_ifd, offs_out, cnts_out, edits)
+            if not input_intact:
+                problems += _check_digests(out, out_ifd, offs_out, cnts_out,
+                                           info["digests"].get(src_ifd.label, {}), edits)
+                continue
             for index in checks.sample(cnts_in, edits):
                 got = os.pread(out.tiff.fd, int(cnts_out[index]), int(offs_out[index]))
                 want = edits.get(index)
@@ -113,6 +118,17 @@ def _check_image_data(source: TiffSlide, out: TiffSlide, plan: Plan,
                     problems.append(f"{out_ifd.label}: image data run {index} differs from the input")
                     break
     return problems
+
+
+def _check_digests(out: TiffSlide, ifd, offs: np.ndarray, cnts: np.ndarray,
+                   digests: dict[int, str], edits: dict[int, bytes]) -> list[str]:
+    for index, expected in digests.items():
+        if digest(os.pread(out.tiff.fd, int(cnts[index]), int(offs[index]))) != expected:
+            return [f"{ifd.label}: image data run {index} differs from the input"]
+    for index, payload in edits.items():
+        if os.pread(out.tiff.fd, int(cnts[index]), int(offs[index])) != payload:
+            return [f"{ifd.label}: image data run {index} is not the cleaned one"]
+    return []
 
 
 def _rescan_edits(out: TiffSlide, ifd, offs: np.ndarray, cnts: np.ndarray,

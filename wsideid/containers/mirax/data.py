@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..files import zero_gaps
+from ..files import DirectWrites, PlannedWrites
 
 
 @dataclass
@@ -34,23 +34,22 @@ class MiraxOutput:
     data_files: list[DataFileOut]
 
 
-def finish_data_file(fd: int, out: DataFileOut) -> int:
-    """Zero every byte no kept record uses, write the new header and the replaced records,
-    cut the file after its last kept byte, and flush it. Returns the bytes zeroed or cut."""
+def finish_data_file(out_writes: DirectWrites | PlannedWrites, out: DataFileOut) -> int:
+    """Zero every byte no kept record uses, write the new header and the replaced records and
+    cut the file after its last kept byte (the caller flushes). Returns the bytes zeroed or cut."""
     keep = list(out.keep) + ([(0, len(out.header))] if out.header else [])
     end = out.end
     zeroed = 0
     if keep:
         starts = np.array([a for a, _ in keep] + [end], dtype=np.int64)
         ends = np.array([b for _, b in keep] + [end], dtype=np.int64)
-        zeroed = zero_gaps(fd, starts, ends)
+        zeroed = out_writes.zero_gaps(starts, ends)
     else:
         end = 0
     for offset, data in out.replacements.items():
-        os.pwrite(fd, data, offset)
+        out_writes.write(data, offset)
     if out.header:
-        os.pwrite(fd, out.header, 0)
-    size = os.fstat(fd).st_size
-    os.ftruncate(fd, end)
-    os.fsync(fd)
+        out_writes.write(out.header, 0)
+    size = os.fstat(out_writes.fd).st_size
+    out_writes.truncate(end)
     return zeroed + max(0, size - end)

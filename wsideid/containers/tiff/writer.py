@@ -8,7 +8,6 @@ the file is cut after its last live byte. Nothing removed survives, nothing kept
 """
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import SlideError
-from ..files import zero_gaps
+from ..files import DirectWrites, PlannedWrites
 from .reader import TYPE_NUMPY, Ifd, Tag, TiffFile
 
 
@@ -92,10 +91,11 @@ class _Layout:
         return starts, ends
 
 
-def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut],
+def write_tiff(src: TiffFile, out: DirectWrites | PlannedWrites, chain: list[IfdOut],
                run_edits: Mapping[str, Mapping[int, bytes]] | None = None) -> WriteResult:
-    """Patch `fd` (which holds a copy of `src`, or is `src` opened for writing). `run_edits`
-    gives new bytes for image byte runs, by IFD label and run number."""
+    """Patch a copy of `src` (or `src` itself) through `out`: writes applied at once, or
+    planned and applied later with an undo record. `run_edits` gives new bytes for image byte
+    runs, by IFD label and run number."""
     run_edits = run_edits or {}
     if not chain:
         raise SlideError("nothing would remain of the slide")
@@ -114,7 +114,7 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut],
         for index, payload in edits.items():
             if len(payload) > cnts[index]:
                 raise SlideError(f"{node.source.label}: replacement for run {index} is longer than the original")
-            os.pwrite(fd, payload, int(offs[index]))
+            out.write(payload, int(offs[index]))
             cnts[index] = len(payload)
         old = node.source.tags[cnt_tag]
         node.tags[cnt_tag] = array_value(old.dtype, cnts, bo)
@@ -174,12 +174,12 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut],
             if slot is not None and slot in reusable:
                 value_offsets[(id(node), code)] = slot
                 if slot not in written:
-                    os.pwrite(fd, tag.data, slot)
+                    out.write(tag.data, slot)
                     layout.live(slot, tag.nbytes)
                     written.add(slot)
                 continue
             value_offsets[(id(node), code)] = cursor
-            os.pwrite(fd, tag.data, cursor)
+            out.write(tag.data, cursor)
             layout.live(cursor, tag.nbytes)
             cursor = _align(cursor + tag.nbytes)
     if not src.bigtiff and not src.ndpi and cursor > 0xFFFFFFFF:
@@ -188,23 +188,23 @@ def write_tiff(src: TiffFile, fd: int, chain: list[IfdOut],
     # 5. The IFDs themselves, chained in order.
     for i, node in enumerate(chain):
         nxt = positions[id(chain[i + 1])] if i + 1 < len(chain) else 0
-        _write_ifd(src, fd, node, positions[id(node)], nxt, value_offsets)
+        _write_ifd(src, out, node, positions[id(node)], nxt, value_offsets)
     for node in nodes:
         if node.source.kind != "main":
-            _write_ifd(src, fd, node, positions[id(node)], 0, value_offsets)
+            _write_ifd(src, out, node, positions[id(node)], 0, value_offsets)
     first = positions[id(chain[0])]
     if src.bigtiff:
-        os.pwrite(fd, struct.pack(bo + "Q", first), 8)
+        out.write(struct.pack(bo + "Q", first), 8)
     elif src.ndpi:
-        os.pwrite(fd, struct.pack(bo + "Q", first), 4)
+        out.write(struct.pack(bo + "Q", first), 4)
     else:
-        os.pwrite(fd, struct.pack(bo + "I", first), 4)
+        out.write(struct.pack(bo + "I", first), 4)
 
     # 6. Zero every byte nothing points to, and cut the file after its last live byte.
     starts, ends = layout.arrays()
     end = int(ends.max())
-    zeroed = zero_gaps(fd, starts, ends)
-    os.ftruncate(fd, end)
+    zeroed = out.zero_gaps(starts, ends)
+    out.truncate(end)
     return WriteResult(end, zeroed, [positions[id(n)] for n in chain])
 
 
@@ -238,7 +238,7 @@ def _final_regions(node: IfdOut, bo: str) -> tuple[np.ndarray, np.ndarray] | Non
     return offs, cnts
 
 
-def _write_ifd(src: TiffFile, fd: int, node: IfdOut, pos: int, nxt: int,
+def _write_ifd(src: TiffFile, writes: DirectWrites | PlannedWrites, node: IfdOut, pos: int, nxt: int,
                value_offsets: dict[tuple[int, int], int]) -> None:
     bo = src.byteorder
     width = src.inline_size
@@ -266,4 +266,4 @@ def _write_ifd(src: TiffFile, fd: int, node: IfdOut, pos: int, nxt: int,
     out += struct.pack(bo + ("I" if src.next_size == 4 else "Q"), nxt)
     if src.ndpi:
         out += highs
-    os.pwrite(fd, bytes(out), pos)
+    writes.write(bytes(out), pos)
