@@ -403,3 +403,17 @@ def test_mirax_in_place_failure_restores_every_file_and_name(tmp_path, monkeypat
     with pytest.raises(VerificationError, match="restored"):
         pipeline.run(Job((slide,), "mirax"), pipeline.Settings(Policy(), Keyring(b"k" * 32), Target(None)))
     assert tree() == before
+
+
+def test_free_text_kept_tags_must_match_their_grammar(tmp_path):
+    """Make, Model and Software are kept only when they read as a maker, a model and a
+    software version (the real NDPI's values do); a name typed into them goes."""
+    src = copy_of(tmp_path, "ndpi/test3-DAPI-2-387.ndpi")
+    set_text(src, 0, 305, "Dr Zebulon Quackenbush")
+    set_text(src, 1, 272, "Jane Roe Clinic")
+    out, _ = deid(src, tmp_path)
+    no_leak(out, ["Zebulon", "Quackenbush", "Jane Roe"])
+    [dst] = released(out)
+    with tifffile.TiffFile(dst) as tf:
+        assert tf.pages[2].tags["Software"].value == "NDP.scan 2.5.89"
+        assert tf.pages[2].tags["Model"].value == "C9600-12"

@@ -83,6 +83,14 @@ class Entry:
     tiff_type: tuple[str, ...] | None = None   # TIFF tags: the field types the standard allows
     count: str | None = None                   # TIFF tags: how many values (see tiff-tags.toml)
     required: bool = False                     # TIFF tags: the image cannot be read without it
+    grammar: re.Pattern | None = None          # the catalog's own definition of `type`
+
+
+def entry_accepts(entry: Entry, value: str) -> bool:
+    """Whether a value to be kept is what the entry says it is."""
+    if entry.grammar is not None:
+        return bool(entry.grammar.fullmatch(value))
+    return has_type(value, entry.type)
 
 
 UNKNOWN = Entry("?", "remove", "not in the catalog: only fields known to be safe are kept")
@@ -101,6 +109,9 @@ class Catalog:
         self.filename = filename
         self.meta = data.get("catalog", {})
         self.key_words = {w.lower() for w in self.meta.get("key_words", [])}
+        # grammars of free-text types: formats/types.toml, and a catalog's own [types]
+        grammars = {name: re.compile(rx) for name, rx in
+                    {**read_toml("types.toml").get("types", {}), **data.get("types", {})}.items()}
         self.exact: dict[str, Entry] = {}
         self.patterns: list[tuple[str, Entry]] = []
         entries = data.get(section, {}) if section else (data.get("fields") or data.get("tags") or {})
@@ -113,7 +124,7 @@ class Catalog:
             entry = Entry(name, spec["action"], spec.get("why", ""), kind,
                           tuple(attrs) if isinstance(attrs, list) else attrs,
                           tuple(types) if types else None, spec.get("count"),
-                          bool(spec.get("required", False)))
+                          bool(spec.get("required", False)), grammars.get(kind))
             if "*" in key:
                 wild = re.compile("(.*?)".join(re.escape(p) for p in key.split("*")), re.DOTALL)
                 self.patterns.append((wild, entry))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .catalog import UNKNOWN, Entry, has_type, type_word
+from .catalog import UNKNOWN, Entry, entry_accepts, type_word
 from .dates import COMMON, DateFormat, transform_date
 from .model import Field
 
@@ -80,7 +80,7 @@ def decide(entry: Entry, value: str | None, policy: Policy, *, name: str, where:
                 return Field(name, where, value, "remove", why=entry.why + " (not a date)")
             return Field(name, where, value, "date", new, why=entry.why)
         action = "keep" if policy.dates == "shift" else "remove"
-    if action == "keep" and not has_type(value, entry.type):
+    if action == "keep" and not entry_accepts(entry, value):
         return Field(name, where, value, "remove", why=f"value is not {type_word(entry.type)}",
                      known=known)
     return Field(name, where, value, action, why=entry.why, known=known)

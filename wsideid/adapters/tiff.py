@@ -214,7 +214,7 @@ class TiffAdapter(Adapter):
             where = f"{ifd.label} tag {code}"
             value = tag.text() if tag.dtype == ASCII else ""
             # catalog types describe text values; a binary tag's values are numbers by its type
-            decided = decide(entry if tag.dtype == ASCII else replace(entry, type="text"), value,
+            decided = decide(entry if tag.dtype == ASCII else replace(entry, type="text", grammar=None), value,
                              ctx.policy, name=name, where=where)
             if entry is catalog.UNKNOWN and code >= 32768:
                 decided.why = "private tag not in the catalog"
