@@ -118,11 +118,39 @@ def test_skewed_short_barcode_needs_the_upright_turn():
     bars = np.asarray(symbol.to_image(scale=1, add_quiet_zones=True))[:1]
     code = Image.fromarray(np.kron(np.repeat(bars, 15, axis=0), np.ones((3, 3), np.uint8)))
     image = np.pad(np.asarray(turned(code, 25)), 30, constant_values=255)
-    shape = image.shape
-    plain = barcodes.read_zxing(Variant(image, np.eye(3)), shape) + \
-        barcodes.read_zbar(Variant(image, np.eye(3)), shape)
-    assert plain == []
+    assert plain_pass(image) == []
     assert [(c.symbology, c.value) for c in decode_all(image)] == [("Code128", PLANTED)]
+
+
+def plain_pass(image: np.ndarray) -> list:
+    grey = Variant(barcodes.to_grey(image), np.eye(3))
+    return barcodes.read_zxing(grey, image.shape[:2]) + barcodes.read_zbar(grey, image.shape[:2])
+
+
+def test_faint_noisy_code_on_a_small_label():
+    """Low contrast under noise (a label photographed through glass): the plain pass fails,
+    the stretched and enlarged whole image reads it."""
+    code = np.asarray(code_image(PLANTED, "QRCode")).astype(float) / 255
+    image = np.full((200, 300), 200.0)
+    image[20:20 + code.shape[0], 20:20 + code.shape[1]] = 176 + 24 * code
+    image = np.clip(image + np.random.default_rng(3).normal(0, 6, image.shape), 0, 255)
+    image = image.astype(np.uint8)
+    assert plain_pass(image) == []
+    assert [(c.symbology, c.value) for c in decode_all(image)] == [("QRCode", PLANTED)]
+
+
+def test_tiny_code_in_a_larger_image():
+    """Modules of 1.33 pixels: only the region cut out and enlarged reads."""
+    code = code_image(PLANTED, "DataMatrix", module=4)
+    code = code.resize((round(code.width / 3), round(code.height / 3)), Image.Resampling.BOX)
+    image = np.full((440, 640), 235.0)
+    image[100:100 + code.height, 100:100 + code.width] = 35 + np.asarray(code) / 255 * 200
+    image = np.clip(image + np.random.default_rng(1).normal(0, 3, image.shape), 0, 255)
+    image = image.astype(np.uint8)
+    assert plain_pass(image) == []
+    found = decode_all(image)
+    assert [(c.symbology, c.value) for c in found] == [("DataMatrix", PLANTED)]
+    assert covered(found[0].box, [(96, 96, 104 + code.width, 104 + code.height)])
 
 
 def test_two_codes_on_one_label_are_both_found_once():
@@ -268,6 +296,36 @@ def test_overview_label_ends_are_blanked(ends):
         assert not intersects(box, where["tissue"])
     keep = outside(image.shape, boxes)
     assert np.array_equal(out[keep], image[keep])
+
+
+def test_overview_label_as_bright_as_glass_is_found_by_its_printing():
+    """Paper no brighter than the glass: only the density of printed edges tells the label."""
+    image, where = glass_slide(())
+    image = image.copy()
+    glass = np.median(image[:, 700:], axis=(0, 1)).astype(np.uint8)
+    paper = Image.new("RGB", (230, 300), tuple(int(v) for v in glass))
+    draw = ImageDraw.Draw(paper)
+    for row in range(8):
+        draw.text((10, 10 + 35 * row), "HS12-15115 CD4", fill=(20, 20, 20),
+                  font=ImageFont.load_default(size=26))
+    image[:, :230] = np.asarray(paper)
+    printed = np.nonzero((np.asarray(paper) < 100).any(axis=(0, 2)))[0]
+    out, boxes, reason = redact_overview(image)
+    # blank paper beyond the printing looks like glass; everything printed is covered
+    assert covered((0, 0, int(printed.max()) + 1, 300), boxes) and "left end" in reason
+    assert not any(intersects(b, where["tissue"]) for b in boxes)
+
+
+def test_overview_plain_coloured_label_is_found_by_its_colour():
+    """A pastel orange label as bright as the glass, with nothing printed: only colour tells."""
+    image, where = glass_slide(())
+    image = image.copy()
+    image[:, 670:] = (255, 205, 170)  # luminance within a few levels of the glass
+    assert abs(float(barcodes.to_grey(image[:, 670:]).mean()) -
+               float(barcodes.to_grey(image[:, 600:660]).mean())) < 10
+    out, boxes, reason = redact_overview(image)
+    assert covered((670, 0, 900, 300), boxes) and "right end" in reason
+    assert not any(intersects(b, where["tissue"]) for b in boxes)
 
 
 def test_overview_without_label_is_left_alone():

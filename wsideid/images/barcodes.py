@@ -3,16 +3,18 @@
 `decode_all` works in stages and stops as soon as nothing code-like is left unexplained:
 
 1. Plain pass over the whole image: zxing-cpp (every format it reads, in the four right-angle
-   orientations, inverted too), then zbar through pyzbar when it can be loaded.
+   orientations, inverted too), then zbar through pyzbar when it can be loaded. Always run.
 2. Where could codes still hide? Blocks dense with strong edges (relative to the image's own
-   contrast), grouped into regions. Regions that decoded codes cover are explained; none left
-   means done. Text and tissue are code-like too, so the later stages are bounded, not exhaustive.
-3. The whole image contrast-stretched (scaled up when small), read by zxing-cpp with its local
-   and its global binariser, and by zbar.
+   contrast and noise), grouped into regions. Regions that decoded codes cover are explained;
+   if codes were found and no region is left unexplained, the search ends here. Text and tissue
+   look code-like too, so the stages below are bounded, not exhaustive.
+3. The whole image contrast-stretched (and scaled up when small), read by zxing-cpp with its
+   local and its global binariser and by zbar. Also run whenever nothing was found so far: a
+   faint code can stay below the edge threshold of stage 2.
 4. Skewed 1D codes and PDF417: their bars make a region's gradients point one way. Each such
-   region is cropped and turned by its own measured angle so the bars stand upright. (The 2D
-   matrix detectors of zxing-cpp find their symbols at any angle, so they need no turning.)
-5. Small regions, cropped, stretched and scaled up (codes with modules of one or two pixels).
+   region is cropped and turned by its own measured angle so that the bars stand upright. (The
+   2D matrix detectors of zxing-cpp find their symbols at any angle and need no turning.)
+5. Small regions, cropped, stretched and scaled up: codes with modules of one or two pixels.
 
 Boxes are in the coordinates of the input image, whatever was done to find them.
 """
@@ -57,7 +59,9 @@ SKEW_FORMATS = (zxingcpp.BarcodeFormat.LinearCodes, zxingcpp.BarcodeFormat.PDF41
 
 WORK_MAX_SIDE = 2048        # zbar and the later stages see larger images scaled down to this
 BLOCK_TARGET = 160          # grid blocks along the long side for locating code-like areas
-STRONG_EDGE = 0.2           # an edge is strong above this share of the image's contrast
+STRONG_EDGE = 0.2           # an edge is strong above this share of the image's contrast,
+NOISE_FACTOR = 4.0          # above this many noise deviations of the gradient,
+MIN_EDGE = 8.0              # and above this many grey levels
 DENSE = 0.10                # a block with this share of strong-edge pixels is code-like
 COHERENT = 0.8              # gradients this aligned (0..1) in a block look like bars
 SAME_ANGLE = 12.0           # neighbouring bar blocks within this many degrees are one region
@@ -291,13 +295,12 @@ def block_map(grey: np.ndarray) -> BlockMap | None:
     if rows < 2 or cols < 2:
         return None
     g = grey[:rows * block, :cols * block].astype(np.float32)
-    lo, hi = np.percentile(g, (2, 98))
-    strong = STRONG_EDGE * max(float(hi - lo), 32.0)
     # central differences: a transition blurred over two pixels still counts as one edge
     gx = np.zeros_like(g)
     gy = np.zeros_like(g)
     gx[:, 1:-1] = (g[:, 2:] - g[:, :-2]) / 2
     gy[1:-1] = (g[2:] - g[:-2]) / 2
+    strong = edge_threshold(g, gx)
 
     def per_block(values: np.ndarray) -> np.ndarray:
         return values.reshape(rows, block, cols, block).sum(axis=(1, 3))
@@ -307,6 +310,14 @@ def block_map(grey: np.ndarray) -> BlockMap | None:
     coherence = np.hypot(jxx - jyy, 2 * jxy) / np.maximum(jxx + jyy, 1e-6)
     angle = 0.5 * np.degrees(np.arctan2(2 * jxy, jxx - jyy))
     return BlockMap(block, density >= DENSE, coherence, angle)
+
+
+def edge_threshold(grey: np.ndarray, gx: np.ndarray) -> float:
+    """Gradient magnitude that counts as a strong edge: a share of the image's contrast, but
+    well above its noise (estimated from the median gradient, which flat areas dominate)."""
+    lo, hi = np.percentile(grey[::2, ::2], (2, 98))
+    noise = float(np.median(np.abs(gx[::2, ::2]))) / 0.6745
+    return max(STRONG_EDGE * float(hi - lo), NOISE_FACTOR * noise, MIN_EDGE)
 
 
 def code_like_regions(blocks: BlockMap, shape: tuple[int, int]) -> list[Region]:
@@ -423,34 +434,45 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
 def decode_all(pixels: np.ndarray) -> list[Barcode]:
     """Every barcode found in the image, once each, ordered top to bottom."""
     grey = to_grey(pixels)
-    shape = grey.shape
-    findings = Findings(shape)
-    findings.add(read_zxing(Variant(grey, np.eye(3)), shape))
-    work = Variant(grey, np.eye(3))
-    if max(shape) > WORK_MAX_SIDE:
-        work = scaled(work, WORK_MAX_SIDE / max(shape))
-    findings.add(read_zbar(work, shape))
+    findings = Findings(grey.shape)
+    work = _plain_pass(grey, findings)
+    _closer_search(work, findings)
+    return findings.sorted()
 
+
+def _plain_pass(grey: np.ndarray, findings: Findings) -> Variant:
+    """Stage 1; returns the image the later stages work on (scaled down if huge)."""
+    whole = Variant(grey, np.eye(3))
+    findings.add(read_zxing(whole, grey.shape))
+    work = whole
+    if max(grey.shape) > WORK_MAX_SIDE:
+        work = scaled(whole, WORK_MAX_SIDE / max(grey.shape))
+    findings.add(read_zbar(work, grey.shape))
+    return work
+
+
+def _closer_search(work: Variant, findings: Findings) -> None:
+    """Stages 2 to 5, each only while code-like regions remain unexplained."""
     blocks = block_map(work.image)
-    if blocks is None:
-        return findings.sorted()
-    regions = code_like_regions(blocks, work.image.shape)
+    regions = code_like_regions(blocks, work.image.shape) if blocks else []
 
     def unexplained(candidates: list[Region]) -> list[Region]:
-        return [r for r in candidates if not findings.covers(work.region_box(r.box, shape))]
+        return [r for r in candidates
+                if not findings.covers(work.region_box(r.box, findings.shape))]
 
-    if not unexplained(regions):
-        return findings.sorted()
+    # A faint code can stay below the edge threshold, so an image without any code found so
+    # far always gets the enhanced look.
+    if findings.codes and not unexplained(regions):
+        return
     _read_enhanced(work, findings)
-    if not unexplained(regions):
-        return findings.sorted()
+    if blocks is None or not unexplained(regions):
+        return
     for region in unexplained(bar_like_regions(blocks, work.image.shape))[:MAX_SKEWED]:
         _read_upright(work, region, findings)
     small_limit = SMALL_SHARE * work.image.size
     small = [r for r in unexplained(regions) if _area(r.box) <= small_limit]
     for region in small[:MAX_SMALL]:
         _read_enlarged(work, region, findings)
-    return findings.sorted()
 
 
 def _area(box: Box) -> int:
