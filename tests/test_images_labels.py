@@ -346,6 +346,25 @@ def test_overview_barcode_outside_any_band_is_blanked():
     assert not any(intersects(b, where["tissue"]) for b in boxes)
 
 
+def test_overview_is_checked_after_blanking():
+    """A caller's barcode list that misses a code: the check after blanking finds and blanks it."""
+    image, _ = glass_slide(())
+    image = image.copy()
+    sticker = np.asarray(code_image(PLANTED, "QRCode", 4).convert("RGB"))
+    image[160:160 + sticker.shape[0], 650:650 + sticker.shape[1]] = sticker
+    out, boxes, reason = redact_overview(image, barcodes=[])
+    assert decode_all(out) == [] and "1 more barcode(s) found after blanking" in reason
+    assert covered((650, 160, 650 + sticker.shape[1], 160 + sticker.shape[0]), boxes)
+
+
+def test_overview_that_cannot_be_cleared_is_refused(monkeypatch):
+    image, _ = glass_slide(("left",))
+    stubborn = barcodes.Barcode("QRCode", OTHER, (700, 100, 760, 160))
+    monkeypatch.setattr(overview, "decode_all", lambda pixels: [stubborn])
+    with pytest.raises(overview.OverviewNotCleared):
+        redact_overview(image)
+
+
 def test_overview_region_overrides_the_picture():
     image, where = glass_slide(("left",))
     out, boxes, reason = redact_overview(image, region=(0.0, 0.0, 0.3, 1.0), fill=(0, 0, 0))

@@ -278,18 +278,21 @@ def redact_overview(pixels: np.ndarray, region: Sequence[float] | None = None,
                     + (" (cut at the longest a label can be)" if band.capped else "")
                     for band in bands]
     boxes = _distinct(boxes)
-    if not boxes:
-        return a.copy(), [], "no label area found: no barcode, no label band at either end"
-    value = neutral_fill(a, boxes) if fill is None else fill
-    out = blank(a, boxes, value)
+    out = blank(a, boxes, _fill(a, boxes, fill))
     left = decode_all(out)
-    if left:  # codes the first look missed, e.g. hidden by others nearby
+    if left:  # codes that the first look (or the caller's list) missed
         boxes = _distinct(boxes + barcode_boxes(left, shape))
         reasons.append(f"{len(left)} more barcode(s) found after blanking")
-        out = blank(a, boxes, value)
+        out = blank(a, boxes, _fill(a, boxes, fill))
         if decode_all(out):
             raise OverviewNotCleared("barcodes still decode after blanking the overview")
+    if not boxes:
+        return out, [], "no label area found: no barcode, no label band at either end"
     return out, boxes, "; ".join(reasons)
+
+
+def _fill(pixels: np.ndarray, boxes: list[Box], fill) -> np.ndarray:
+    return neutral_fill(pixels, boxes) if fill is None else np.asarray(fill)
 
 
 def _fractions_text(box: Box, shape: tuple[int, ...]) -> str:
