@@ -228,17 +228,29 @@ def test_real_svs_label_macro_and_thumbnail_hold_no_code():
 
 # ---------------------------------------------------------------- new labels
 
-@pytest.mark.parametrize("size", [(387, 463), (600, 400), (1500, 500), (200, 200), (150, 600),
-                                  (120, 80)])
-@pytest.mark.parametrize("pseudonym", [PLANTED, "WSI-7f3a9c2e41d05b88e6a1"])
+LABEL_SIZES = [(387, 463), (600, 400), (1500, 500), (200, 200), (150, 600)]
+
+
+@pytest.mark.parametrize("size, pseudonym",
+                         [(size, PLANTED) for size in LABEL_SIZES + [(120, 80)]]
+                         + [(size, "WSI-7f3a9c2e41d05b88e6a1") for size in LABEL_SIZES])
 def test_synthesized_label_round_trips(size, pseudonym):
     width, height = size
-    if (width, height) == (120, 80) and len(pseudonym) > 20:
-        pytest.skip("too small for this pseudonym: see test_too_small_label_is_refused")
     label = synthesize_label(width, height, pseudonym)
     assert label.shape == (height, width, 3) and label.dtype == np.uint8
     assert set(np.unique(label)) <= set(range(256)) and np.median(label) == 255  # white paper
     assert [(c.symbology, c.value) for c in decode_all(label)] == [("DataMatrix", pseudonym)]
+
+
+@pytest.mark.parametrize("size", [(120, 80), (200, 200), (387, 463)])
+def test_synthesized_label_survives_jpeg(size):
+    """Labels are often stored as JPEG (DICOM, some TIFF writers)."""
+    import io
+
+    stored = io.BytesIO()
+    Image.fromarray(synthesize_label(*size, PLANTED)).save(stored, "JPEG", quality=50)
+    back = np.asarray(Image.open(stored))
+    assert [c.value for c in decode_all(back)] == [PLANTED]
 
 
 @pytest.mark.parametrize("channels, shape", [(1, (463, 387)), (3, (463, 387, 3)),
@@ -266,10 +278,12 @@ def test_synthesized_label_text_reads_back():
     assert "".join("".join(lines).split()) == PLANTED
 
 
-@pytest.mark.parametrize("size", [(80, 80), (60, 300), (300, 40)])
-def test_too_small_label_is_refused(size):
+@pytest.mark.parametrize("size, pseudonym", [((80, 80), PLANTED), ((60, 300), PLANTED),
+                                             ((300, 40), PLANTED),
+                                             ((120, 80), "WSI-7f3a9c2e41d05b88e6a1")])
+def test_too_small_label_is_refused(size, pseudonym):
     with pytest.raises(ValueError, match="too small"):
-        synthesize_label(*size, PLANTED)
+        synthesize_label(*size, pseudonym)
 
 
 def test_label_arguments_are_checked():
@@ -326,6 +340,19 @@ def test_overview_plain_coloured_label_is_found_by_its_colour():
     out, boxes, reason = redact_overview(image)
     assert covered((670, 0, 900, 300), boxes) and "right end" in reason
     assert not any(intersects(b, where["tissue"]) for b in boxes)
+
+
+@pytest.mark.parametrize("kind", ["grey", "uint16"])
+def test_overview_grey_and_wide_pixels(kind):
+    image, where = glass_slide(("left",))
+    image = image[:, :, 1] if kind == "grey" else image.astype(np.uint16) * 257
+    out, boxes, _ = redact_overview(image)
+    assert out.dtype == image.dtype and out.shape == image.shape
+    assert covered(where["labels"]["left"], boxes) and decode_all(out) == []
+    [(x0, y0, x1, y1)] = boxes
+    assert len(np.unique(out[y0:y1, x0:x1].reshape(-1, *image.shape[2:]), axis=0)) == 1
+    keep = outside(image.shape, boxes)
+    assert np.array_equal(out[keep], image[keep])
 
 
 def test_overview_without_label_is_left_alone():

@@ -44,13 +44,13 @@ class Barcode:
     box: Box
 
 
-# zbar's symbol names mapped onto zxing-cpp's format names, so that duplicates merge. zbar's own
-# PDF417 decoder is incomplete and its EAN add-ons only make noise, so neither is asked for.
+# zbar's symbol names mapped onto zxing-cpp's format names, so that duplicates merge. Not asked
+# of zbar: PDF417 (its decoder is incomplete), the EAN add-ons (noise) and DataBar (its decoder
+# prints assertion warnings on ordinary images; zxing-cpp reads DataBar).
 ZBAR_SYMBOLOGY = {
     "QRCODE": "QRCode", "CODE128": "Code128", "CODE39": "Code39", "CODE93": "Code93",
     "EAN13": "EAN13", "EAN8": "EAN8", "UPCA": "UPCA", "UPCE": "UPCE", "ISBN10": "ISBN",
-    "ISBN13": "ISBN", "I25": "ITF", "CODABAR": "Codabar", "DATABAR": "DataBar",
-    "DATABAR_EXP": "DataBarExpanded",
+    "ISBN13": "ISBN", "I25": "ITF", "CODABAR": "Codabar",
 }
 ZBAR_SYMBOLS = [s for s in _pyzbar.ZBarSymbol if s.name in ZBAR_SYMBOLOGY] if _pyzbar else []
 
