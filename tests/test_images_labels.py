@@ -46,18 +46,21 @@ def printed_label(value: str, symbology: str, angle: float, text: bool
     return np.asarray(label), (20, 20, 20 + code.width, 20 + code.height)
 
 
-def glass_slide(ends: tuple[str, ...], seed: int = 7) -> tuple[np.ndarray, dict]:
+def glass_slide(ends: tuple[str, ...], seed: int = 7, tissue: tuple[int, int] = (130, 80)
+                ) -> tuple[np.ndarray, dict]:
     """An overview photo, 3:1: pale glass with a little noise, a pink tissue blob in the
-    middle, and a white paper label with a Data Matrix (left end) or a QR code (right end)
-    and printed text at each end asked for. Returns the image and where things are."""
+    middle (half-axes `tissue`), and a white paper label with a Data Matrix (left end) or a
+    QR code (right end) and printed text at each end asked for. Returns the image and where
+    things are."""
     rng = np.random.default_rng(seed)
     height, width = 300, 900
     image = np.clip(rng.normal((214, 218, 222), 2.0, (height, width, 3)), 0, 255)
     yy, xx = np.mgrid[:height, :width]
-    blob = ((xx - 450) / 130) ** 2 + ((yy - 150) / 80) ** 2 <= 1
+    rx, ry = tissue
+    blob = ((xx - 450) / rx) ** 2 + ((yy - 150) / ry) ** 2 <= 1
     image[blob] = np.clip(rng.normal((200, 120, 170), 12, (blob.sum(), 3)), 0, 255)
     picture = Image.fromarray(image.astype(np.uint8))
-    where = {"tissue": (320, 70, 581, 231), "labels": {}}
+    where = {"tissue": (450 - rx, 150 - ry, 451 + rx, 151 + ry), "labels": {}}
     for end, value, symbology in (("left", PLANTED, "DataMatrix"), ("right", OTHER, "QRCode")):
         if end not in ends:
             continue
@@ -353,6 +356,16 @@ def test_overview_grey_and_wide_pixels(kind):
     assert len(np.unique(out[y0:y1, x0:x1].reshape(-1, *image.shape[2:]), axis=0)) == 1
     keep = outside(image.shape, boxes)
     assert np.array_equal(out[keep], image[keep])
+
+
+def test_overview_tissue_covering_the_middle_is_no_reference():
+    """Tissue over the whole centre (x 285..615, every row): the glass beside it is still
+    found as the reference, so neither glass nor tissue is taken for a label."""
+    image, where = glass_slide(("left",), tissue=(165, 170))
+    out, boxes, reason = redact_overview(image)
+    assert covered(where["labels"]["left"], boxes) and "right end" not in reason
+    [box] = boxes
+    assert box[2] < 285  # stops before the tissue
 
 
 def test_overview_without_label_is_left_alone():

@@ -6,10 +6,11 @@ Where the label is comes from three sources, all united:
 - the picture itself. A slide photographed lengthwise has its label at one end, sometimes at
   both. Along the long axis, each column (row, for an upright slide) is summed up by its median
   brightness, its share of strong edges and its median colour saturation. The middle of the
-  slide is glass and tissue and serves as the reference; a label end differs from it: paper is
+  slide is glass and tissue, and its glass serves as the reference; a label end differs from it: paper is
   brighter than glass in reflected light and dark in transmitted light, printing and handwriting
   make edges, and coloured labels are saturated. A band that starts at an end, runs inward
   while columns keep differing (short gaps allowed) and is long enough to be a label is one.
+  The glass reference is the smoothest piece of the middle, since tissue may cover the centre.
 
 Boxes are (x0, y0, x1, y1) pixels with exclusive ends, as in `barcodes.Box`.
 """
@@ -23,7 +24,8 @@ import numpy as np
 
 from .barcodes import Barcode, Box, decode_all, grow, to_grey
 
-REFERENCE_SPAN = (0.3, 0.7)  # share of the long axis taken as the glass reference
+REFERENCE_SPAN = (0.25, 0.75)  # the part of the long axis where the glass reference is sought
+REFERENCE_PIECES = 6         # in this many pieces, the smoothest of which is taken
 LEVEL_TOLERANCE = 20.0       # grey levels (of 255) a column's median may differ from glass
 EDGE_TOLERANCE = 0.06        # extra share of strong-edge pixels over glass
 SATURATION_TOLERANCE = 0.15  # difference in median saturation (0..1)
@@ -125,17 +127,31 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")[:values.size]
 
 
+def glass_reference(profiles: Profiles) -> slice:
+    """The stretch of the slide's middle that looks most like bare glass: of equal pieces of
+    the REFERENCE_SPAN, the one with the least colour and the fewest strong edges (stained
+    tissue is coloured, unstained tissue and debris make edges). Tissue can cover the very
+    middle, and then it must not serve as the reference."""
+    n = profiles.level.size
+    start, stop = int(n * REFERENCE_SPAN[0]), max(int(n * REFERENCE_SPAN[1]), 1)
+    bounds = np.linspace(start, stop, REFERENCE_PIECES + 1).astype(int)
+    pieces = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if not pieces:
+        return slice(0, n)
+    return min(pieces, key=lambda piece: float(profiles.saturation[piece].mean()
+                                               + profiles.edges[piece].mean()))
+
+
 def label_like(profiles: Profiles) -> np.ndarray:
     """Per position: does this column differ from the glass in the middle of the slide?"""
-    n = profiles.level.size
-    middle = slice(int(n * REFERENCE_SPAN[0]), max(int(n * REFERENCE_SPAN[1]), 1))
-    deviation = np.zeros(n)
+    glass = glass_reference(profiles)
+    deviation = np.zeros(profiles.level.size)
     for values, tolerance, both_ways in (
             (profiles.level, LEVEL_TOLERANCE, True),
             (profiles.edges, EDGE_TOLERANCE, False),  # fewer edges than glass is no sign
             (profiles.saturation, SATURATION_TOLERANCE, True)):
-        reference = np.median(values[middle])
-        spread = np.median(np.abs(values[middle] - reference))
+        reference = np.median(values[glass])
+        spread = np.median(np.abs(values[glass] - reference))
         difference = values - reference
         if both_ways:
             difference = np.abs(difference)
