@@ -98,7 +98,7 @@ def intersects(a, b) -> bool:
 # ---------------------------------------------------------------- barcodes
 
 @pytest.mark.parametrize("text", [False, True], ids=["code-only", "with-text"])
-@pytest.mark.parametrize("angle", [0, 90, 15, 30])
+@pytest.mark.parametrize("angle", [0, 90, 180, 15, -15, 30])
 @pytest.mark.parametrize("symbology", list(FORMATS))
 def test_planted_code_decodes_at_any_angle(symbology, angle, text):
     image, where = printed_label(PLANTED, symbology, angle, text)
@@ -114,13 +114,15 @@ def test_planted_code_decodes_at_any_angle(symbology, angle, text):
     assert box[0] <= middle[0] < box[2] and box[1] <= middle[1] < box[3]
 
 
-def test_skewed_short_barcode_needs_the_upright_turn():
-    """A wide 1D code with short bars at 25 degrees: the plain pass misses it (a scan line
-    cannot cross all bars), turning the bars upright by their measured angle finds it."""
+@pytest.mark.parametrize("module, bar_modules, angle", [(3, 15, 25), (8, 12, 20), (5, 10, 160)])
+def test_skewed_short_barcode_needs_the_upright_turn(module, bar_modules, angle):
+    """A long 1D code with short bars, skewed: the plain pass misses it (no scan line crosses
+    all bars); turning the bars upright by their measured angle finds it. The angle has to be
+    measured to a degree or two for that."""
     symbol = zxingcpp.create_barcode(PLANTED, zxingcpp.BarcodeFormat.Code128)
     bars = np.asarray(symbol.to_image(scale=1, add_quiet_zones=True))[:1]
-    code = Image.fromarray(np.kron(np.repeat(bars, 15, axis=0), np.ones((3, 3), np.uint8)))
-    image = np.pad(np.asarray(turned(code, 25)), 30, constant_values=255)
+    code = np.kron(np.repeat(bars, bar_modules, axis=0), np.ones((module, module), np.uint8))
+    image = np.pad(np.asarray(turned(Image.fromarray(code), angle)), 30, constant_values=255)
     assert plain_pass(image) == []
     assert [(c.symbology, c.value) for c in decode_all(image)] == [("Code128", PLANTED)]
 

@@ -295,11 +295,7 @@ def block_map(grey: np.ndarray) -> BlockMap | None:
     if rows < 2 or cols < 2:
         return None
     g = grey[:rows * block, :cols * block].astype(np.float32)
-    # central differences: a transition blurred over two pixels still counts as one edge
-    gx = np.zeros_like(g)
-    gy = np.zeros_like(g)
-    gx[:, 1:-1] = (g[:, 2:] - g[:, :-2]) / 2
-    gy[1:-1] = (g[2:] - g[:-2]) / 2
+    gx, gy = scharr(g)
     strong = edge_threshold(g, gx)
 
     def per_block(values: np.ndarray) -> np.ndarray:
@@ -310,6 +306,20 @@ def block_map(grey: np.ndarray) -> BlockMap | None:
     coherence = np.hypot(jxx - jyy, 2 * jxy) / np.maximum(jxx + jyy, 1e-6)
     angle = 0.5 * np.degrees(np.arctan2(2 * jxy, jxx - jyy))
     return BlockMap(block, density >= DENSE, coherence, angle)
+
+
+def scharr(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y gradients (grey levels per pixel) by Scharr's operator, zero at the border.
+    Plain central differences pull measured directions towards the diagonals by up to 4
+    degrees, too much for turning a long, short-barred code upright; Scharr's stay within
+    about half a degree. Their span of two pixels also lets a blurred edge count as one."""
+    dx = g[:, 2:] - g[:, :-2]
+    dy = g[2:] - g[:-2]
+    gx = np.zeros_like(g)
+    gy = np.zeros_like(g)
+    gx[1:-1, 1:-1] = (3 * dx[:-2] + 10 * dx[1:-1] + 3 * dx[2:]) / 32
+    gy[1:-1, 1:-1] = (3 * dy[:, :-2] + 10 * dy[:, 1:-1] + 3 * dy[:, 2:]) / 32
+    return gx, gy
 
 
 def edge_threshold(grey: np.ndarray, gx: np.ndarray) -> float:
