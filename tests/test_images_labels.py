@@ -158,6 +158,22 @@ def test_tiny_code_in_a_larger_image():
     assert covered(found[0].box, [(96, 96, 104 + code.width, 104 + code.height)])
 
 
+def test_huge_image_is_searched_scaled_down_and_boxed_in_its_own_pixels():
+    """4400 px wide: the search after the plain pass works on a copy scaled to 2048 px; the
+    skewed code found there is still boxed in the input's pixels."""
+    symbol = zxingcpp.create_barcode(PLANTED, zxingcpp.BarcodeFormat.Code128)
+    bars = np.asarray(symbol.to_image(scale=1, add_quiet_zones=True))[:1]
+    code = turned(Image.fromarray(np.kron(np.repeat(bars, 12, axis=0), np.ones((6, 6), np.uint8))),
+                  20)
+    image = np.full((1500, 4400), 235, np.uint8)
+    image[300:300 + code.height, 2000:2000 + code.width] = np.asarray(code)
+    assert plain_pass(image) == []
+    [found] = decode_all(image)
+    assert (found.symbology, found.value) == ("Code128", PLANTED)
+    assert covered(found.box, [(1996, 296, 2004 + code.width, 304 + code.height)])
+    assert found.box[2] - found.box[0] > 0.7 * code.width
+
+
 def test_two_codes_on_one_label_are_both_found_once():
     first, _ = printed_label(PLANTED, "DataMatrix", 0, True)
     second = np.asarray(code_image(OTHER, "Code128").convert("RGB"))
