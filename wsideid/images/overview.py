@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .barcodes import Barcode, Box, decode_all, grow, to_grey
+from .barcodes import Barcode, Box, decode_all, grow, scharr, to_grey
 
 REFERENCE_SPAN = (0.25, 0.75)  # the part of the long axis where the glass reference is sought
 REFERENCE_PIECES = 6         # in this many pieces, the smoothest of which is taken
@@ -102,10 +102,7 @@ def long_axis_profiles(pixels: np.ndarray) -> Profiles:
         grey, saturation = grey.T, saturation.T
     lo, hi = np.percentile(grey, (2, 98))
     strong = STRONG_EDGE * max(float(hi - lo), 32.0)
-    gx = np.zeros_like(grey)
-    gy = np.zeros_like(grey)
-    gx[:, 1:-1] = (grey[:, 2:] - grey[:, :-2]) / 2
-    gy[1:-1] = (grey[2:] - grey[:-2]) / 2
+    gx, gy = scharr(grey)
     edges = (np.hypot(gx, gy) > strong).mean(axis=0)
     window = max(3, grey.shape[1] // 100)
     return Profiles(_smooth(np.median(grey, axis=0), window), _smooth(edges, window),
