@@ -21,6 +21,7 @@ Boxes are in the coordinates of the input image, whatever was done to find them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import zxingcpp
 from PIL import Image

@@ -6,11 +6,11 @@ Where the label is comes from three sources, all united:
 - the picture itself. A slide photographed lengthwise has its label at one end, sometimes at
   both. Along the long axis, each column (row, for an upright slide) is summed up by its median
   brightness, its share of strong edges and its median colour saturation. The middle of the
-  slide is glass and tissue, and its glass serves as the reference; a label end differs from it: paper is
-  brighter than glass in reflected light and dark in transmitted light, printing and handwriting
-  make edges, and coloured labels are saturated. A band that starts at an end, runs inward
-  while columns keep differing (short gaps allowed) and is long enough to be a label is one.
-  The glass reference is the smoothest piece of the middle, since tissue may cover the centre.
+  slide holds glass and tissue; its least coloured, least edged piece is taken as the glass
+  (tissue may cover the very centre). A label end differs from glass: paper is brighter than
+  glass in reflected light and dark in transmitted light, printing and handwriting make edges,
+  and coloured labels are saturated. A band that starts at an end, runs inward while columns
+  keep differing (short gaps allowed) and is long enough to be a label is taken as one.
 
 Boxes are (x0, y0, x1, y1) pixels with exclusive ends, as in `barcodes.Box`.
 """
@@ -272,13 +272,31 @@ def redact_overview(pixels: np.ndarray, region: Sequence[float] | None = None,
     areas take `fill`, by default the median colour of the rest. Raises OverviewNotCleared if
     a barcode still decodes afterwards."""
     a = np.asarray(pixels)
-    shape = a.shape
     codes = decode_all(a) if barcodes is None else list(barcodes)
+    boxes, reasons = _planned(a, region, codes, vendor_boxes)
+    out = blank(a, boxes, _fill(a, boxes, fill))
+    left = decode_all(out)
+    if left:  # codes that the first look (or the caller's list) missed
+        boxes = _distinct(boxes + barcode_boxes(left, a.shape))
+        reasons.append(f"{len(left)} more barcode(s) found after blanking")
+        out = blank(a, boxes, _fill(a, boxes, fill))
+        if decode_all(out):
+            raise OverviewNotCleared("barcodes still decode after blanking the overview")
+    if not boxes:
+        return out, [], "no label area found: no barcode, no label band at either end"
+    return out, boxes, "; ".join(reasons)
+
+
+def _planned(a: np.ndarray, region: Sequence[float] | None, codes: list[Barcode],
+             vendor_boxes: Iterable[Sequence[int]]) -> tuple[list[Box], list[str]]:
+    """The boxes to blank before checking, and a reason for each kind."""
+    shape = a.shape
     vendor = [b for b in (clip_box(v, shape) for v in vendor_boxes) if b is not None]
     boxes = barcode_boxes(codes, shape) + vendor
     reasons = []
     if codes:
-        reasons.append(f"{len(codes)} barcode(s): " + ", ".join(sorted({c.symbology for c in codes})))
+        symbologies = ", ".join(sorted({code.symbology for code in codes}))
+        reasons.append(f"{len(codes)} barcode(s): {symbologies}")
     if vendor:
         reasons.append(f"{len(vendor)} box(es) from the scanner's metadata")
     if region is not None:
@@ -290,18 +308,7 @@ def redact_overview(pixels: np.ndarray, region: Sequence[float] | None = None,
         reasons += [f"label band at the {band.end} end " + _fractions_text(band.box, shape)
                     + (" (cut at the longest a label can be)" if band.capped else "")
                     for band in bands]
-    boxes = _distinct(boxes)
-    out = blank(a, boxes, _fill(a, boxes, fill))
-    left = decode_all(out)
-    if left:  # codes that the first look (or the caller's list) missed
-        boxes = _distinct(boxes + barcode_boxes(left, shape))
-        reasons.append(f"{len(left)} more barcode(s) found after blanking")
-        out = blank(a, boxes, _fill(a, boxes, fill))
-        if decode_all(out):
-            raise OverviewNotCleared("barcodes still decode after blanking the overview")
-    if not boxes:
-        return out, [], "no label area found: no barcode, no label band at either end"
-    return out, boxes, "; ".join(reasons)
+    return _distinct(boxes), reasons
 
 
 def _fill(pixels: np.ndarray, boxes: list[Box], fill) -> np.ndarray:
