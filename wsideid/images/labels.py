@@ -7,6 +7,7 @@ built-in default (scalable where Pillow has FreeType), so nothing is loaded from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
@@ -113,6 +114,7 @@ def _with_text(module: int, origin: tuple[int, int], text_box: tuple[int, int, i
     return Layout(module, origin, text_box, line_height, lines)
 
 
+@lru_cache(maxsize=64)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
