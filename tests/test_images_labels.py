@@ -293,6 +293,19 @@ def test_synthesized_label_has_text_beside_the_code():
     assert ink.sum() > 2000  # the text's strokes, outside the code
 
 
+def test_synthesized_label_without_freetype(monkeypatch):
+    """A Pillow without FreeType has only a small bitmap font: drawn, then scaled up."""
+    monkeypatch.setattr(labels, "_font", lambda size: ImageFont.load_default_imagefont())
+    label = synthesize_label(600, 400, PLANTED, channels=1)
+    [code] = decode_all(label)
+    assert code.value == PLANTED
+    ink = label < 128
+    x0, y0, x1, y1 = code.box
+    ink[max(0, y0 - 10):y1 + 10, max(0, x0 - 10):x1 + 10] = False
+    rows = np.nonzero(ink.any(axis=1))[0]
+    assert ink.sum() > 2000 and rows.max() - rows.min() > 100  # scaled up, not 11 px high
+
+
 @pytest.mark.skipif(not ocr.available(), reason="no pytesseract or no tesseract with English")
 def test_synthesized_label_text_reads_back():
     lines = ocr.read_text(synthesize_label(600, 400, PLANTED))
