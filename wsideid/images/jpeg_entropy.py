@@ -450,12 +450,21 @@ def _table_for(comps: np.ndarray, tables: dict[int, HuffmanTable], symbols: np.n
 
 
 def pack_bits(values: np.ndarray, lengths: np.ndarray) -> bytes:
-    """Concatenate codes of up to 32 bits MSB first, pad with 1-bits, stuff 0xFF bytes."""
-    shifts = lengths[:, None] - 1 - np.arange(32)[None, :]
-    valid = shifts >= 0
-    bits = (values[:, None] >> np.where(valid, shifts, 0)) & 1
-    bits = bits[valid].astype(np.uint8)
-    pad = (-len(bits)) % 8
-    packed = np.packbits(np.concatenate([bits, np.ones(pad, np.uint8)]))
+    """Concatenate codes of up to 32 bits MSB first, pad with 1-bits, stuff 0xFF bytes.
+
+    Each code is placed at its bit offset inside a 40-bit window and split into five bytes;
+    codes never share a bit, so summing the bytes per position (bincount) ORs them.
+    """
+    lengths = lengths.astype(np.int64)
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths
+    window = values.astype(np.int64) << (40 - (offsets & 7) - lengths)
+    parts = (window[:, None] >> np.array([32, 24, 16, 8, 0])) & 0xFF
+    index = (offsets >> 3)[:, None] + np.arange(5)
+    n_bytes = -(-total // 8)
+    packed = np.bincount(index.ravel(), weights=parts.ravel(), minlength=n_bytes + 5)
+    packed = packed[:n_bytes].astype(np.uint8)
+    if total % 8:
+        packed[-1] |= (1 << (8 - total % 8)) - 1          # pad with 1-bits (F.1.2.3)
     ff = np.flatnonzero(packed == 0xFF)
     return np.insert(packed, ff + 1, 0).tobytes()

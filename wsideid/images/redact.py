@@ -107,7 +107,10 @@ def _recode(data: bytes, info: je.JpegInfo, spans: list[tuple[int, int]], per: i
         if not touched[sel].any() and not every_interval:
             coded.append(data[start:end])
             continue
-        coefs = _decode(data[start:end], info, comp[sel])
+        if touched[sel].all():                  # nothing survives: no need to decode
+            coefs = np.zeros((len(comp[sel]), 64), np.int32)
+        else:
+            coefs = _decode(data[start:end], info, comp[sel])
         _paint_blocks(coefs, touched[sel], dc_fill[comp[sel]])
         coded.append(je.encode_interval(coefs, comp[sel], info, *tables))
     return coded
