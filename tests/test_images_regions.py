@@ -308,8 +308,11 @@ def test_jpeg_corrupt_or_progressive_is_refused():
     full = imagecodecs.jpeg8_encode(pattern(32, 32, 1), level=90)
     info = je.parse_jpeg(full)
     broken = full[:info.data_start] + b"\xff\x00" * 40 + full[info.data_end:]
-    with pytest.raises(RedactError):
-        redact_tile("jpeg", broken, np.ones((32, 32), bool), 0)
+    with pytest.raises(RedactError, match="corrupt"):
+        redact_tile("jpeg", broken, np.ones((8, 8), bool), 0)
+    # a tile the mask covers wholly is not decoded at all: its flat replacement is valid
+    flat = redact_tile("jpeg", broken, np.ones((32, 32), bool), 0)
+    assert (imagecodecs.jpeg8_decode(flat) == 0).all()
     buf = io.BytesIO()
     Image.fromarray(pattern(32, 32, 1)).save(buf, "JPEG", progressive=True)
     with pytest.raises(RedactError, match="baseline"):
