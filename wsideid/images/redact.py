@@ -31,6 +31,7 @@ import imagecodecs
 import numpy as np
 
 from . import jpeg_entropy as je
+from . import turbo_coefs
 
 CODECS = ("jpeg", "jpeg2k", "lzw", "deflate", "zlib", "none", "png")
 KEEP_APP = {0xE0: b"JFIF\x00", 0xEE: b"Adobe"}   # colour facts a decoder needs (see segments.py)
@@ -86,7 +87,8 @@ def redact_jpeg(data: bytes, mask: np.ndarray, fill: int, tables: bytes | None =
     per = _blocks_per_interval(info, layout)
     if len(spans) != -(-layout.n_blocks // per):
         raise RedactError("JPEG restart markers do not match its restart interval")
-    recode = (info, spans, per, comp, touched, dc_fill)
+    known = _coefficients(data, tables, info, layout, touched, per)
+    recode = (info, spans, per, comp, touched, dc_fill, known)
     try:
         coded = _recode(data, *recode, _scan_tables(info), every_interval=False)
         return _assemble(data, info, coded, b"")
@@ -100,7 +102,8 @@ def redact_jpeg(data: bytes, mask: np.ndarray, fill: int, tables: bytes | None =
 
 def _recode(data: bytes, info: je.JpegInfo, spans: list[tuple[int, int]], per: int,
             comp: np.ndarray, touched: np.ndarray, dc_fill: np.ndarray,
-            tables: tuple[dict, dict], every_interval: bool) -> list[bytes]:
+            known: np.ndarray | None, tables: tuple[dict, dict], every_interval: bool
+            ) -> list[bytes]:
     coded = []
     for n, (start, end) in enumerate(spans):
         sel = slice(n * per, (n + 1) * per)
@@ -109,11 +112,26 @@ def _recode(data: bytes, info: je.JpegInfo, spans: list[tuple[int, int]], per: i
             continue
         if touched[sel].all():                  # nothing survives: no need to decode
             coefs = np.zeros((len(comp[sel]), 64), np.int32)
+        elif known is not None:
+            coefs = known[sel].copy()
         else:
             coefs = _decode(data[start:end], info, comp[sel])
         _paint_blocks(coefs, touched[sel], dc_fill[comp[sel]])
         coded.append(je.encode_interval(coefs, comp[sel], info, *tables))
     return coded
+
+
+def _coefficients(data: bytes, tables: bytes | None, info: je.JpegInfo, layout: je.Layout,
+                  touched: np.ndarray, per: int) -> np.ndarray | None:
+    """All coefficients read by libjpeg-turbo when some interval is touched only in part
+    (that interval must be decoded); None to decode in Python or not at all."""
+    parts = [touched[n:n + per] for n in range(0, len(touched), per)]
+    if not any(p.any() and not p.all() for p in parts):
+        return None
+    try:
+        return turbo_coefs.read_coefficients(data, tables, info, layout)
+    except je.JpegError as exc:
+        raise RedactError(str(exc)) from None
 
 
 def _parse(data: bytes, tables: bytes | None) -> je.JpegInfo:
