@@ -2,12 +2,16 @@
 
 | codec          | path                                                                     |
 |----------------|--------------------------------------------------------------------------|
-| jpeg           | DCT domain (own baseline Huffman codec, jpeg_entropy.py): every 8x8     |
-|                | block the mask touches, per component, becomes a flat block of the fill; |
-|                | every other block keeps its coefficients and, with the stream's Huffman  |
-|                | tables, its exact code bits. Abbreviated tiles (TIFF JPEGTables) stay    |
-|                | abbreviated unless a table lacks a symbol the fill needs: then the tile  |
-|                | carries its own standard (T.81 Annex K) Huffman tables.                  |
+| jpeg           | DCT domain: every 8x8 block the mask touches, per component, becomes a   |
+|                | flat block of the fill; every other block keeps its coefficients and,    |
+|                | re-coded with the stream's own Huffman tables, its exact code bits.      |
+|                | Coefficients are read by libjpeg-turbo (turbo_coefs.py) or, where that   |
+|                | cannot, by the Python decoder (jpeg_entropy.py); an interval the mask    |
+|                | covers wholly is not read at all. Writing is always jpeg_entropy.py.     |
+|                | Abbreviated tiles (TIFF JPEGTables) stay abbreviated unless a table      |
+|                | lacks a symbol the fill needs: then the tile carries complete tables     |
+|                | (libjpeg's defaults, T.81 K.3) of its own. APPn/COM are dropped except   |
+|                | JFIF and Adobe (they say whether the samples are YCbCr or RGB).          |
 | jpeg2k         | decode, paint, re-encode (OpenJPEG): same wavelet (5/3 reversible =      |
 |                | lossless, 9/7 = lossy at a PSNR chosen to match the tile's byte size),   |
 |                | same resolution count, same MCT flag; raw codestream or JP2 as given.    |
