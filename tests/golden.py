@@ -92,30 +92,30 @@ CASES = [
     Case("svs-big-endian", _fixture(*SVS, "--big-endian")),
     Case("svs-gt450", _fixture(*SVS, "--gt450")),
     Case("svs-j2k", _fixture(*SVS, "--j2k")),
-    Case("svs-relaxed", _fixture(*SVS), ("--dates", "shift", "--label", "keep", "--macro", "keep",
+    Case("svs-relaxed", _fixture(*SVS), ("--dates", "shift", "--label", "keep", "--macro", "keep", "--no-ocr",
                                           "--keep-device-id")),
     Case("svs-keep-year", _fixture(*SVS), ("--dates", "keep-year")),
     Case("svs-in-place", _fixture(*SVS), command="in-place", inspect=False),
     Case("ndpi", _fixture("ndpi", "NDPI-REF-HS26.ndpi")),
     Case("ndpi-relaxed", _fixture("ndpi", "NDPI-REF-HS26.ndpi"),
-         ("--dates", "shift", "--macro", "keep", "--keep-device-id")),
+         ("--dates", "shift", "--macro", "keep", "--no-ocr", "--keep-device-id")),
     Case("ome", _fixture("ometiff", "S26-OMEPLANT-4711.ome.tif")),
     Case("ome-relaxed", _fixture("ometiff", "S26-OMEPLANT-4711.ome.tif"),
-         ("--dates", "shift", "--label", "keep", "--macro", "keep", "--keep-device-id")),
+         ("--dates", "shift", "--label", "keep", "--macro", "keep", "--no-ocr", "--keep-device-id")),
     Case("generic-tiff", _generic_tiff),
     Case("mrxs", _fixture("mrxs", "S26-MRXSPLANT-0815.mrxs")),
     Case("mrxs-relaxed", _fixture("mrxs", "S26-MRXSPLANT-0815.mrxs"),
-         ("--dates", "shift", "--label", "keep", "--macro", "keep", "--keep-device-id")),
+         ("--dates", "shift", "--label", "keep", "--macro", "keep", "--no-ocr", "--keep-device-id")),
     Case("mrxs-png-overlap", _mrxs_png),
     Case("mrxs-in-place", _fixture("mrxs", "S26-MRXSPLANT-0815.mrxs"), command="in-place",
          inspect=False),
     Case("real-svs-cmu1", _real("svs/CMU-1-Small-Region.svs")),
     Case("real-svs-cmu1-relaxed", _real("svs/CMU-1-Small-Region.svs"),
-         ("--dates", "shift", "--label", "keep", "--macro", "keep", "--keep-device-id")),
+         ("--dates", "shift", "--label", "keep", "--macro", "keep", "--no-ocr", "--keep-device-id")),
     Case("real-svs-tcga-j2k", _real("svs/tcga-cr-7395-01a-01-ts1.svs")),
     Case("real-ndpi", _real("ndpi/test3-DAPI-2-387.ndpi")),
     Case("real-ndpi-relaxed", _real("ndpi/test3-DAPI-2-387.ndpi"),
-         ("--dates", "shift", "--macro", "keep", "--keep-device-id")),
+         ("--dates", "shift", "--macro", "keep", "--no-ocr", "--keep-device-id")),
     Case("real-ome", _real("ometiff/OS-2-ndpi.ome.tif")),
     Case("real-dicom-highdicom", _real("dicom/highdicom-sm")),
     Case("real-dicom-highdicom-options", _real("dicom/highdicom-sm"),
@@ -202,7 +202,7 @@ def produce(case: Case, work: Path) -> dict:
 
 def _inspect_options(options: tuple[str, ...]) -> list[str]:
     """inspect takes the options that change planning of TIFF and MIRAX slides."""
-    keep = {"--dates": 1, "--label": 1, "--macro": 1, "--keep-device-id": 0}
+    keep = {"--dates": 1, "--label": 1, "--macro": 1, "--keep-device-id": 0, "--no-ocr": 0}
     out, i = [], 0
     while i < len(options):
         n = keep.get(options[i])

@@ -18,7 +18,7 @@ LAYERS = [
     ("containers", ["containers"]),
     ("adapters", ["adapters"]),
     ("verify", ["verify"]),
-    ("pipeline", ["pipeline", "convert"]),
+    ("pipeline", ["pipeline", "convert", "associated"]),
     ("batch", ["batch"]),
     ("report", ["report"]),
     ("cli", ["cli", "__main__"]),

@@ -1,6 +1,8 @@
 """DICOM WSI de-identification end to end on the real series in ../shared/slides/dicom."""
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -99,15 +101,24 @@ def test_uids_consistent_across_the_series_and_runs(tmp_path):
     assert uids[0] == uids[1]
 
 
-def test_label_series_is_dropped_by_default_and_kept_on_request(tmp_path):
+def test_label_series_is_dropped_by_default_and_not_kept_when_it_shows_a_barcode(tmp_path):
+    """The real LABEL instance is a Data Matrix: it is decoded and reported (symbology only),
+    and asking to keep it does not release it; with --strict the slide fails."""
     src = series_copy(tmp_path, "gcp-label-datamatrix")
     out = tmp_path / "out"
     run("deid", src, "-o", out, check=0)
     assert outputs(out) == []
+    inspect = json.loads(run("inspect", next(src.glob("*.dcm")), "--json", check=0).stdout)
+    codes = [f for f in inspect["fields"] if f["name"].startswith("barcode:")]
+    assert [f["name"] for f in codes] == ["barcode:DataMatrix"] and codes[0]["action"] == "remove"
     out2 = tmp_path / "out2"
-    run("deid", src, "-o", out2, "--label", "keep", check=0)
-    [dst] = outputs(out2)
-    assert pydicom.dcmread(dst).ImageType[2] == "LABEL"
+    proc = run("deid", src, "-o", out2, "--label", "keep", check=0)
+    assert outputs(out2) == [] and "shows a barcode (DataMatrix)" in proc.stderr
+    assert "dropped instead of kept" in proc.stderr
+    report = (out2 / "wsideid-report.json").read_text()
+    assert "barcode:DataMatrix" in report and codes[0]["value"] not in report
+    proc = run("deid", src, "-o", tmp_path / "out3", "--label", "keep", "--strict", check=2)
+    assert "--strict" in proc.stderr
 
 
 def test_planted_nested_private_and_file_meta(tmp_path):

@@ -127,7 +127,7 @@ def test_report_has_options_and_no_values(deidentified):
 def test_label_and_macro_kept_when_asked(tmp_path):
     src = write_svs(tmp_path / "in.svs")
     out = tmp_path / "out"
-    run("deid", src, "-o", out, "--label", "keep", "--macro", "keep", check=0)
+    run("deid", src, "-o", out, "--label", "keep", "--macro", "keep", "--no-ocr", check=0)
     [dst] = out.glob("*.svs")
     with openslide.OpenSlide(str(dst)) as s:
         assert {"label", "macro", "thumbnail"} == set(s.associated_images)

@@ -63,11 +63,22 @@ def slide_files(path: Path) -> list[Path]:
     return [path]
 
 
+def parse_region(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        fail("--macro-region must be x0,y0,x1,y1 (fractions of the image)")
+        raise
+    return x0, y0, x1, y1
+
+
 def make_policy(dates: str, keep_device_id: bool, label: str, macro: str,
-                keyring: Keyring | None = None, **dicom_options: bool) -> Policy:
+                keyring: Keyring | None = None, **options) -> Policy:
     try:
         return Policy(dates=dates, keep_device_id=keep_device_id, label=label, macro=macro,
-                      date_shift_days=keyring.date_shift_days() if keyring else 0, **dicom_options)
+                      date_shift_days=keyring.date_shift_days() if keyring else 0, **options)
     except ValueError as exc:
         fail(str(exc))
         raise
@@ -95,8 +106,11 @@ def make_keyring(key_file: Path | None) -> Keyring:
 
 DatesOpt = typer.Option("remove", "--dates", help=f"Dates: {' | '.join(DATE_MODES)}.")
 DeviceOpt = typer.Option(False, "--keep-device-id", help="Keep scanner serial numbers.")
-LabelOpt = typer.Option("drop", "--label", help="Label image: keep | drop.")
-MacroOpt = typer.Option("drop", "--macro", help="Macro (overview) image: keep | drop.")
+LabelOpt = typer.Option("drop", "--label", help="Label image: drop | keep (after its checks) | replace (a synthesized label with the pseudonym).")
+MacroOpt = typer.Option("drop", "--macro", help="Macro (overview) image: drop | keep (after its checks) | redact (label area blanked).")
+StrictOpt = typer.Option(False, "--strict", help="A label or overview to be kept that shows a barcode or text fails the slide (instead of being dropped or redacted).")
+RegionOpt = typer.Option(None, "--macro-region", help="Where the label is in the overview: x0,y0,x1,y1 as fractions of the image (overrides detection).")
+OcrOpt = typer.Option(True, "--ocr/--no-ocr", help="Read text on labels and overviews that are to be kept (needs the ocr extra and tesseract-ocr).")
 MapOpt = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR).")
 KeyOpt = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts (created if missing).")
 
@@ -111,6 +125,9 @@ def deid(
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
     macro: str = MacroOpt,
+    strict: bool = StrictOpt,
+    macro_region: Optional[str] = RegionOpt,
+    ocr: bool = OcrOpt,
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
     retain_uids: bool = typer.Option(False, "--retain-uids", help="DICOM: PS3.15 Retain UIDs Option."),
@@ -128,7 +145,8 @@ def deid(
     policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
                          retain_institution=retain_institution,
                          retain_patient_characteristics=retain_patient_characteristics,
-                         clean_descriptors=clean_descriptors)
+                         clean_descriptors=clean_descriptors, strict=strict,
+                         macro_region=parse_region(macro_region), ocr=ocr)
     if map_file is not None and outdir is not None:
         if batch.inside(map_file, outdir):
             fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
@@ -319,9 +337,13 @@ def inspect(
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
     macro: str = MacroOpt,
+    macro_region: Optional[str] = RegionOpt,
+    ocr: bool = OcrOpt,
 ) -> None:
-    """Every image with its role, every field with its value, location and planned action."""
-    policy = make_policy(dates, keep_device_id, label, macro)
+    """Every image with its role, every field with its value, location and planned action
+    (barcodes found on the label, overview and thumbnail are fields too)."""
+    policy = make_policy(dates, keep_device_id, label, macro, macro_region=parse_region(macro_region),
+                         ocr=ocr)
     try:
         plan = plan_job(job_of(file), policy, Keyring(load_key(None)))
     except SlideError as exc:

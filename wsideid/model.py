@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 IMAGE_ACTIONS = ("keep", "drop", "replace", "redact")
+KEPT = ("keep", "replace", "redact")   # image actions that leave the image in the output
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """detect -> read -> plan -> write -> verify -> release, for one slide of any format."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from . import adapters
+from . import adapters, associated
 from .background import Background
 from .containers.output import Target
 from .errors import SlideError, VerificationError
@@ -26,9 +26,20 @@ def plan_job(job: Job, policy: Policy, keyring: Keyring) -> Plan:
     adapter = adapters.by_name(job.format)
     slide = adapter.read(job)
     try:
-        return adapter.plan(slide, policy, adapter.naming(slide, keyring))
+        naming = adapter.naming(slide, keyring)
+        slide_policy, found, warnings, new_images = look_at_images(adapter, slide, policy, naming)
+        plan = adapter.plan(slide, slide_policy, naming, new_images=new_images)
+        plan.fields += found
+        plan.warnings += warnings
+        return plan
     finally:
         slide.close()
+
+
+def look_at_images(adapter, slide, policy: Policy, naming) -> tuple[Policy, list, list, list]:
+    """What the slide's label, overview and thumbnail show, and what follows from it."""
+    checks = associated.examine(adapter, slide, policy)
+    return associated.decide(adapter, slide, policy, checks, naming)
 
 
 def run(job: Job, settings: Settings) -> Result:
@@ -54,8 +65,13 @@ def run(job: Job, settings: Settings) -> Result:
             before.join()
         writer = adapter.writer(slide, naming, settings.target)
         try:
-            plan = adapter.plan(slide, settings.policy, naming,
-                                screen=not writer.screens)
+            # while the bulk copy runs: what the associated images show, then the plan
+            policy, found, warnings, new_images = look_at_images(adapter, slide, settings.policy,
+                                                                 naming)
+            plan = adapter.plan(slide, policy, naming, screen=not writer.screens,
+                                new_images=new_images)
+            plan.fields += found
+            plan.warnings += warnings
             result.plan = plan
             if plan.empty is not None:
                 writer.abort()
@@ -69,7 +85,15 @@ def run(job: Job, settings: Settings) -> Result:
             plan.warnings.append("an interrupted in-place run had left the input half-changed: "
                                  "it was restored from its undo record first")
         try:
-            problems = verify(adapter, slide, plan, written, settings.policy, naming, before.join())
+            # the output is planned again under the slide's policy (what its images showed is
+            # still forbidden); images are matched by role there, not by their input index
+            replan = replace(policy, image_overrides=())
+            try:
+                problems = verify(adapter, slide, plan, written, replan, naming, before.join())
+            except (SlideError, VerificationError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a check that cannot run has not passed
+                problems = [f"a check could not run ({type(exc).__name__}: {exc})"]
             if problems:
                 if settings.target.in_place:
                     problems.append("the input was restored as it was")

@@ -2,14 +2,15 @@
 the one place where a field's action is chosen, for every field of every format."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .catalog import UNKNOWN, Entry, entry_accepts, type_word
 from .dates import COMMON, DateFormat, transform_date
 from .model import Field
 
 DATE_MODES = ("remove", "shift", "keep-year")
-IMAGE_MODES = ("keep", "drop")
+LABEL_MODES = ("drop", "keep", "replace")
+MACRO_MODES = ("drop", "keep", "redact")
 # Catalog types whose values are calendar dates (transformed); other values under a date
 # action (a time of day) are kept only when dates are shifted, which keeps times.
 DATE_TYPES = ("date",)
@@ -25,14 +26,26 @@ class Policy:
     retain_institution: bool = False
     retain_patient_characteristics: bool = False
     clean_descriptors: bool = False
+    strict: bool = False                  # a label or overview that fails its checks fails the slide
+    macro_region: tuple[float, float, float, float] | None = None   # the label area, as fractions
+    ocr: bool = True                      # read text on labels and overviews when OCR is installed
     date_shift_days: int = 0
+    # what one slide's images showed (decoded barcodes, label metadata): removed wherever they
+    # are, and the images whose checks failed with what happens to them instead
+    forbidden: frozenset[str] = field(default=frozenset(), compare=False)
+    image_overrides: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.dates not in DATE_MODES:
             raise ValueError(f"--dates must be one of {', '.join(DATE_MODES)}")
-        for name in ("label", "macro"):
-            if getattr(self, name) not in IMAGE_MODES:
-                raise ValueError(f"--{name} must be keep or drop")
+        if self.label not in LABEL_MODES:
+            raise ValueError(f"--label must be one of {', '.join(LABEL_MODES)}")
+        if self.macro not in MACRO_MODES:
+            raise ValueError(f"--macro must be one of {', '.join(MACRO_MODES)}")
+        if self.macro_region is not None:
+            x0, y0, x1, y1 = self.macro_region
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise ValueError("--macro-region must be x0,y0,x1,y1 fractions with x0 < x1, y0 < y1")
 
     def field_action(self, catalog_action: str) -> str:
         """Map a catalog action to what happens under this policy."""
@@ -51,10 +64,22 @@ class Policy:
             return self.macro
         return "drop"  # unknown associated images: the safe end
 
+    def image_action_for(self, index: str, role: str) -> str:
+        """What happens to one image: its role's action, unless its checks decided otherwise."""
+        return dict(self.image_overrides).get(index, self.image_action(role))
+
+    def holds_forbidden(self, value: str) -> bool:
+        low = value.lower()
+        return any(f in low for f in self.forbidden)
+
     def options(self) -> dict:
-        """Every option, for the audit report (the shift itself is a secret: not recorded)."""
+        """Every option, for the audit report (the shift and what one slide showed are not
+        options, and the shift is a secret: not recorded)."""
         options = asdict(self)
-        options.pop("date_shift_days")
+        for per_slide in ("date_shift_days", "forbidden", "image_overrides"):
+            options.pop(per_slide)
+        if options["macro_region"] is not None:
+            options["macro_region"] = list(options["macro_region"])
         return options
 
 
@@ -83,4 +108,9 @@ def decide(entry: Entry, value: str | None, policy: Policy, *, name: str, where:
     if action == "keep" and not entry_accepts(entry, value):
         return Field(name, where, value, "remove", why=f"value is not {type_word(entry.type)}",
                      known=known)
+    if action == "keep" and policy.forbidden and policy.holds_forbidden(value):
+        return Field(name, where, value, "remove", why=FORBIDDEN_WHY, known=known)
     return Field(name, where, value, action, why=entry.why, known=known)
+
+
+FORBIDDEN_WHY = "holds a value the slide's label shows (a barcode, the label's text)"

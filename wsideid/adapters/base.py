@@ -102,16 +102,32 @@ class Adapter:
         that bulk copies can start while the slide is planned."""
         raise NotImplementedError
 
-    def plan(self, slide: Any, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
+    def plan(self, slide: Any, policy: Policy, naming: Naming, screen: bool = True,
+             new_images: list = ()) -> Plan:
         """Every field and image of the slide with its action, the edits, and what the
         container writes. `screen=False` skips looking inside image data for text segments
-        (verification compares kept image data with the screened input instead)."""
+        (verification compares kept image data with the screened input instead).
+        `new_images` (ReplaceImage, RedactImage) become the images' new stored pieces."""
         raise NotImplementedError
 
     def reader_path(self, slide: Any) -> Path | None:
         """The file OpenSlide opens to show the slide (compared before and after), or None
         when the container's verification looks at the reader itself."""
         return slide.path
+
+    def pixels(self, slide: Any, image: Image) -> Any:
+        """An associated image's pixels (label, overview, thumbnail) as a numpy array, or None
+        when they cannot be decoded here."""
+        return None
+
+    def label_values(self, slide: Any) -> list[str]:
+        """Identifiers the format's label metadata holds (a barcode, the label's text): removed
+        wherever else they appear."""
+        return []
+
+    def label_boxes(self, slide: Any, image: Image, pixels: Any) -> list[tuple[int, int, int, int]]:
+        """Where the format's metadata says the label lies in an overview (pixel boxes)."""
+        return []
 
     def checks(self, source: Any, out: Any, plan: Plan, out_plan: Plan) -> list[str]:
         """Format-specific checks of a written output (the shared ones run anyway)."""

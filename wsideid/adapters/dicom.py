@@ -25,7 +25,7 @@ from ..dates import DICOM as DICOM_DATES
 from ..errors import SlideError
 from ..images import codestreams
 from ..keyring import Keyring
-from ..model import Field, Image, Job, Naming, Plan, ReplaceRun, Runs
+from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy, decide
 from .base import Adapter, Probe
 
@@ -436,6 +436,54 @@ class DicomSeries:
         pass
 
 
+# LabelText, BarcodeValue, ContainerIdentifier: what the slide's label says
+LABEL_ELEMENTS = {0x22000002, 0x22000005, 0x00400512}
+
+
+def instance_pixels(inst: Instance):
+    """The pixels of an instance that is one picture (a label, an overview, a thumbnail):
+    its frames decoded and, for a tiled instance, put together; None when they cannot be."""
+    import imagecodecs
+    import numpy as np
+
+    from ..containers.dicom.io import locate_pixels
+
+    ds = inst.header
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    width = int(ds.get("TotalPixelMatrixColumns", cols) or cols)
+    height = int(ds.get("TotalPixelMatrixRows", rows) or rows)
+    if not rows or not cols or width * height > 64 << 20:
+        return None
+    pixels = locate_pixels(inst.source, inst.pixel_start)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    with open(inst.source, "rb") as fh:
+        if not len(pixels.frame_offsets):     # native: one element, frame after frame
+            fh.seek(pixels.start + 12)
+            data = fh.read(pixels.end - pixels.start - 12)
+            bits = int(ds.get("BitsAllocated", 8))
+            frames = np.frombuffer(data, np.uint8 if bits <= 8 else np.uint16)
+            count = len(frames) // (rows * cols * samples)
+            frames = frames[:count * rows * cols * samples].reshape(count, rows, cols, samples)
+            tiles = [frames[i] for i in range(count)]
+        else:
+            tiles = []
+            for off, n in zip(pixels.frame_offsets.tolist(), pixels.frame_lengths.tolist()):
+                fh.seek(off)
+                try:
+                    tiles.append(imagecodecs.imread(padded_frame(fh.read(n))))
+                except Exception:  # noqa: BLE001 - a codec imagecodecs lacks
+                    return None
+    across = -(-width // cols)
+    canvas = np.zeros((height, width) + tiles[0].shape[2:], tiles[0].dtype)
+    for i, tile in enumerate(tiles):
+        y, x = (i // across) * rows, (i % across) * cols
+        if y >= height:
+            break
+        part = tile[:min(rows, height - y), :min(cols, width - x)]
+        canvas[y:y + part.shape[0], x:x + part.shape[1]] = part
+    return canvas[..., 0] if canvas.ndim == 3 and canvas.shape[2] == 1 else canvas
+
+
 def padded_frame(data: bytes) -> bytes:
     """A frame as stored, without the NUL that pads it to an even length (PS3.5 A.4)."""
     return data.rstrip(b"\x00") if data.endswith(b"\xff\xd9\x00") else data
@@ -487,12 +535,28 @@ class DicomAdapter(Adapter):
         pseudonym = keyring.slide_pseudonym(self.fingerprint(slide))
         return Naming(pseudonym, pseudonym, keyring=keyring)
 
+    def images(self, slide: DicomSeries) -> list[Image]:
+        return [image_of(inst.header, f"instance {inst.number}", "keep") for inst in slide.instances]
+
+    def pixels(self, slide: DicomSeries, image: Image):
+        number = int(image.index.split()[1])
+        return instance_pixels(slide.instances[number])
+
+    def label_values(self, slide: DicomSeries) -> list[str]:
+        values = set()
+        for inst in slide.instances:
+            for elem in inst.header.iterall():
+                if int(elem.tag) in LABEL_ELEMENTS and elem.value:
+                    values.add(_text(elem))
+        return sorted(values)
+
     def writer(self, slide: DicomSeries, naming: Naming, target: Target) -> DicomWriter:
         if target.in_place:
             raise SlideError("--in-place is not supported for DICOM")
         return DicomWriter(naming, target)
 
-    def plan(self, slide: DicomSeries, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
+    def plan(self, slide: DicomSeries, policy: Policy, naming: Naming, screen: bool = True,
+             new_images: list = ()) -> Plan:
         """Headers are planned without pixel data; with `screen`, frames are located and
         screened on disk (else the writer does it after copying them)."""
         planner = DicomPlanner(policy, naming.keyring)
@@ -501,11 +565,11 @@ class DicomAdapter(Adapter):
         edits: list[ReplaceRun] = []
         outputs: list[InstanceOut] = []
         for inst in slide.instances:
-            action = policy.image_action(inst.role)
             where = f"instance {inst.number}"
+            action = policy.image_action_for(where, inst.role)
             image = image_of(inst.header, where, action)
             images.append(image)
-            if action != "keep":
+            if action not in KEPT:
                 for elem in inst.header.iterall():
                     text = _text(elem)
                     if text and elem.VR != "SQ":

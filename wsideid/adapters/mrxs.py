@@ -47,7 +47,7 @@ from ..containers.output import Target, Written
 from ..errors import SlideError
 from ..images import codestreams, segments
 from ..keyring import Keyring, fingerprint
-from ..model import Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
+from ..model import KEPT, Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy
 from ..sampling import digest, sample
 from .base import Adapter, Probe, is_regular_file
@@ -59,6 +59,7 @@ LEVEL_KEYS = ("IMAGE_CONCAT_FACTOR", "OVERLAP_X", "OVERLAP_Y", "MICROMETER_PER_P
               "MICROMETER_PER_PIXEL_Y", "IMAGE_FILL_COLOR_BGR", "DIGITIZER_WIDTH",
               "DIGITIZER_HEIGHT", "IMAGE_FORMAT")
 IMAGE_ROLES = ("label", "macro", "overview", "thumbnail")
+LABEL_KEYS = ("SLIDE_BARCODE", "SLIDE_LABEL", "SLIDE_NAME", "PROJECT_NAME")
 TEXT_RUN = re.compile(rb"[\x20-\x7e]{6,}")
 TEXT_RUN_UTF16 = re.compile(rb"(?:[\x20-\x7e]\x00){6,}")
 MAX_TEXT_SCAN = 1 << 20
@@ -301,11 +302,39 @@ class MiraxAdapter(Adapter):
         return Naming(pseudonym, pseudonym + EXTENSION,
                       slide_id=keyring.slide_identifier(fp, slide.slide_id), keyring=keyring)
 
+    def images(self, slide: MiraxSlide) -> list[Image]:
+        records = catalog.load("mirax", "records")
+        out = []
+        for value in slide.nonhier_values():
+            entry = records.lookup(value.key)
+            role = entry.action if entry is not catalog.UNKNOWN else "unknown"
+            if role in IMAGE_ROLES:
+                w, h = self._jpeg_size(slide, value.record)
+                out.append(Image(value.key, role, w, h, "JPEG", runs=_runs(value.record, "image")))
+        return out
+
+    def pixels(self, slide: MiraxSlide, image: Image):
+        import imagecodecs
+
+        runs = image.runs
+        if runs is None or len(runs) != 1:
+            return None
+        try:
+            return imagecodecs.imread(slide.read(int(runs.files[0]), int(runs.offsets[0]),
+                                                 int(runs.counts[0])))
+        except Exception:  # noqa: BLE001 - a corrupt or unknown image: the caller decides
+            return None
+
+    def label_values(self, slide: MiraxSlide) -> list[str]:
+        general = slide.ini.sections.get(GENERAL, {})
+        return [general[k] for k in LABEL_KEYS if general.get(k, "").strip()]
+
     def writer(self, slide: MiraxSlide, naming: Naming, target: Target) -> MiraxWriter:
         return MiraxWriter(slide, naming, target)
 
     # ---- planning --------------------------------------------------------------------------
-    def plan(self, slide: MiraxSlide, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
+    def plan(self, slide: MiraxSlide, policy: Policy, naming: Naming, screen: bool = True,
+             new_images: list = ()) -> Plan:
         fields: list[Field] = []
         edits: list[ReplaceRun] = []
         images = []
@@ -338,7 +367,7 @@ class MiraxAdapter(Adapter):
             role = value.role = entry.action if entry is not catalog.UNKNOWN else "unknown"
             where = f"non-hierarchical record {value.key}"
             if role in IMAGE_ROLES:
-                action = policy.image_action(role)
+                action = policy.image_action_for(value.key, role)
                 w, h = self._jpeg_size(slide, value.record)
                 images.append(Image(value.key, role, w, h, "JPEG", action,
                                     runs=_runs(value.record, "image")))
@@ -352,10 +381,10 @@ class MiraxAdapter(Adapter):
                 if action == "drop":
                     fields += self._record_text(slide, value, where)
             if value.number in slide.bad_records:
-                if action == "keep":
+                if action in KEPT:
                     raise SlideError(slide.bad_records[value.number])
                 slide.warnings.append(f"{slide.bad_records[value.number]}: dropped")
-            if action == "keep":
+            if action in KEPT:
                 kept.append(value)
         return kept
 

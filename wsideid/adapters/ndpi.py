@@ -58,6 +58,21 @@ class NdpiAdapter(TiffAdapter):
                 roles.append("unknown")
         return roles
 
+    def label_values(self, slide: TiffSlide) -> list[str]:
+        """The slide's Reference (tag 65427: the label's text or barcode), from every IFD."""
+        return sorted({ifd.text(65427).strip() for ifd in slide.tiff.ifds
+                       if ifd.text(65427) and ifd.text(65427).strip()})
+
+    def label_boxes(self, slide: TiffSlide, image, pixels) -> list[tuple[int, int, int, int]]:
+        """The barcode region NDP.scan stores (roi.barcode.macro), placed in the macro."""
+        from ..images.overview import ndpi_label_box
+
+        if image.role != "macro":
+            return []
+        text = slide.tiff.ifds[0].text(65449) or ""
+        properties = dict(line.split("=", 1) for line in LINE.split(text)[::2] if "=" in line)
+        return ndpi_label_box(properties, pixels)
+
     def text_tag(self, ctx: TiffPlanning, ifd: Ifd, code: int,
                  text: str) -> tuple[str | None, list[Field]]:
         if code == 65449:

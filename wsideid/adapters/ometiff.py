@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import catalog
 from ..containers.tiff.reader import Ifd, TiffFile
 from ..errors import SlideError
-from ..model import Field, Plan
+from ..model import KEPT, Field, Plan
 from ..policy import decide
 from .tiff import TiffAdapter, TiffPlanning, TiffSlide
 
@@ -186,12 +186,14 @@ class OmeTiffAdapter(TiffAdapter):
 
     def prepare(self, ctx: TiffPlanning) -> None:
         policy, slide = ctx.policy, ctx.slide
-        kept = [i for i, role in enumerate(slide.roles) if policy.image_action(role) == "keep"]
+        kept = [i for i, role in enumerate(slide.roles)
+                if policy.image_action_for(f"IFD {i}", role) in KEPT]
         if not kept or kept[0] != 0:
             raise SlideError("the first IFD (which holds the OME-XML) would be dropped")
         ctx.extra["ifd_map"] = {old: new for new, old in enumerate(kept)}
-        ctx.extra["dropped_images"] = {image_id for image_id, role, _ in slide.extra["image_ifds"]
-                                       if policy.image_action(role) != "keep"}
+        ctx.extra["dropped_images"] = {image_id for image_id, role, ifds in slide.extra["image_ifds"]
+                                       if not any(policy.image_action_for(f"IFD {i}", role) in KEPT
+                                                  for i in ifds)}
 
     def text_tag(self, ctx: TiffPlanning, ifd: Ifd, code: int, text: str):
         if code == 270 and ifd is ctx.slide.tiff.ifds[0]:

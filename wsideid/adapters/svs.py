@@ -34,6 +34,7 @@ HEADER_LINE = re.compile(rf"""(?x)
           (?:\ {_CODEC})?(?:\ Q=\d+)?\ ?
 """)
 LINE_SPLIT = re.compile(r"(\r\n|\r|\n)")
+LABEL_KEYS = ("Barcode", "Slide", "SlideID", "Slide ID", "Barcode Value")
 
 
 def is_aperio(tiff: TiffFile) -> bool:
@@ -125,6 +126,14 @@ class SvsAdapter(TiffAdapter):
         base = slide.tiff.ifds[0]
         base_size = (base.int_value(256, bo, 0) or 0, base.int_value(257, bo, 0) or 0)
         return [_role(ifd, i, bo, base_size) for i, ifd in enumerate(slide.tiff.ifds)]
+
+    def label_values(self, slide: TiffSlide) -> list[str]:
+        """The label's barcode and the slide identifiers Aperio writes beside it."""
+        values = []
+        for ifd in slide.tiff.ifds:
+            _, pairs = split_description(ifd.text(270) or "")
+            values += [v for k, v in pairs if v and k in LABEL_KEYS]
+        return sorted(set(values))
 
     def describe(self, ctx: TiffPlanning, ifd: Ifd, text: str) -> tuple[str | None, list[Field]]:
         where = f"{ifd.label} ImageDescription"

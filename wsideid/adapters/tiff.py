@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from ..containers.tiff.writer import IfdOut, NewValue, ascii_value, write_tiff
 from ..errors import SlideError
 from ..images import codestreams, segments
 from ..keyring import Keyring, fingerprint
-from ..model import Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
+from ..model import KEPT, Field, Geometry, Image, Job, Naming, Plan, ReplaceImage, ReplaceRun, Runs
 from ..policy import Policy, decide
 from ..sampling import digest, sample
 from .base import Adapter, Probe
@@ -153,6 +155,16 @@ class TiffAdapter(Adapter):
             images.append(image)
         return images
 
+    def pixels(self, slide: TiffSlide, image: Image):
+        import tifffile
+
+        number = int(image.index.split()[1])   # "IFD n": the n-th image of the main chain
+        try:
+            with tifffile.TiffFile(slide.path) as tf:
+                return tf.pages[number].asarray()
+        except Exception:  # noqa: BLE001 - a codec tifffile lacks: the caller decides
+            return None
+
     def stored_levels(self, slide: TiffSlide) -> list[Image]:
         """Every tiled pyramid image as stored: the levels of the main chain and the levels
         in their SubIFDs (OME-TIFF pyramids), each with its tile grid and byte runs."""
@@ -166,14 +178,15 @@ class TiffAdapter(Adapter):
                     out.append(self.image_of(slide, node, "level", "keep", base))
         return out
 
-    def plan(self, slide: TiffSlide, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
+    def plan(self, slide: TiffSlide, policy: Policy, naming: Naming, screen: bool = True,
+             new_images: list = ()) -> Plan:
         ctx = TiffPlanning(slide, policy, naming, screen)
         self.prepare(ctx)
         images = self.images(slide)
         chain: list[IfdOut] = []
         for ifd, image in zip(slide.tiff.ifds, images):
-            image.action = policy.image_action(image.role)
-            if image.action == "keep":
+            image.action = policy.image_action_for(image.index, image.role)
+            if image.action in KEPT:
                 chain.append(self.plan_ifd(ctx, ifd, ctx.fields, kept=True))
                 continue
             lost: list[Field] = []
@@ -182,10 +195,59 @@ class TiffAdapter(Adapter):
                 f.action, f.new_value = "remove", None
                 f.why = f"in the {image.role} image, which is dropped"
             ctx.fields.extend(lost)
-        if not any(img.action == "keep" and img.role == "level" for img in images):
+        if not any(img.action in KEPT and img.role == "level" for img in images):
             raise SlideError("no pyramid level would remain")
+        for new in new_images:
+            self._new_image(ctx, new)
         return Plan(self.format_name, images, ctx.fields, self.warnings(slide) + ctx.malformed,
-                    edits=list(ctx.edits), output=chain)
+                    edits=list(ctx.edits) + list(new_images), output=chain)
+
+    def _new_image(self, ctx: TiffPlanning, new) -> None:
+        """A synthesized label or a blanked overview as new strips (or tiles) of its IFD, in
+        the IFD's own codec; what screening had planned for that IFD is superseded."""
+        from ..images import encode, redact
+
+        slide = ctx.slide
+        ifd = slide.tiff.ifds[int(new.image.split()[1])]
+        bo = slide.bo
+        regions = ifd.data_regions(bo)
+        code = ifd.int_value(259, bo, 1)
+        codec = {1: "none", 5: "lzw", 6: "jpeg", 7: "jpeg", 8: "deflate", 32946: "deflate"}.get(code)
+        if regions is None or codec is None or 322 in ifd.tags:
+            raise SlideError(f"{ifd.label}: a {compression_name(code)} image in tiles or "
+                             "without strips cannot be rewritten here")
+        _, _, offs, cnts = regions
+        width, height = ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0
+        rows = ifd.int_value(278, bo, height) or height
+        colorspace = {2: "rgb", 6: "ycbcr"}.get(ifd.int_value(262, bo, 2), "gray")
+        predictor = ifd.int_value(317, bo, 1) or 1
+        sub = ifd.tags.get(530)
+        subsampling = tuple(int(v) for v in sub.values(bo)[:2]) if sub is not None else (2, 2)
+        tables = ifd.tags[347].data if 347 in ifd.tags else None
+        ctx.edits[:] = [e for e in ctx.edits if e.image != ifd.label]
+        for i in range(len(offs)):
+            top = i * rows
+            if top >= height:
+                break
+            span = min(rows, height - top)
+            if isinstance(new, ReplaceImage):
+                data = encode.encode(new.pixels[top:top + span], codec, colorspace, predictor,
+                                     subsampling if colorspace == "ycbcr" else None)
+            else:
+                boxes, pixels = new.regions
+                mask = encode.boxes_mask(boxes, span, width, top)
+                if not mask.any():
+                    continue
+                fill = int(round(float(np.mean(pixels[top:top + span][mask]))))
+                stored = slide.tiff.read(int(offs[i]), int(cnts[i]))
+                spp = pixels.shape[2] if pixels.ndim == 3 else 1
+                try:
+                    data = encode.blank_piece(stored, codec, mask, fill, tables, (span, width, spp),
+                                              pixels.dtype, colorspace, predictor)
+                except redact.RedactError:
+                    data = encode.encode(pixels[top:top + span], codec, colorspace, predictor,
+                                         subsampling if colorspace == "ycbcr" else None)
+            ctx.edits.append(ReplaceRun(ifd.label, i, data))
 
     def image_of(self, slide: TiffSlide, ifd: Ifd, role: str, action: str, base: Ifd) -> Image:
         bo = slide.bo
@@ -435,9 +497,8 @@ class TiffWriter:
     def finish(self, plan: Plan) -> Written:
         edits: dict[str, dict[int, bytes]] = {}
         for edit in plan.edits:
-            if not isinstance(edit, ReplaceRun):
-                raise SlideError("replacing or redacting whole images is not supported yet")
-            edits.setdefault(edit.image, {})[edit.run] = edit.data
+            if isinstance(edit, ReplaceRun):   # new images came as runs too
+                edits.setdefault(edit.image, {})[edit.run] = edit.data
         if self.staging is None:
             return self._finish_in_place(plan, edits)
         try:

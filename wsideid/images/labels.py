@@ -45,7 +45,7 @@ def synthesize_label(width: int, height: int, pseudonym: str, channels: int = 3)
     if width < 1 or height < 1:
         raise ValueError(f"label size {width}x{height} is empty")
     modules = data_matrix(pseudonym)
-    layout = best_layout(width, height, modules.shape[0], pseudonym)
+    layout = best_layout(width, height, max(modules.shape), pseudonym)
     label = np.full((height, width), 255, np.uint8)
     _draw_code(label, modules, layout)
     _draw_text(label, layout)
@@ -57,7 +57,11 @@ def synthesize_label(width: int, height: int, pseudonym: str, channels: int = 3)
 
 def data_matrix(content: str) -> np.ndarray:
     """The symbol's modules without quiet zone, True where dark."""
-    symbol = zxingcpp.create_barcode(content, zxingcpp.BarcodeFormat.DataMatrix)
+    try:   # the layout places a square symbol (zxing-cpp may choose a rectangular one)
+        symbol = zxingcpp.create_barcode(content, zxingcpp.BarcodeFormat.DataMatrix,
+                                         force_square=True)
+    except TypeError:
+        symbol = zxingcpp.create_barcode(content, zxingcpp.BarcodeFormat.DataMatrix)
     return np.asarray(symbol.to_image(scale=1, add_quiet_zones=False)) < 128
 
 

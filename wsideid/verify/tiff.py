@@ -136,6 +136,8 @@ def _rescan_edits(out: TiffSlide, ifd, offs: np.ndarray, cnts: np.ndarray,
     from ..containers.tiff.names import codec_family
 
     family = codec_family(ifd.int_value(259, out.bo))
+    if family not in ("jpeg", "j2k"):
+        return []
     clean = segments.clean_jpeg if family == "jpeg" else segments.clean_j2k
     for index in edits:
         data = os.pread(out.tiff.fd, int(cnts[index]), int(offs[index]))

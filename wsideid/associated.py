@@ -1,0 +1,168 @@
+"""Labels, overviews and thumbnails, decided by their pixels.
+
+Before a slide is planned, its label, overview (macro) and thumbnail are looked at: every
+barcode is decoded (zxing-cpp, then zbar) and, when OCR is installed, the label's and the
+overview's text is read. What they show, and the identifiers the format's label metadata holds
+(an Aperio Barcode, the NDPI Reference, DICOM BarcodeValue and LabelText, MIRAX's barcode),
+joins the slide's removed values: removed from every other field and searched for in every
+output byte. An image that is to be kept but shows a barcode or text is not released as it is:
+a label is dropped, an overview redacted (`--strict`: the slide fails instead). A label to be
+replaced gets a synthesized one (the pseudonym as text and as a Data Matrix); an overview to be
+redacted gets its label area blanked.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import SlideError
+from .model import Field, Image, Naming, Plan, RedactImage, ReplaceImage
+from .policy import Policy
+
+if TYPE_CHECKING:
+    import numpy as np
+
+CHECKED_ROLES = ("label", "macro", "overview", "thumbnail")
+TEXT_ROLES = ("label", "macro", "overview")     # read with OCR (a thumbnail shows tissue)
+MIN_FORBIDDEN = 4                                # shorter values would match everywhere
+WORDLIKE = re.compile(r"[A-Za-z0-9]{2,}")         # OCR lines of punctuation are noise
+
+
+@dataclass
+class ImageCheck:
+    image: Image
+    pixels: np.ndarray
+    barcodes: list           # images.barcodes.Barcode
+    texts: list[str] | None  # None: OCR not run
+
+    @property
+    def shows_something(self) -> bool:
+        return bool(self.barcodes) or bool(self.texts)
+
+
+@dataclass
+class SlideChecks:
+    images: list[ImageCheck]
+    label_values: list[str]
+    ocr_ran: bool
+
+    def of(self, index: str) -> ImageCheck | None:
+        return next((c for c in self.images if c.image.index == index), None)
+
+
+def examine(adapter: Any, slide: Any, policy: Policy) -> SlideChecks:
+    from .images import ocr
+    from .images.barcodes import decode_all
+
+    read_text = policy.ocr and ocr.available()
+    checks = []
+    for image in adapter.images(slide):
+        if image.role not in CHECKED_ROLES:
+            continue
+        pixels = adapter.pixels(slide, image)
+        if pixels is None:
+            continue
+        # text is read where it decides something: on an image that is to be kept
+        texts = None
+        if read_text and image.role in TEXT_ROLES and policy.image_action(image.role) != "drop":
+            texts = [line for line in ocr.read_text(pixels) or [] if WORDLIKE.search(line)]
+        checks.append(ImageCheck(image, pixels, decode_all(pixels), texts))
+    return SlideChecks(checks, [v for v in adapter.label_values(slide) if v.strip()], read_text)
+
+
+def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
+           naming: Naming) -> tuple[Policy, list[Field], list[str], list]:
+    """The slide's own policy (what its images showed is forbidden everywhere; images that
+    failed their checks dropped or redacted), the fields to report, the warnings, and the new
+    images: a synthesized label for every label to be replaced, the blanked picture for every
+    overview to be redacted."""
+    fields: list[Field] = []
+    warnings: list[str] = []
+    forbidden = {v.strip().lower() for v in checks.label_values if len(v.strip()) >= MIN_FORBIDDEN}
+    overrides: dict[str, str] = {}
+    for check in checks.images:
+        image = check.image
+        for code in check.barcodes:
+            fields.append(Field(f"barcode:{code.symbology}", image.index, code.value, "remove",
+                                why=f"decoded from the {image.role} image"))
+            if len(code.value.strip()) >= MIN_FORBIDDEN:
+                forbidden.add(code.value.strip().lower())
+        for line in check.texts or []:
+            fields.append(Field("ocr:text", image.index, line, "remove",
+                                why=f"text read on the {image.role} image"))
+            forbidden |= {w.lower() for w in line.split() if len(w) >= MIN_FORBIDDEN}
+        wanted = policy.image_action(image.role)
+        if not check.shows_something or wanted in ("drop", "replace", "redact"):
+            continue
+        what = _what(check)
+        if policy.strict:
+            raise SlideError(f"--strict: the {image.role} image ({image.index}) shows {what}; "
+                             "it cannot be released as it is")
+        instead = "redact" if image.role in ("macro", "overview") else "drop"
+        overrides[image.index] = instead
+        warnings.append(f"the {image.role} image ({image.index}) shows {what}: "
+                        f"{'redacted' if instead == 'redact' else 'dropped'} instead of kept")
+    if policy.ocr and not checks.ocr_ran and any(c.image.role in TEXT_ROLES
+                                                 and policy.image_action(c.image.role) != "drop"
+                                                 for c in checks.images):
+        warnings.append("OCR was not run: it is not installed (the ocr extra and tesseract-ocr "
+                        "read text on labels and overviews)")
+    slide_policy = replace(policy, forbidden=frozenset(forbidden),
+                           image_overrides=tuple(overrides.items()))
+    edits = []
+    for check in checks.images:
+        action = slide_policy.image_action_for(check.image.index, check.image.role)
+        if action == "replace":
+            edits.append(_new_label(check, naming))
+        elif action == "redact":
+            edit, why = _blanked(adapter, slide, check, slide_policy)
+            warnings.append(why)
+            if edit is None:
+                overrides[check.image.index] = "drop"
+            else:
+                edits.append(edit)
+    slide_policy = replace(slide_policy, image_overrides=tuple(overrides.items()))
+    return slide_policy, fields, warnings, edits
+
+
+def _new_label(check: ImageCheck, naming: Naming) -> ReplaceImage:
+    from .images.labels import synthesize_label
+
+    image = check.image
+    channels = 1 if check.pixels.ndim == 2 else 3
+    try:
+        label = synthesize_label(check.pixels.shape[1], check.pixels.shape[0], naming.pseudonym,
+                                 channels)
+    except ValueError as exc:
+        raise SlideError(f"the label ({image.index}) is too small to replace: {exc}") from None
+    return ReplaceImage(image.index, label)
+
+
+def _blanked(adapter: Any, slide: Any, check: ImageCheck,
+             policy: Policy) -> tuple[RedactImage | None, str]:
+    """The overview with its label area blanked, or None (then it is dropped) when no label
+    area can be found: an overview is never kept unblanked when it was to be redacted."""
+    from .images.overview import OverviewNotCleared, redact_overview
+
+    image = check.image
+    vendor = adapter.label_boxes(slide, image, check.pixels)
+    try:
+        pixels, boxes, reason = redact_overview(check.pixels, region=policy.macro_region,
+                                                barcodes=check.barcodes, vendor_boxes=vendor)
+    except OverviewNotCleared as exc:
+        return None, f"the {image.role} image ({image.index}): {exc}: dropped"
+    if not boxes:
+        return None, (f"the {image.role} image ({image.index}): {reason}: dropped (give "
+                      "--macro-region to say where its label is)")
+    return (RedactImage(image.index, (boxes, pixels)),
+            f"the {image.role} image ({image.index}) redacted: {reason}")
+
+
+def _what(check: ImageCheck) -> str:
+    parts = []
+    if check.barcodes:
+        parts.append("a barcode (" + ", ".join(sorted({c.symbology for c in check.barcodes})) + ")")
+    if check.texts:
+        parts.append("text")
+    return " and ".join(parts)
