@@ -26,7 +26,8 @@ def plan_job(job: Job, policy: Policy, keyring: Keyring) -> Plan:
     adapter = adapters.by_name(job.format)
     slide = adapter.read(job)
     try:
-        return adapter.plan(slide, policy, adapter.naming(slide, keyring))
+        naming = adapter.naming(slide, keyring) if policy.deidentify else adapter.stored_naming(slide)
+        return adapter.plan(slide, policy, naming)
     finally:
         slide.close()
 
@@ -39,8 +40,11 @@ def run(job: Job, settings: Settings) -> Result:
     result = Result(job.path)
     slide = adapter.read(job)
     try:
-        naming = adapter.naming(slide, settings.keyring)
-        result.pseudonym = naming.pseudonym
+        if settings.policy.deidentify:
+            naming = adapter.naming(slide, settings.keyring)
+            result.pseudonym = naming.pseudonym
+        else:   # `redact`: the slide keeps its names
+            naming = adapter.stored_naming(slide)
         # what OpenSlide shows of the input: read beside the copy, or before patching in place
         seen = adapter.reader_path(slide)
         before = Background(lambda: openslide_view(seen) if seen is not None else None)

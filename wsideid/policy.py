@@ -2,7 +2,8 @@
 the one place where a field's action is chosen, for every field of every format."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from .catalog import UNKNOWN, Entry, has_type, type_word
 from .dates import COMMON, DateFormat, transform_date
@@ -16,6 +17,21 @@ DATE_TYPES = ("date",)
 
 
 @dataclass(frozen=True)
+class Redaction:
+    """Regions to paint over in every pyramid level (`--regions`, `--region`): `regions` is
+    their union (images.regions.Regions) in the pixels of pyramid level `level`
+    (`--region-level`), `parts` each given region on its own (for reports), `fill` the grey
+    value painted."""
+    regions: Any
+    parts: tuple = ()
+    level: int = 0
+    fill: int = 0
+
+    def options(self) -> dict:
+        return {"count": len(self.parts) or 1, "level": self.level, "fill": self.fill}
+
+
+@dataclass(frozen=True)
 class Policy:
     dates: str = "remove"
     keep_device_id: bool = False
@@ -26,6 +42,10 @@ class Policy:
     retain_patient_characteristics: bool = False
     clean_descriptors: bool = False
     date_shift_days: int = 0
+    redaction: Redaction | None = None
+    # False (`wsideid redact`): nothing is de-identified; adapters plan the slide as stored
+    # (every field and image kept as it is) and only the redaction changes it.
+    deidentify: bool = True
 
     def __post_init__(self) -> None:
         if self.dates not in DATE_MODES:
@@ -43,6 +63,8 @@ class Policy:
         return catalog_action
 
     def image_action(self, role: str) -> str:
+        if not self.deidentify:
+            return "keep"
         if role in ("level", "thumbnail"):
             return "keep"
         if role == "label":
@@ -53,9 +75,19 @@ class Policy:
 
     def options(self) -> dict:
         """Every option, for the audit report (the shift itself is a secret: not recorded)."""
-        options = asdict(self)
-        options.pop("date_shift_days")
+        options = {f.name: getattr(self, f.name) for f in fields(self)
+                   if f.name not in ("date_shift_days", "redaction", "deidentify")}
+        if not self.deidentify:
+            options["deidentify"] = False
+        if self.redaction is not None:
+            options["regions"] = self.redaction.options()
         return options
+
+    def without_redaction(self) -> Policy:
+        """The same policy without regions (verification re-plans an output with it)."""
+        from dataclasses import replace
+
+        return replace(self, redaction=None)
 
 
 def decide(entry: Entry, value: str | None, policy: Policy, *, name: str, where: str,

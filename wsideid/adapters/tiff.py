@@ -21,7 +21,8 @@ from ..containers.tiff.writer import IfdOut, NewValue, ascii_value, write_tiff
 from ..errors import SlideError
 from ..images import codestreams, segments
 from ..keyring import Keyring, fingerprint
-from ..model import Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
+from ..model import (Field, Geometry, Image, Job, Naming, PatchRun, Plan, RedactImage,
+                     ReplaceRun, Runs)
 from ..policy import Policy, decide
 from .base import Adapter, Probe
 
@@ -144,7 +145,29 @@ class TiffAdapter(Adapter):
         return images
 
     def plan(self, slide: TiffSlide, policy: Policy, naming: Naming, screen: bool = True) -> Plan:
-        ctx = TiffPlanning(slide, policy, naming, screen)
+        ctx = TiffPlanning(slide, policy, naming, screen and policy.deidentify)
+        if policy.deidentify:
+            plan = self.plan_fields(ctx)
+        else:
+            from . import as_stored
+
+            plan = as_stored.plan_tiff(self, ctx)
+        if policy.redaction is not None:
+            from . import redaction, tiff_regions
+
+            redaction.plan_regions(plan, policy.redaction, tiff_regions.targets(self, ctx, plan))
+        return plan
+
+    def paint_target(self, ctx: TiffPlanning, node: IfdOut, role: str, level: int | None,
+                     base: tuple[int, int]):
+        """How a region is painted on this IFD (redaction.Target), Unsupported if it cannot
+        be, None to leave it alone."""
+        from . import tiff_regions
+
+        return tiff_regions.tiff_target(ctx, node, role, level, base)
+
+    def plan_fields(self, ctx: TiffPlanning) -> Plan:
+        slide, policy = ctx.slide, ctx.policy
         self.prepare(ctx)
         images = self.images(slide)
         chain: list[IfdOut] = []
@@ -338,14 +361,18 @@ class TiffWriter:
 
     def finish(self, plan: Plan) -> Written:
         edits: dict[str, dict[int, bytes]] = {}
+        patches: dict[str, dict[int, tuple]] = {}
         for edit in plan.edits:
-            if not isinstance(edit, ReplaceRun):
-                raise SlideError("replacing or redacting whole images is not supported yet")
-            edits.setdefault(edit.image, {})[edit.run] = edit.data
+            if isinstance(edit, ReplaceRun):
+                edits.setdefault(edit.image, {})[edit.run] = edit.data
+            elif isinstance(edit, PatchRun):
+                patches.setdefault(edit.image, {})[edit.run] = edit.patches
+            elif not isinstance(edit, RedactImage):   # its runs are ReplaceRun/PatchRun edits
+                raise SlideError("replacing whole images is not supported yet")
         if self.staging is None:
             fd = os.open(self.slide.path, os.O_RDWR)
             try:
-                result = write_tiff(self.slide.tiff, fd, plan.output, edits)
+                result = write_tiff(self.slide.tiff, fd, plan.output, edits, patches)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -353,7 +380,7 @@ class TiffWriter:
                            result.zeroed_bytes, {"input_intact": False})
         try:
             self.copier.join()
-            result = write_tiff(self.slide.tiff, self.fd, plan.output, edits)
+            result = write_tiff(self.slide.tiff, self.fd, plan.output, edits, patches)
             os.fsync(self.fd)
         finally:
             os.close(self.fd)

@@ -93,6 +93,11 @@ def _outward_pixels(geom: BaseGeometry) -> BaseGeometry:
 
 def read_geojson(text: str) -> Regions:
     """Regions from GeoJSON: a FeatureCollection, a list of Features, a Feature or a geometry."""
+    return union(read_geojson_parts(text))
+
+
+def read_geojson_parts(text: str) -> list[Regions]:
+    """Each geometry of a GeoJSON document (a feature, a polygon) as regions of its own."""
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError):
@@ -100,10 +105,12 @@ def read_geojson(text: str) -> Regions:
     geometries = list(_geometries(doc))
     if not geometries:
         raise RegionError("regions file holds no polygon")
-    polygons: list[Polygon] = []
-    for n, geometry in enumerate(geometries, 1):
-        polygons.extend(_polygons(geometry, n))
-    return Regions(_polygons_only(shapely.union_all(polygons)))
+    return [Regions(_polygons_only(shapely.union_all(_polygons(geometry, n))))
+            for n, geometry in enumerate(geometries, 1)]
+
+
+def union(parts: Sequence[Regions]) -> Regions:
+    return Regions(_polygons_only(shapely.union_all([p.geometry for p in parts])))
 
 
 def from_rectangles(rects: Iterable[Sequence[float]]) -> Regions:
