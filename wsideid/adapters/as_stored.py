@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .. import catalog
 from ..containers.tiff.names import tag_name
 from ..containers.tiff.reader import ASCII, Ifd
@@ -53,8 +55,13 @@ def plan_mirax(adapter, slide) -> tuple[Plan, list, list]:
     from ..containers.mirax.data import DataFileOut, MiraxOutput
     from ..containers.mirax.slidedat import DATAFILE, HIERARCHICAL, INDEX_NAME, Slidedat, \
         data_file_name
-    from ..model import Geometry, Image
-    from .mrxs import IMAGE_ROLES, _runs
+    from ..model import Geometry, Image, Runs
+
+    def _runs(record, codec: str) -> Runs:   # as mrxs.py builds them (not imported: a cycle)
+        items = list(record.items()) if record else []
+        return Runs(np.array([i[-1] for i in items], np.int64),
+                    np.array([i[-3] for i in items], np.int64),
+                    np.array([i[-2] for i in items], np.int64), codec)
 
     fields: list[Field] = []
     images: list[Image] = []
@@ -70,7 +77,7 @@ def plan_mirax(adapter, slide) -> tuple[Plan, list, list]:
     for value in slide.nonhier_values():
         entry = records.lookup(value.key)
         role = entry.action if entry is not catalog.UNKNOWN else "unknown"
-        if role in IMAGE_ROLES:
+        if role in adapter.image_roles:
             w, h = adapter._jpeg_size(slide, value.record)
             images.append(Image(value.key, role, w, h, "JPEG", "keep",
                                 runs=_runs(value.record, "image")))

@@ -487,7 +487,11 @@ class DicomAdapter(Adapter):
                 fields += dicom_fields(ds, where)
                 name = inst.source.name
             out = InstanceOut(inst, ds, image, name)
-            if screen:
+            if not policy.deidentify:   # `redact`: frames are not screened either
+                from ..containers.dicom.io import locate_pixels
+
+                out.pixels = locate_pixels(inst.source, inst.pixel_start)
+            elif screen:
                 locate_and_screen(out, fields, edits)
             outputs.append(out)
         plan = Plan(self.format_name, images, fields, edits=edits, output=outputs)

@@ -17,13 +17,13 @@ from typing import Iterator
 
 import numpy as np
 
-from ..images import jpeg_entropy as je
-from ..images.redact import decode_jpeg, decode_raw, jpeg_colorspace, redact_tile
+from ..images.redact import decode_raw, redact_tile
 from ..images.regions import Regions, mask_for_tile
 from ..model import Plan, ReplaceRun
 from ..policy import Redaction
 from . import redaction as shared
-from .redaction import GridLayout, Target, Targets, Unsupported, factors_of, jpeg_tolerance
+from .redaction import (GridLayout, Target, Targets, Unsupported, factors_of, jpeg_painter,
+                        jpeg_tolerance)
 
 NATIVE = {"1.2.840.10008.1.2.1"}
 JPEG_BASELINE = {"1.2.840.10008.1.2.4.50"}
@@ -119,13 +119,13 @@ def _target(out, fill: int, base: tuple[int, int], ranks: list) -> Target | Unsu
             return decode_raw("none", data, shape, dtype)
         codec, expect, tolerance = "none", (value,) * spp, 0
     elif syntax in JPEG_BASELINE:
-        default = SPACES.get(photometric)
+        jpeg_paint, jpeg_decode = jpeg_painter(fill, None, SPACES.get(photometric))
 
         def paint(data: bytes, mask: np.ndarray) -> bytes:
-            return redact_tile("jpeg", _unpadded(data), mask, fill, colorspace=_space(data, default))
+            return jpeg_paint(_unpadded(data), mask)
 
         def decode(data: bytes) -> np.ndarray:
-            return decode_jpeg(_unpadded(data), None, _space(data, default))
+            return jpeg_decode(_unpadded(data))
         offsets, counts = pixels.frame_offsets, pixels.frame_lengths
         codec, expect, tolerance = "jpeg", (fill,) * spp, jpeg_tolerance(fill)
     elif syntax in J2K:
@@ -187,14 +187,3 @@ def _unpadded(data: bytes) -> bytes:
 def _unpadded_j2k(data: bytes) -> bytes:
     return data[:-1] if data.endswith(b"\xff\xd9\x00") else data
 
-
-def _space(data: bytes, default: str | None) -> str | None:
-    """The colour space a decoder gives this frame: the stream's own (JFIF, Adobe) when it
-    says, else the Photometric Interpretation."""
-    try:
-        info = je.parse_jpeg(_unpadded(data))
-    except je.JpegError:
-        return default
-    if info.jfif or info.adobe_transform is not None or default is None:
-        return jpeg_colorspace(info)
-    return default

@@ -273,6 +273,7 @@ class MiraxAdapter(Adapter):
     container = "mirax"
     extension = EXTENSION
     settled = ("keep", "replace")
+    image_roles = IMAGE_ROLES
     # camera images overlap and do not form a regular tile grid: a DICOM copy re-encodes them
     tiles_copyable = False
 

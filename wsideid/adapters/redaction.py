@@ -271,6 +271,39 @@ def painter(codec: str, fill: int, **params) -> Callable[[bytes, Mask], bytes]:
     return lambda data, mask: redact_tile(codec, data, mask, fill, **params)
 
 
+def jpeg_space(data: bytes, tables: bytes | None, default: str | None) -> str | None:
+    """The colour space readers decode a JPEG piece in: the stream's own when it says (a JFIF
+    marker: YCbCr; an Adobe marker: its transform), else the container's (TIFF Photometric,
+    DICOM Photometric Interpretation), else libjpeg's guess. Tools disagree when a container
+    says RGB over a JFIF stream; libjpeg-based readers (tifffile, PIL, pydicom) follow the
+    stream, and so does the fill."""
+    from ..images import jpeg_entropy as je
+    from ..images.redact import jpeg_colorspace
+
+    try:
+        info = je.parse_jpeg(data, tables)
+    except je.JpegError:
+        return default
+    if info.jfif or info.adobe_transform is not None or default is None:
+        return jpeg_colorspace(info)
+    return default
+
+
+def jpeg_painter(fill: int, tables: bytes | None, default: str | None
+                 ) -> tuple[Callable[[bytes, Mask], bytes], Callable[[bytes], np.ndarray]]:
+    """Painter and decoder of JPEG pieces, each in its own colour space (jpeg_space)."""
+    from ..images.redact import decode_jpeg
+
+    def paint(data: bytes, mask: Mask) -> bytes:
+        return redact_tile("jpeg", data, mask, fill, tables,
+                           colorspace=jpeg_space(data, tables, default))
+
+    def decode(data: bytes) -> np.ndarray:
+        return decode_jpeg(data, tables, jpeg_space(data, tables, default))
+
+    return paint, decode
+
+
 def jpeg_tolerance(fill: int) -> int:
     """How far a decoded JPEG fill may be from the fill: 0 and 255 are exact (the DC rounds
     outward and the decoder clamps), others within the DC quantisation step / 16, at most 16."""

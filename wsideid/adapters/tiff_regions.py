@@ -14,9 +14,9 @@ import numpy as np
 from ..containers.tiff.names import compression_name
 from ..containers.tiff.writer import IfdOut
 from ..model import Plan
-from ..images.redact import decode_jpeg, decode_raw, redact_tile
+from ..images.redact import decode_raw, redact_tile
 from .redaction import (PAINTED_ROLES, GridLayout, Target, Targets, Unsupported, factors_of,
-                        jpeg_tolerance, painter)
+                        jpeg_painter, jpeg_tolerance, painter)
 
 if TYPE_CHECKING:
     from .tiff import TiffAdapter, TiffPlanning
@@ -101,10 +101,9 @@ def tiff_target(ctx: TiffPlanning, node: IfdOut, role: str, level: int | None,
         tables = node.tags.get(347)
         tables = tables.data if tables is not None else None
         space = JPEG_SPACES.get(photometric)
-        paint = painter("jpeg", fill, tables=tables, colorspace=space)
-        decode = lambda data: decode_jpeg(data, tables, space)  # noqa: E731
+        paint, decode = jpeg_painter(fill, tables, space)
         codec, tolerance = "jpeg", jpeg_tolerance(fill)
-        expect = (fill,) * (1 if space == "gray" else 3)
+        expect = (fill,) * (1 if spp == 1 else 3)
     elif code in J2K_CODES:
         paint = painter("jpeg2k", fill, ycbcr=code == 33003)
         decode = _j2k_decode

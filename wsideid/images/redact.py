@@ -265,6 +265,11 @@ def _assemble(data: bytes, info: je.JpegInfo, coded: list[bytes], dht: bytes) ->
                 continue
         if marker == 0xDA:
             head.append(dht)
+        if marker == 0xE0 and end - start > 18:
+            # a JFIF thumbnail (T.871 6.2: Xthumbnail, Ythumbnail, then RGB samples) is a
+            # small picture of the tile, region included: the segment goes without it
+            head.append(b"\xff\xe0\x00\x10" + data[start + 4:start + 16] + b"\x00\x00")
+            continue
         head.append(data[start:end])
     body = bytearray()
     for n, part in enumerate(coded):

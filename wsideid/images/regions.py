@@ -305,8 +305,11 @@ def _crossed_pixels(edges: np.ndarray, window: tuple[int, int] | None = None
         t = np.unique(np.clip(ts, 0.0, 1.0))
         mid = (t[:-1] + t[1:]) / 2
         mx, my = ax + mid * (bx - ax), ay + mid * (by - ay)
-        # A piece lying on a grid line runs along pixel borders and enters no pixel.
-        inside = (mx != np.floor(mx)) & (my != np.floor(my))
+        # A piece lying on a grid line runs along pixel borders and enters no pixel; so does,
+        # in effect, a sliver that rounding leaves between two crossings of one lattice
+        # point (an edge through a pixel corner, moved by clipping).
+        length = (t[1:] - t[:-1]) * math.hypot(bx - ax, by - ay)
+        inside = (mx != np.floor(mx)) & (my != np.floor(my)) & (length > 1e-6)
         xs.append(np.floor(mx[inside]).astype(np.int64))
         ys.append(np.floor(my[inside]).astype(np.int64))
     if not xs:
