@@ -319,7 +319,8 @@ def print_regions(plan) -> None:
         table.add_column(col, overflow="fold")
     for r in plan.redactions():
         info = r.public()
-        table.add_row(info["image"], info["role"], str(info["level"]), str(info["bounds"]),
+        table.add_row(info["image"], info["role"], "-" if info["level"] is None else str(info["level"]),
+                      str(info["bounds"]),
                       f"{info['pieces_touched']} of {info['pieces']}",
                       str(info["pieces_rewritten"]), info["path"])
     out.print(table)
@@ -433,7 +434,8 @@ def redact(
     if not found.jobs and not found.problems:
         fail("no slides found in the given inputs")
     if outdir is not None and not dry_run:
-        names = [job.path.name for job in found.jobs]
+        names = [job.path.name if not adapters.by_name(job.format).multi_file
+                 else f"{job.path.parent.name}-{job.path.stem}" for job in found.jobs]
         for job in found.jobs:
             if outdir.resolve() in (p.resolve().parent for p in job.paths):
                 fail(f"{job.path}: the output folder holds the input; use --in-place to "

@@ -448,8 +448,10 @@ class DicomAdapter(Adapter):
         return Naming(pseudonym, pseudonym, keyring=keyring)
 
     def stored_naming(self, slide: DicomSeries) -> Naming:
-        """`redact`: the series goes into a folder named as the input's."""
-        name = slide.files[0].parent.name or "series"
+        """`redact`: the series goes into a folder named after the input's folder and first
+        file (two series of one folder stay apart)."""
+        first = slide.files[0]
+        name = f"{first.parent.name}-{first.stem}" if first.parent.name else first.stem
         return Naming(name, name)
 
     def writer(self, slide: DicomSeries, naming: Naming, target: Target) -> DicomWriter:

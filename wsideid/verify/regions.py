@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..containers.output import Written
-from ..model import Plan, RedactImage, ReplaceRun
+from ..model import Plan, ReplaceRun
 
 MAX_PIECES = 256        # rewritten pieces decoded per image
 READER_POINTS = 12      # pixels read through the reader per image
@@ -184,6 +184,3 @@ def _check_wsidicom(plan: Plan, paths) -> list[str]:
         slide.close()
     return problems
 
-
-def redacted(plan: Plan) -> list[RedactImage]:
-    return plan.redactions()
