@@ -172,7 +172,8 @@ def apply(plan: Plan, redaction: Redaction, targets: list[Target],
     for target in targets:
         on_level = level_regions(regions, target.factors, target.width, target.height)
         per_part = [_count_touched(target, level_regions(p, target.factors, target.width,
-                                                         target.height)) for p in parts]
+                                                         target.height)) for p in parts] \
+            if target.layout is not None else None
         masks: dict[int, Mask] = {}
         if on_level.is_empty:
             rewritten = 0
@@ -186,7 +187,9 @@ def apply(plan: Plan, redaction: Redaction, targets: list[Target],
             "role": target.role, "level": target.level,
             "downsample": [round(v, 6) for v in target.factors[0]],
             "bounds": [x0, y0, x1, y1], "pieces": target.pieces,
-            "pieces_touched": per_part if len(per_part) > 1 else per_part[0],
+            # per given region; a custom target (NDPI intervals) counts what it rewrote
+            "pieces_touched": (rewritten if per_part is None
+                               else per_part if len(per_part) > 1 else per_part[0]),
             "pieces_rewritten": rewritten, "path": PATHS.get(target.codec, target.codec),
             "fill": redaction.fill,
             "_regions": on_level, "_size": (target.width, target.height),
@@ -202,10 +205,9 @@ def _count_touched(target: Target, level: Regions) -> int:
         return 0
     if isinstance(target.layout, GridLayout):
         layout = target.layout
-        return len(tiles_touched(level, layout.tile_w, layout.tile_h, layout.across, layout.down))
-    if target.layout is not None:
-        return sum(1 for _ in target.layout.touched(level))
-    return 1
+        return len(tiles_touched(level, layout.tile_w, layout.tile_h, layout.across,
+                                 layout.down)) * layout.planes
+    return sum(len(runs) for runs, _ in target.layout.touched(level))
 
 
 def _paint_pieces(plan: Plan, target: Target, level: Regions) -> dict[int, Mask]:
