@@ -1,9 +1,24 @@
-"""Time region redaction through a synthetic pyramid of JPEG tiles.
+"""Region redaction benchmarks.
 
-    python bench/regions_bench.py [--subsampling 420|444]
+    python bench/regions_bench.py slide [--width 100000 --height 80000] [--rounds 3]
+                                        [--skip-reencode]
+    python bench/regions_bench.py tiles [--subsampling 420|444]
 
-A 4800 x 4800 level 0 in 240 x 240 abbreviated JPEG tiles with shared JPEGTables (as an Aperio
-SVS stores them), levels at downsample 1, 4 and 16. A 2000 x 2000 pixel region is redacted
+`slide` (the issue's benchmark): a generated Aperio SVS of WIDTH x HEIGHT pixels (256 x 256
+abbreviated JPEG tiles with shared JPEGTables, 4:2:0, levels at downsample 4, 16, 64, a
+thumbnail, label and macro; 64 distinct tiles repeated), then
+- planning a region (`wsideid redact`'s plan: the slide kept as stored, plus the region painted
+  through every level and the thumbnail), in-process, for regions of 500, 1000, 2000 and 4000
+  pixels square, and the same 2000 x 2000 region on a slide a twenty-fifth the size: the time
+  follows the region's area, not the slide's;
+- `wsideid redact --in-place` of the 2000 x 2000 region, the whole command (Python start-up,
+  reading the slide, planning, writing, verification with OpenSlide), medians of ROUNDS;
+- for comparison, decoding and re-encoding every tile of the base level (libjpeg-turbo through
+  imagecodecs, one core), the cost of redacting by re-encoding the level.
+
+`tiles`: the per-tile micro-benchmark of images/redact.py: a 4800 x 4800 level 0 in 240 x 240
+abbreviated JPEG tiles with shared JPEGTables (as an Aperio SVS stores them), levels at
+downsample 1, 4 and 16. A 2000 x 2000 pixel region is redacted
 through every level (only the tiles it touches, in the DCT domain). For comparison: decoding
 and re-encoding every tile of level 0, the naive path. Besides, per-tile times of the own
 path (libjpeg-turbo reads the coefficients, our encoder writes them with the tile's own
@@ -15,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -170,14 +187,11 @@ def per_tile(tables: bytes, level: dict, subsampling: str) -> None:
           f"tile {own_f * 1e3:.1f} ms; pixel decode+encode {px * 1e3:.1f} ms")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subsampling", default="420", choices=["420", "444"])
-    args = parser.parse_args()
+def tiles_main(subsampling: str) -> None:
     t = time.perf_counter()
-    tables, levels = build_pyramid(args.subsampling)
+    tables, levels = build_pyramid(subsampling)
     print(f"pyramid {SIZE}x{SIZE}, {TILE}px tiles, downsamples {DOWNSAMPLES}, "
-          f"{args.subsampling}: built in {time.perf_counter() - t:.1f} s")
+          f"{subsampling}: built in {time.perf_counter() - t:.1f} s")
     count = redact_pyramid(tables, levels)
     redact_s = median_time(lambda: redact_pyramid(tables, levels))
     whole_s = median_time(lambda: reencode_level(tables, levels[0]))
@@ -185,7 +199,170 @@ def main() -> None:
           f"{redact_s:.2f} s (median of 3)")
     print(f"decode + re-encode all {len(levels[0]['tiles'])} tiles of level 0: "
           f"{whole_s:.2f} s (median of 3)")
-    per_tile(tables, levels[0], args.subsampling)
+    per_tile(tables, levels[0], subsampling)
+
+
+# ---- the slide benchmark -------------------------------------------------------------------
+
+SLIDE_TILE = 256
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def make_slide(path: Path, width: int, height: int) -> Path:
+    """An Aperio SVS (BigTIFF) of abbreviated JPEG tiles sharing one JPEGTables."""
+    import tifffile
+
+    if path.exists():
+        return path
+    distinct = []
+    tables = b""
+    for seed in range(64):
+        full = imagecodecs.jpeg8_encode(pattern(SLIDE_TILE, SLIDE_TILE, seed), level=80,
+                                        subsampling="420")
+        tables, tile = split_tables(full)
+        distinct.append(tile)
+    head = "Aperio Image Library v12.0.5"
+    tmp = path.with_suffix(".partial")
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+        def level(w: int, h: int, desc: str) -> None:
+            across, down = -(-w // SLIDE_TILE), -(-h // SLIDE_TILE)
+            tiles = (distinct[(r * 7 + c) % len(distinct)] for r in range(down)
+                     for c in range(across))
+            tw.write(tiles, shape=(h, w, 3), dtype=np.uint8, tile=(SLIDE_TILE, SLIDE_TILE),
+                     compression=7, photometric="ycbcr", subsampling=(2, 2), jpegtables=tables,
+                     description=desc, metadata=None, software=False)
+
+        level(width, height, f"{head}\r\n{width}x{height} [0,0 {width}x{height}] "
+                             f"({SLIDE_TILE}x{SLIDE_TILE}) JPEG/RGB Q=80|AppMag = 40|MPP = 0.25")
+        tw.write(pattern(height * 1024 // width, 1024, 5), compression="jpeg", photometric="rgb",
+                 rowsperstrip=16, metadata=None, software=False,
+                 description=f"{head}\r\n{width}x{height} -> 1024x{height * 1024 // width} - ")
+        for ds in (4, 16, 64):
+            level(width // ds, height // ds, f"{head}\r\n{width}x{height} ({SLIDE_TILE}x"
+                  f"{SLIDE_TILE}) -> {width // ds}x{height // ds} JPEG/RGB Q=80")
+        tw.write(pattern(400, 600, 6), compression="lzw", photometric="rgb", subfiletype=1,
+                 metadata=None, software=False, description=f"{head}\r\nlabel 600x400")
+        tw.write(pattern(500, 1500, 7), compression="jpeg", photometric="rgb", subfiletype=9,
+                 metadata=None, software=False, description=f"{head}\r\nmacro 1500x500")
+    tmp.rename(path)
+    return path
+
+
+def plan_seconds(path: Path, side: int | None, rounds: int = 5) -> tuple[float, int]:
+    """Median seconds of planning `redact` with a side x side region (None: no region) in the
+    slide's middle, in-process, and the pieces rewritten."""
+    from wsideid.adapters import by_name
+    from wsideid.images.regions import from_rectangles
+    from wsideid.model import Job, ReplaceRun
+    from wsideid.policy import Policy, Redaction
+
+    adapter = by_name("aperio-svs")
+    times, rewritten = [], 0
+    for _ in range(rounds):
+        slide = adapter.read(Job((path,), adapter.name))
+        try:
+            width = slide.tiff.ifds[0].int_value(256, slide.bo)
+            height = slide.tiff.ifds[0].int_value(257, slide.bo)
+            redaction = None
+            if side:
+                region = from_rectangles([(width // 2 - 317, height // 2 - 211, side, side)])
+                redaction = Redaction(region, (region,), 0, 0)
+            policy = Policy(redaction=redaction, deidentify=False)
+            start = time.perf_counter()
+            plan = adapter.plan(slide, policy, adapter.stored_naming(slide))
+            times.append(time.perf_counter() - start)
+            rewritten = sum(isinstance(e, ReplaceRun) for e in plan.edits)
+        finally:
+            slide.close()
+    return statistics.median(times), rewritten
+
+
+def command_seconds(path: Path, side: int, rounds: int) -> list[float]:
+    import subprocess
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        width, height = tf.pages[0].imagewidth, tf.pages[0].imagelength
+    region = f"{width // 2 - 317},{height // 2 - 211},{side},{side}"
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "wsideid", "redact", str(path), "--in-place",
+                        "--region", region, "--report", str(OUT / "regions-report.json")],
+                       check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def reencode_base_level(path: Path) -> tuple[float, int]:
+    """Seconds to decode and re-encode every tile of the base level (the tiles read from the
+    file, one core), and the tile count."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        tables = page.jpegtables
+        offsets, counts = page.dataoffsets, page.databytecounts
+        fh = tf.filehandle
+        start = time.perf_counter()
+        for off, n in zip(offsets, counts):
+            fh.seek(off)
+            image = imagecodecs.jpeg8_decode(fh.read(n), tables=tables)
+            imagecodecs.jpeg8_encode(image, level=80, subsampling="420")
+        return time.perf_counter() - start, len(offsets)
+
+
+def slide_main(width: int, height: int, rounds: int, reencode: bool) -> None:
+    import platform
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, {platform.platform()}")
+    t = time.perf_counter()
+    big = make_slide(OUT / f"regions-{width}x{height}.svs", width, height)
+    small = make_slide(OUT / f"regions-{width // 5}x{height // 5}.svs", width // 5, height // 5)
+    print(f"slides ready in {time.perf_counter() - t:.0f} s: {big.name} "
+          f"{big.stat().st_size / 2**30:.2f} GiB, {small.name} {small.stat().st_size / 2**30:.2f} GiB")
+    base, _ = plan_seconds(big, None)
+    print(f"plan without a region (slide as stored): {base:.3f} s")
+    for side in (500, 1000, 2000, 4000):
+        s, n = plan_seconds(big, side)
+        print(f"plan with a {side}x{side} region: {s:.3f} s ({s - base:.3f} s for the region), "
+              f"{n} pieces rewritten")
+    small_base, _ = plan_seconds(small, None)
+    s, n = plan_seconds(small, 2000)
+    print(f"same 2000x2000 region on {small.name}: {s:.3f} s ({s - small_base:.3f} s for the "
+          f"region), {n} pieces rewritten")
+    work = OUT / "regions-inplace.svs"
+    shutil.copy(big, work)
+    try:
+        times = command_seconds(work, 2000, rounds)
+    finally:
+        work.unlink(missing_ok=True)
+    print(f"`wsideid redact --in-place` 2000x2000, whole command: median "
+          f"{statistics.median(times):.2f} s, runs {' '.join(f'{v:.2f}' for v in times)}")
+    if reencode:
+        seconds, tiles = reencode_base_level(big)
+        print(f"decode + re-encode every tile of the base level ({tiles} tiles, one core): "
+              f"{seconds:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    slide = sub.add_parser("slide")
+    slide.add_argument("--width", type=int, default=100_000)
+    slide.add_argument("--height", type=int, default=80_000)
+    slide.add_argument("--rounds", type=int, default=3)
+    slide.add_argument("--skip-reencode", action="store_true")
+    tiles = sub.add_parser("tiles")
+    tiles.add_argument("--subsampling", default="420", choices=["420", "444"])
+    args = parser.parse_args()
+    if args.mode == "slide":
+        slide_main(args.width, args.height, args.rounds, not args.skip_reencode)
+    else:
+        tiles_main(args.subsampling)
 
 
 if __name__ == "__main__":

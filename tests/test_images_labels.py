@@ -229,10 +229,16 @@ def test_nothing_found_on_plain_text_or_blank():
 def test_dicom_label_data_matrix_decodes():
     import pydicom
 
-    [path] = shared_slide("dicom/gcp-label-datamatrix").glob("*.dcm")
-    ds = pydicom.dcmread(path)
-    assert "LABEL" in ds.ImageType
-    found = decode_all(ds.pixel_array)
+    from wsideid.adapters import dicom
+    from wsideid.model import Job
+
+    folder = shared_slide("dicom/gcp-label-datamatrix")
+    [path] = folder.glob("*.dcm")
+    assert "LABEL" in pydicom.dcmread(path, stop_before_pixels=True).ImageType
+    # the tool's own decoding (ds.pixel_array depends on pydicom's global "future" switch,
+    # which importing wsidicomizer turns on)
+    series = dicom.ADAPTER.read(Job((path,), "dicom"))
+    found = decode_all(dicom.instance_pixels(series.instances[0]))
     assert len(found) == 1
     assert found[0].symbology == "DataMatrix" and found[0].value
     x0, y0, x1, y1 = found[0].box  # the code sits in the middle of the 300x185 label

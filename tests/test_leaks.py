@@ -138,6 +138,106 @@ def test_multi_channel_fluorescence_tiff_is_refused_not_cut_to_one_channel(tmp_p
     assert released(out) == [] if out.exists() else True
 
 
+@pytest.mark.parametrize("tiled", [True, False])
+def test_stripped_or_tiled_planes_of_one_size_are_refused(tmp_path, tiled):
+    """Three pages of one size (channels or z-planes), stripped as much as tiled: refused, not
+    cut to the first page."""
+    src = tmp_path / "planes.tif"
+    rng = np.random.default_rng(1)
+    with tifffile.TiffWriter(src) as tw:
+        for _ in range(3):
+            tw.write(rng.integers(0, 255, (512, 512), np.uint8), software=False,
+                     **({"tile": (256, 256)} if tiled else {"rowsperstrip": 64}))
+    out, proc = deid(src, tmp_path, check=2)
+    assert "no channel is lost" in proc.stderr
+
+
+MARKER = b"ZEBULONQUACKENBUSH"
+APERIO_BASE = ("Aperio Image Library v11.2.1 \r\n2048x1536 [0,0 2048x1536] (256x256) JPEG/RGB "
+               "Q=70|AppMag = 20|MPP = 0.4990")
+
+
+def _marker_image(h: int, w: int) -> np.ndarray:
+    return np.frombuffer(MARKER * (h * w * 3 // len(MARKER) + 1), np.uint8)[:h * w * 3] \
+        .reshape(h, w, 3)
+
+
+@pytest.mark.parametrize("kind", ["svs", "tif"])
+def test_an_image_in_a_subifd_not_shaped_like_its_parent_is_dropped(tmp_path, kind):
+    """A label stored as a SubIFD of level 0: not a reduced copy of its parent, so no level."""
+    from fixtures.images import pattern
+
+    src = tmp_path / f"sub.{kind}"
+    img = pattern(1536, 2048, 3)
+    common = dict(photometric="rgb", software=False, metadata=None)
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(img, tile=(256, 256), compression="jpeg", subifds=1,
+                 description=APERIO_BASE if kind == "svs" else None, **common)
+        tw.write(_marker_image(120, 300), description="Aperio Image Library v11.2.1 \nlabel "
+                 "300x120" if kind == "svs" else None, **common)
+    out, _ = deid(src, tmp_path)
+    [dst] = released(out)
+    assert MARKER not in dst.read_bytes()
+    with tifffile.TiffFile(dst) as tf:
+        assert tf.pages[0].shape[:2] == (1536, 2048) and not tf.pages[0].subifds
+
+
+def test_a_subifd_pyramid_level_is_kept(tmp_path):
+    """The other side: a SubIFD that is a reduced copy of its parent stays, pixels unchanged."""
+    from fixtures.images import pattern
+
+    src = tmp_path / "pyramid.tif"
+    img = pattern(1024, 1536, 3)
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(img, tile=(256, 256), compression="zlib", subifds=1, photometric="rgb",
+                 software=False)
+        tw.write(np.ascontiguousarray(img[::2, ::2]), tile=(256, 256), compression="zlib",
+                 photometric="rgb", subfiletype=1, software=False)
+    out, _ = deid(src, tmp_path)
+    with tifffile.TiffFile(released(out)[0]) as tf:
+        [sub] = tf.pages[0].pages
+        assert np.array_equal(sub.asarray(), img[::2, ::2])
+
+
+def test_svs_tiled_image_not_shaped_like_level_0_is_no_level(tmp_path):
+    """A tiled portrait image in an SVS, its description a plain geometry line: tiled, but
+    nothing like a reduced copy of level 0, so dropped; the real levels stay."""
+    from fixtures.images import pattern
+
+    src = tmp_path / "in.svs"
+    img = pattern(1536, 2048, 3)
+    common = dict(photometric="rgb", software=False, metadata=None)
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(img, tile=(256, 256), compression="jpeg", description=APERIO_BASE, **common)
+        tw.write(np.ascontiguousarray(img[::4, ::4]), tile=(256, 256), compression="jpeg",
+                 description="Aperio Image Library v11.2.1 \r\n2048x1536 [0,0 2048x1536] "
+                             "(256x256) -> 512x384 JPEG/RGB Q=70", **common)
+        tw.write(_marker_image(512, 256), tile=(256, 256), compression=None,
+                 description="Aperio Image Library v11.2.1 \r\n256x512 (256x256) RAW", **common)
+    out, _ = deid(src, tmp_path)
+    [dst] = released(out)
+    assert MARKER not in dst.read_bytes()
+    with openslide.OpenSlide(str(dst)) as slide:
+        assert slide.level_dimensions == ((2048, 1536), (512, 384))
+
+
+def test_generic_tiff_keeps_a_stripped_full_resolution_base(tmp_path):
+    """A stripped first image larger than the tiled ones after it is the slide's base, not a
+    stray image: dropping it would lose the best pixels."""
+    from fixtures.images import pattern
+
+    src = tmp_path / "base.tif"
+    img = pattern(600, 800, 3)
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(img, compression="lzw", rowsperstrip=64, photometric="rgb", software=False)
+        tw.write(np.ascontiguousarray(img[::2, ::2]), tile=(128, 128), compression="zlib",
+                 photometric="rgb", subfiletype=1, software=False)
+    out, _ = deid(src, tmp_path)
+    with tifffile.TiffFile(released(out)[0]) as tf:
+        assert np.array_equal(tf.pages[0].asarray(), img)
+        assert [p.shape[:2] for p in tf.pages] == [(600, 800), (300, 400)]
+
+
 # ---- every kept value is what its catalog says it is ---------------------------------------
 
 def test_numeric_tags_carrying_text_are_removed(tmp_path):

@@ -84,6 +84,44 @@ def make_policy(dates: str, keep_device_id: bool, label: str, macro: str,
         raise
 
 
+def make_redaction(regions_file: Path | None, region: list[str] | None, region_level: int,
+                   fill: int, required: bool = False):
+    """The regions to redact (policy.Redaction), None when none is given. A file or rectangle
+    that cannot be used is one error line (exit 2) before any slide is read."""
+    if regions_file is None and not region:
+        if required:
+            fail("no region given: use --region x,y,w,h or --regions FILE")
+        return None
+    from .images.regions import RegionError, from_rectangles, read_geojson_parts, union
+    from .policy import Redaction
+
+    if not 0 <= fill <= 255:
+        fail("--fill must be a grey value from 0 to 255")
+    if region_level < 0:
+        fail("--region-level must be 0 or more")
+    parts = []
+    if regions_file is not None:
+        try:
+            text = regions_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"{regions_file}: cannot read the regions file: "
+                 f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}")
+        try:
+            parts += read_geojson_parts(text)
+        except RegionError as exc:
+            fail(f"{regions_file}: {exc}")
+    for n, rect in enumerate(region or [], 1):
+        try:
+            values = [float(v) for v in rect.split(",")]
+        except ValueError:
+            values = []
+        try:
+            parts.append(from_rectangles([values]))
+        except RegionError as exc:
+            fail(f"--region {rect}: {str(exc).replace('region 1: ', '')}")
+    return Redaction(union(parts), tuple(parts), region_level, fill)
+
+
 def job_of(file: Path) -> Job:
     """The slide one named file is (a DICOM instance alone)."""
     if file.is_dir():
@@ -109,9 +147,13 @@ DeviceOpt = typer.Option(False, "--keep-device-id", help="Keep scanner serial nu
 LabelOpt = typer.Option("drop", "--label", help="Label image: drop | keep (after its checks) | replace (a synthesized label with the pseudonym).")
 MacroOpt = typer.Option("drop", "--macro", help="Macro (overview) image: drop | keep (after its checks) | redact (label area blanked).")
 StrictOpt = typer.Option(False, "--strict", help="A label or overview to be kept that shows a barcode or text fails the slide (instead of being dropped or redacted).")
-RegionOpt = typer.Option(None, "--macro-region", help="Where the label is in the overview: x0,y0,x1,y1 as fractions of the image (overrides detection).")
+MacroRegionOpt = typer.Option(None, "--macro-region", help="Where the label is in the overview: x0,y0,x1,y1 as fractions of the image (overrides detection).")
 OcrOpt = typer.Option(True, "--ocr/--no-ocr", help="Read text on labels and overviews that are to be kept (needs the ocr extra and tesseract-ocr).")
 MapOpt = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR).")
+RegionsOpt = typer.Option(None, "--regions", help="Redact the regions of this GeoJSON file (QuPath export; level-0 pixels) on every level.")
+RegionOpt = typer.Option(None, "--region", help="Redact the rectangle x,y,w,h (level-0 pixels) on every level; repeatable.")
+RegionLevelOpt = typer.Option(0, "--region-level", help="The regions are given in the pixels of this pyramid level.")
+FillOpt = typer.Option(0, "--fill", help="Grey value painted over the regions (0 black .. 255 white).")
 KeyOpt = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts (created if missing).")
 
 
@@ -126,7 +168,7 @@ def deid(
     label: str = LabelOpt,
     macro: str = MacroOpt,
     strict: bool = StrictOpt,
-    macro_region: Optional[str] = RegionOpt,
+    macro_region: Optional[str] = MacroRegionOpt,
     ocr: bool = OcrOpt,
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
@@ -135,18 +177,24 @@ def deid(
     retain_patient_characteristics: bool = typer.Option(False, "--retain-patient-characteristics", help="DICOM: Retain Patient Characteristics Option."),
     clean_descriptors: bool = typer.Option(False, "--clean-descriptors", help="DICOM: Clean Descriptors Option (descriptions that cannot be cleaned are removed)."),
     report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide)."),
+    regions_file: Optional[Path] = RegionsOpt,
+    region: Optional[List[str]] = RegionOpt,
+    region_level: int = RegionLevelOpt,
+    fill: int = FillOpt,
 ) -> None:
     """De-identify slides into OUTDIR (or in place)."""
     if in_place and outdir is not None:
         fail("use either -o OUTDIR or --in-place, not both")
     if not dry_run and not in_place and outdir is None:
         fail("missing -o OUTDIR (or --in-place)")
+    redaction = make_redaction(regions_file, region, region_level, fill)
     keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
                          retain_institution=retain_institution,
                          retain_patient_characteristics=retain_patient_characteristics,
                          clean_descriptors=clean_descriptors, strict=strict,
-                         macro_region=parse_region(macro_region), ocr=ocr)
+                         macro_region=parse_region(macro_region), ocr=ocr,
+                         redaction=redaction)
     if map_file is not None and outdir is not None:
         if batch.inside(map_file, outdir):
             fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
@@ -276,8 +324,28 @@ def print_plan(path: Path, plan, show_values: bool) -> None:
             row += [f.action, f.why]
         fields.add_row(*row)
     out.print(fields)
+    print_regions(plan)
     for w in plan.warnings:
         out.print(f"warning: {w}", markup=False)
+
+
+def print_regions(plan) -> None:
+    """The regions a plan paints over, and what each image gets."""
+    if not plan.regions:
+        return
+    for region in plan.regions:
+        out.print(f"region {region['region']}: level-0 pixels {region['bounds']} "
+                  f"(area {region['area']})", markup=False, highlight=False)
+    table = Table(title="redacted")
+    for col in ("image", "role", "level", "pixels", "pieces touched", "rewritten", "path"):
+        table.add_column(col, overflow="fold")
+    for r in plan.redactions():
+        info = r.public()
+        table.add_row(info["image"], info["role"], "-" if info["level"] is None else str(info["level"]),
+                      str(info["bounds"]),
+                      f"{info['pieces_touched']} of {info['pieces']}",
+                      str(info["pieces_rewritten"]), info["path"])
+    out.print(table)
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -337,13 +405,17 @@ def inspect(
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
     macro: str = MacroOpt,
-    macro_region: Optional[str] = RegionOpt,
+    macro_region: Optional[str] = MacroRegionOpt,
     ocr: bool = OcrOpt,
+    regions_file: Optional[Path] = RegionsOpt,
+    region: Optional[List[str]] = RegionOpt,
+    region_level: int = RegionLevelOpt,
+    fill: int = FillOpt,
 ) -> None:
     """Every image with its role, every field with its value, location and planned action
     (barcodes found on the label, overview and thumbnail are fields too)."""
     policy = make_policy(dates, keep_device_id, label, macro, macro_region=parse_region(macro_region),
-                         ocr=ocr)
+                         ocr=ocr, redaction=make_redaction(regions_file, region, region_level, fill))
     try:
         plan = plan_job(job_of(file), policy, Keyring(load_key(None)))
     except SlideError as exc:
@@ -353,9 +425,73 @@ def inspect(
                "images": [i.public() for i in plan.images],
                "fields": [{**f.public(), "value": f.value, "new_value": f.new_value} for f in plan.fields],
                "warnings": plan.warnings}
+        if plan.regions:
+            doc["regions"] = plan.regions
+            doc["redacted"] = [r.public() for r in plan.redactions()]
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         print_plan(file, plan, show_values=True)
+
+
+@app.command()
+def redact(
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders."),
+    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder."),
+    in_place: bool = typer.Option(False, "--in-place", help="Edit the inputs themselves."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
+    region: Optional[List[str]] = RegionOpt,
+    regions_file: Optional[Path] = RegionsOpt,
+    region_level: int = RegionLevelOpt,
+    fill: int = FillOpt,
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide)."),
+) -> None:
+    """Paint regions over every pyramid level, changing nothing else (no de-identification);
+    the output keeps the input's name and goes through the same verification."""
+    if in_place and outdir is not None:
+        fail("use either -o OUTDIR or --in-place, not both")
+    if not dry_run and not in_place and outdir is None:
+        fail("missing -o OUTDIR (or --in-place)")
+    redaction = make_redaction(regions_file, region, region_level, fill, required=True)
+    policy = Policy(label="keep", macro="keep", redaction=redaction, deidentify=False)
+    found = batch.find(inputs)
+    for path, why in found.problems:
+        error_line(f"{path}: {why}")
+    if not found.jobs and not found.problems:
+        fail("no slides found in the given inputs")
+    if outdir is not None and not dry_run:
+        names = [job.path.name if not adapters.by_name(job.format).multi_file
+                 else f"{job.path.parent.name}-{job.path.stem}" for job in found.jobs]
+        for job in found.jobs:
+            if outdir.resolve() in (p.resolve().parent for p in job.paths):
+                fail(f"{job.path}: the output folder holds the input; use --in-place to "
+                     "redact the input itself")
+        if len(set(names)) != len(names):
+            fail("two inputs have the same name: their outputs would collide")
+        prepare_outdir(outdir)
+    keyring = Keyring(load_key(None))
+    if dry_run:
+        code = EXIT_INPUT if found.problems else 0
+        for job in found.jobs:
+            try:
+                plan = plan_job(job, policy, keyring)
+            except SlideError as exc:
+                error_line(f"{job.path}: {exc}")
+                code = EXIT_INPUT
+                continue
+            print_plan(job.path, plan, show_values=False)
+        raise typer.Exit(code)
+    settings = Settings(policy, keyring, Target(None if in_place else outdir))
+    results = [Result(path, status="error", message=why) for path, why in found.problems
+               if path.exists()]
+    results += batch.run_all(found.jobs, settings, print_result)
+    _summarise(results, "wsideid redact")
+    first = found.jobs[0].path.parent if found.jobs else Path(".")
+    written = _write_records(None, results, report_file or (outdir or first) / "wsideid-report.json",
+                             {**policy.options(), "in_place": in_place})
+    if not written or found.problems or any(r.status == "error" for r in results):
+        raise typer.Exit(EXIT_INPUT)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 @app.command()

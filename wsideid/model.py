@@ -125,6 +125,16 @@ class ReplaceRun:
 
 
 @dataclass(frozen=True)
+class PatchRun:
+    """Parts of one stored piece get new bytes of the same length, in place: (offset inside
+    the run, bytes). An NDPI level is one JPEG; a redaction rewrites only the restart
+    intervals it touches, so the level is patched, never held in memory whole."""
+    image: str
+    run: int
+    patches: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
 class ReplaceImage:
     """An image is replaced by another of the same size (a synthesized label)."""
     image: str
@@ -133,12 +143,18 @@ class ReplaceImage:
 
 @dataclass(frozen=True)
 class RedactImage:
-    """Areas of an image are painted over."""
+    """Areas of an image are painted over. `regions` says where and how, for reports and
+    verification (never pixel content); the new bytes are the plan's ReplaceRun and PatchRun
+    edits of that image."""
     image: str
     regions: Any
 
+    def public(self) -> dict:
+        return {"image": self.image, **{k: v for k, v in self.regions.items()
+                                         if not k.startswith("_")}}
 
-Edit = ReplaceRun | ReplaceImage | RedactImage
+
+Edit = ReplaceRun | PatchRun | ReplaceImage | RedactImage
 
 
 @dataclass
@@ -150,6 +166,7 @@ class Plan:
     edits: list[Edit] = field(default_factory=list)
     output: Any = None   # what the container writes: its own structure, built by the adapter
     empty: str | None = None   # why nothing is to be written (every image dropped), if so
+    regions: list[dict] = field(default_factory=list)   # regions painted over (level 0)
 
     def removed_values(self) -> set[str]:
         """Values that must not survive anywhere in the output."""
@@ -174,6 +191,12 @@ class Plan:
 
     def run_edits(self, image: str) -> dict[int, ReplaceRun]:
         return {e.run: e for e in self.edits if isinstance(e, ReplaceRun) and e.image == image}
+
+    def run_patches(self, image: str) -> dict[int, PatchRun]:
+        return {e.run: e for e in self.edits if isinstance(e, PatchRun) and e.image == image}
+
+    def redactions(self) -> list[RedactImage]:
+        return [e for e in self.edits if isinstance(e, RedactImage)]
 
 
 @dataclass

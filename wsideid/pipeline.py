@@ -26,7 +26,9 @@ def plan_job(job: Job, policy: Policy, keyring: Keyring) -> Plan:
     adapter = adapters.by_name(job.format)
     slide = adapter.read(job)
     try:
-        naming = adapter.naming(slide, keyring)
+        naming = adapter.naming(slide, keyring) if policy.deidentify else adapter.stored_naming(slide)
+        if not policy.deidentify:
+            return adapter.plan(slide, policy, naming)
         slide_policy, found, warnings, new_images = look_at_images(adapter, slide, policy, naming)
         plan = adapter.plan(slide, slide_policy, naming, new_images=new_images)
         plan.fields += found
@@ -56,8 +58,11 @@ def run(job: Job, settings: Settings) -> Result:
     recovered = recover(job)
     slide = adapter.read(job)
     try:
-        naming = adapter.naming(slide, settings.keyring)
-        result.pseudonym = naming.pseudonym
+        if settings.policy.deidentify:
+            naming = adapter.naming(slide, settings.keyring)
+            result.pseudonym = naming.pseudonym
+        else:   # `redact`: the slide keeps its names
+            naming = adapter.stored_naming(slide)
         # what OpenSlide shows of the input: read beside the copy, or before patching in place
         seen = adapter.reader_path(slide)
         before = Background(lambda: openslide_view(seen) if seen is not None else None)
@@ -66,8 +71,11 @@ def run(job: Job, settings: Settings) -> Result:
         writer = adapter.writer(slide, naming, settings.target)
         try:
             # while the bulk copy runs: what the associated images show, then the plan
-            policy, found, warnings, new_images = look_at_images(adapter, slide, settings.policy,
-                                                                 naming)
+            if settings.policy.deidentify:
+                policy, found, warnings, new_images = look_at_images(adapter, slide,
+                                                                     settings.policy, naming)
+            else:   # `redact`: the slide as stored, but for the regions
+                policy, found, warnings, new_images = settings.policy, [], [], []
             plan = adapter.plan(slide, policy, naming, screen=not writer.screens,
                                 new_images=new_images)
             plan.fields += found

@@ -2,7 +2,8 @@
 the one place where a field's action is chosen, for every field of every format."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .catalog import UNKNOWN, Entry, entry_accepts, type_word
 from .dates import COMMON, DateFormat, transform_date
@@ -14,6 +15,21 @@ MACRO_MODES = ("drop", "keep", "redact")
 # Catalog types whose values are calendar dates (transformed); other values under a date
 # action (a time of day) are kept only when dates are shifted, which keeps times.
 DATE_TYPES = ("date",)
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """Regions to paint over in every pyramid level (`--regions`, `--region`): `regions` is
+    their union (images.regions.Regions) in the pixels of pyramid level `level`
+    (`--region-level`), `parts` each given region on its own (for reports), `fill` the grey
+    value painted."""
+    regions: Any
+    parts: tuple = ()
+    level: int = 0
+    fill: int = 0
+
+    def options(self) -> dict:
+        return {"count": len(self.parts) or 1, "level": self.level, "fill": self.fill}
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,10 @@ class Policy:
     # are, and the images whose checks failed with what happens to them instead
     forbidden: frozenset[str] = field(default=frozenset(), compare=False)
     image_overrides: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    redaction: Redaction | None = None
+    # False (`wsideid redact`): nothing is de-identified; adapters plan the slide as stored
+    # (every field and image kept as it is) and only the redaction changes it.
+    deidentify: bool = True
 
     def __post_init__(self) -> None:
         if self.dates not in DATE_MODES:
@@ -56,6 +76,8 @@ class Policy:
         return catalog_action
 
     def image_action(self, role: str) -> str:
+        if not self.deidentify:
+            return "keep"
         if role in ("level", "thumbnail"):
             return "keep"
         if role == "label":
@@ -75,12 +97,22 @@ class Policy:
     def options(self) -> dict:
         """Every option, for the audit report (the shift and what one slide showed are not
         options, and the shift is a secret: not recorded)."""
-        options = asdict(self)
-        for per_slide in ("date_shift_days", "forbidden", "image_overrides"):
-            options.pop(per_slide)
+        options = {f.name: getattr(self, f.name) for f in fields(self)
+                   if f.name not in ("date_shift_days", "forbidden", "image_overrides",
+                                     "redaction", "deidentify")}
         if options["macro_region"] is not None:
             options["macro_region"] = list(options["macro_region"])
+        if not self.deidentify:
+            options["deidentify"] = False
+        if self.redaction is not None:
+            options["regions"] = self.redaction.options()
         return options
+
+    def without_redaction(self) -> Policy:
+        """The same policy without regions (verification re-plans an output with it)."""
+        from dataclasses import replace
+
+        return replace(self, redaction=None)
 
 
 def decide(entry: Entry, value: str | None, policy: Policy, *, name: str, where: str,

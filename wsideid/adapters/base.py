@@ -87,6 +87,10 @@ class Adapter:
     def naming(self, slide: Any, keyring: Keyring) -> Naming:
         raise NotImplementedError
 
+    def stored_naming(self, slide: Any) -> Naming:
+        """Names of an output that keeps the slide as stored (`redact`): the input's own."""
+        return Naming(slide.path.name.split(".")[0], slide.path.name)
+
     def images(self, slide: Any) -> list[Image]:
         """The slide's images with their roles, geometry and stored pieces, before planning."""
         raise NotImplementedError

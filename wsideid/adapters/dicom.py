@@ -25,7 +25,7 @@ from ..dates import DICOM as DICOM_DATES
 from ..errors import SlideError
 from ..images import codestreams
 from ..keyring import Keyring
-from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceRun, Runs
+from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceImage, ReplaceRun, Runs
 from ..policy import Policy, decide
 from .base import Adapter, Probe
 
@@ -550,6 +550,13 @@ class DicomAdapter(Adapter):
                     values.add(_text(elem))
         return sorted(values)
 
+    def stored_naming(self, slide: DicomSeries) -> Naming:
+        """`redact`: the series goes into a folder named after the input's folder and first
+        file (two series of one folder stay apart)."""
+        first = slide.files[0]
+        name = f"{first.parent.name}-{first.stem}" if first.parent.name else first.stem
+        return Naming(name, name)
+
     def writer(self, slide: DicomSeries, naming: Naming, target: Target) -> DicomWriter:
         if target.in_place:
             raise SlideError("--in-place is not supported for DICOM")
@@ -577,12 +584,27 @@ class DicomAdapter(Adapter):
                                             why=f"in the {inst.role} instance, which is dropped"))
                 continue
             ds = copy.deepcopy(inst.header)
-            planner.deidentify(ds, fields, where)
-            out = InstanceOut(inst, ds, image, f"{len(outputs):04d}.dcm")
-            if screen:
+            if policy.deidentify:
+                planner.deidentify(ds, fields, where)
+                name = f"{len(outputs):04d}.dcm"
+            else:   # `redact`: the header as stored, the file its name
+                from .as_stored import dicom_fields
+
+                fields += dicom_fields(ds, where)
+                name = inst.source.name
+            out = InstanceOut(inst, ds, image, name)
+            if not policy.deidentify:   # `redact`: frames are not screened either
+                from ..containers.dicom.io import locate_pixels
+
+                out.pixels = locate_pixels(inst.source, inst.pixel_start)
+            elif screen:
                 locate_and_screen(out, fields, edits)
             outputs.append(out)
         plan = Plan(self.format_name, images, fields, edits=edits, output=outputs)
+        if policy.redaction is not None and outputs:
+            from . import dicom_regions
+
+            dicom_regions.plan_regions(plan, policy.redaction, outputs)
         if not outputs:
             roles = sorted({inst.role for inst in slide.instances})
             plan.empty = (f"every instance ({', '.join(roles)}) is dropped by the image policy; "
@@ -643,16 +665,22 @@ class DicomWriter:
         from ..containers.dicom.writer import copy_pixels_after_header, write_instance
 
         written = []
+        if any(isinstance(e, ReplaceImage) for e in plan.edits):
+            raise SlideError("replacing whole images is not supported yet")
         for out in plan.output:
             path = self.folder / out.name
+            # frames a region painted (planned; they were cleaned as they were painted)
+            painted = {e.run for e in plan.edits if isinstance(e, ReplaceRun)
+                       and e.image == out.image.index}
             if out.pixels is None:
                 header_end = copy_pixels_after_header(out.header, out.instance.source,
                                                       out.instance.pixel_start, path)
                 found: list[ReplaceRun] = []
                 locate_and_screen(out, plan.fields, found)
+                found = [e for e in found if e.run not in painted]
                 plan.edits += found
                 pixels = out.pixels
-                if not found:
+                if not found and not painted:
                     with open(path, "r+b") as fh:
                         fh.truncate(header_end + pixels.end - pixels.start)
                         os.fsync(fh.fileno())
@@ -660,9 +688,8 @@ class DicomWriter:
                     continue
             replaced = {e.run: e.data for e in plan.edits if isinstance(e, ReplaceRun)
                         and e.image == out.image.index}
-            if any(not isinstance(e, ReplaceRun) for e in plan.edits):
-                raise SlideError("replacing or redacting whole images is not supported yet")
-            write_instance(out.header, out.instance.source, out.pixels, path, replaced)
+            write_instance(out.header, out.instance.source, out.pixels, path, replaced,
+                           int(out.header.get("NumberOfFrames", 1) or 1))
             written.append(path)
         name = self.naming.output_name
         return Written(tuple(written), lambda: self.staging.release([(name, name)]),

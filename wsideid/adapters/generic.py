@@ -1,10 +1,10 @@
 """Generic TIFF: a TIFF no vendor adapter claims.
 
 Only the standard-tag treatment applies (formats/tiff-tags.toml); the ImageDescription, whose
-meaning is unknown, is removed; private tags are removed. Tiled IFDs are pyramid levels
-(OpenSlide's generic-tiff reader takes every tiled directory as a level, whatever its
-NewSubfileType); a stripped image is a level only when the file has no tiled one and it comes
-first. An image whose description calls it a label, barcode, macro or overview has that role
+meaning is unknown, is removed; private tags are removed. The first image is the slide when it is
+the largest (stripped or tiled; OpenSlide's generic-tiff reader would skip a stripped one, but
+its pixels are the slide's best), else the first tiled one; a later tiled image is a level when
+it is shaped like a reduced copy of it, anything else is of unknown role and dropped. An image whose description calls it a label, barcode, macro or overview has that role
 whatever its position (Ventana BIF files put a stripped label in IFD 0). Several full-resolution
 images (the channels of a multi-channel fluorescence TIFF such as a QPTIFF, or planes) are not
 a pyramid this reader can keep whole: such a file is refused rather than released with one.
@@ -15,10 +15,15 @@ import re
 
 from ..containers.tiff.reader import Ifd, TiffFile
 from ..errors import SlideError
+from ..images.shape import reduced_copy
 from .base import Probe
 from .tiff import TiffAdapter, TiffSlide
 
 WORD = re.compile(r"[a-z]+")
+
+
+def _size(ifd: Ifd, bo: str) -> tuple[int, int]:
+    return ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0
 
 
 class GenericTiffAdapter(TiffAdapter):
@@ -35,7 +40,12 @@ class GenericTiffAdapter(TiffAdapter):
 
     def classify(self, slide: TiffSlide) -> list[str]:
         ifds = slide.tiff.ifds
-        any_tiled = any(322 in ifd.tags for ifd in ifds)
+        bo = slide.bo
+        sizes = [_size(ifd, bo) for ifd in ifds]
+        tiled = [i for i, ifd in enumerate(ifds) if 322 in ifd.tags]
+        # the base: the first image when it is the largest (stripped or not), else the first
+        # tiled one (OpenSlide's generic reader skips stripped images)
+        base = 0 if not tiled or all(reduced_copy(sizes[i], sizes[0]) for i in tiled) else tiled[0]
         roles = []
         for i, ifd in enumerate(ifds):
             words = set(WORD.findall((ifd.text(270) or "").lower()))
@@ -43,28 +53,23 @@ class GenericTiffAdapter(TiffAdapter):
                 roles.append("label")
             elif words & {"macro", "overview"}:
                 roles.append("macro")
-            elif 322 in ifd.tags or (i == 0 and not any_tiled):
+            elif i == base or (322 in ifd.tags and i > base
+                               and reduced_copy(sizes[i], sizes[base])):
                 roles.append("level")
             else:
                 roles.append("unknown")
-        self._refuse_several_full_resolution_images(slide, roles)
+        self._refuse_several_full_resolution_images(slide, roles, sizes[base])
         return roles
 
     @staticmethod
-    def _refuse_several_full_resolution_images(slide: TiffSlide, roles: list[str]) -> None:
-        bo = slide.bo
-        levels = [ifd for ifd, role in zip(slide.tiff.ifds, roles) if role == "level"]
-        if not levels:
-            return
-
-        def size(ifd: Ifd) -> tuple[int, int]:
-            return ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0
-
-        largest = max(size(ifd) for ifd in levels)
-        full = [ifd for ifd in levels if size(ifd) == largest
-                and not (ifd.int_value(254, bo, 0) or 0) & 1]
-        if len(full) > 1:
-            raise SlideError(f"{len(full)} full-resolution images of the same size (the channels "
+    def _refuse_several_full_resolution_images(slide: TiffSlide, roles: list[str],
+                                               base: tuple[int, int]) -> None:
+        """Another image of the base's size that is not named a label or macro (a channel or
+        a plane, tiled or stripped, whatever its NewSubfileType) cannot be dropped quietly."""
+        same = [i for i, (ifd, role) in enumerate(zip(slide.tiff.ifds, roles))
+                if role in ("level", "unknown") and _size(ifd, slide.bo) == base]
+        if len(same) > 1:
+            raise SlideError(f"{len(same)} full-resolution images of the same size (the channels "
                              "or planes of a multi-channel TIFF such as a QPTIFF): not supported; "
                              "refused so that no channel is lost")
 

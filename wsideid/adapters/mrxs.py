@@ -47,7 +47,8 @@ from ..containers.output import Target, Written
 from ..errors import SlideError
 from ..images import codestreams, segments
 from ..keyring import Keyring, fingerprint
-from ..model import KEPT, Field, Geometry, Image, Job, Naming, Plan, ReplaceRun, Runs
+from ..model import (KEPT, Field, Geometry, Image, Job, Naming, Plan, RedactImage, ReplaceRun,
+                     Runs)
 from ..policy import Policy
 from ..sampling import digest, sample
 from .base import Adapter, Probe, is_regular_file
@@ -278,6 +279,7 @@ class MiraxAdapter(Adapter):
     container = "mirax"
     extension = EXTENSION
     settled = ("keep", "replace")
+    image_roles = IMAGE_ROLES
     # camera images overlap and do not form a regular tile grid: a DICOM copy re-encodes them
     tiles_copyable = False
 
@@ -333,8 +335,16 @@ class MiraxAdapter(Adapter):
         return MiraxWriter(slide, naming, target)
 
     # ---- planning --------------------------------------------------------------------------
+    def stored_naming(self, slide: MiraxSlide) -> Naming:
+        name = slide.path.name[:-len(EXTENSION)]
+        return Naming(name, slide.path.name, slide_id=slide.slide_id)
+
     def plan(self, slide: MiraxSlide, policy: Policy, naming: Naming, screen: bool = True,
              new_images: list = ()) -> Plan:
+        if not policy.deidentify:
+            from . import as_stored
+
+            return self._finish_plan(slide, policy, naming, *as_stored.plan_mirax(self, slide))
         fields: list[Field] = []
         edits: list[ReplaceRun] = []
         images = []
@@ -354,9 +364,20 @@ class MiraxAdapter(Adapter):
                             naming.slide_id, "the slide identifier, repeated from Slidedat.ini"))
         self._plan_headers(slide, files, naming, fields)
         self._plan_mrxs_file(slide, fields)
-        index = IndexFile(naming.slide_id, hier, nonhier).to_bytes()
-        return Plan(self.format_name, images, fields, list(slide.warnings), edits,
-                    MiraxOutput(ini.to_bytes(), index, files))
+        plan = Plan(self.format_name, images, fields, list(slide.warnings), edits,
+                    MiraxOutput(ini.to_bytes(), b"", files))
+        return self._finish_plan(slide, policy, naming, plan, hier, nonhier)
+
+    @staticmethod
+    def _finish_plan(slide: MiraxSlide, policy: Policy, naming: Naming, plan: Plan,
+                     hier: list[Record | None], nonhier: list[Record | None]) -> Plan:
+        """The regions painted (rewritten images may move), then Index.dat."""
+        if policy.redaction is not None:
+            from . import mrxs_regions
+
+            hier = mrxs_regions.plan_regions(slide, plan, policy.redaction, hier)
+        plan.output.index = IndexFile(naming.slide_id, hier, nonhier).to_bytes()
+        return plan
 
     def _plan_records(self, slide: MiraxSlide, policy: Policy, images: list[Image],
                       fields: list[Field]) -> list[NonhierValue]:
@@ -563,12 +584,16 @@ def _record_digests(slide: MiraxSlide, output: MiraxOutput) -> dict[int, list[tu
 def replacements(plan: Plan) -> dict[int, dict[int, bytes]]:
     """The cleaned images of the plan's edits, by data file and offset."""
     images = {image.index: image for image in plan.images}
+    moved = plan.output.moved
     out: dict[int, dict[int, bytes]] = {}
     for edit in plan.edits:
+        if isinstance(edit, RedactImage):   # its images are ReplaceRun edits
+            continue
         if not isinstance(edit, ReplaceRun):
-            raise SlideError("replacing or redacting whole images is not supported yet")
+            raise SlideError("replacing whole images is not supported yet")
         runs = images[edit.image].runs
-        out.setdefault(int(runs.files[edit.run]), {})[int(runs.offsets[edit.run])] = edit.data
+        offset = moved.get((edit.image, edit.run), int(runs.offsets[edit.run]))
+        out.setdefault(int(runs.files[edit.run]), {})[offset] = edit.data
     return out
 
 
@@ -589,7 +614,8 @@ class MiraxWriter:
             parent = slide.path.parent
             self.final_folder = parent / naming.pseudonym
             self.final = parent / naming.output_name
-            if self.final.exists() or self.final_folder.exists():
+            renamed = self.final != slide.path   # `redact` keeps the names
+            if renamed and (self.final.exists() or self.final_folder.exists()):
                 raise SlideError(f"{self.final.name} or its folder already exists next to the input")
             extra = slide.extra_files()
             if extra:

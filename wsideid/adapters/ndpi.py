@@ -107,6 +107,17 @@ class NdpiAdapter(TiffAdapter):
                 out.append(f"{key}={field.new_value}{sep}")
         return "".join(out), fields
 
+    def paint_target(self, ctx: TiffPlanning, node: IfdOut, role: str, level: int | None,
+                     base: tuple[int, int]):
+        """A level is one JPEG with restart intervals: only the touched intervals change."""
+        codec = node.source.int_value(259, ctx.slide.bo)
+        regions = node.source.data_regions(ctx.slide.bo)
+        if role == "level" and codec == 7 and regions is not None and len(regions[2]) == 1:
+            from . import ndpi_regions
+
+            return ndpi_regions.level_target(ctx, node, role, level, base)
+        return super().paint_target(ctx, node, role, level, base)
+
     def after_cleaning(self, ctx: TiffPlanning, node: IfdOut, cleaned: list[ReplaceRun]) -> None:
         """MCU starts are offsets inside the level JPEG; removing header segments moves them."""
         shifted = [edit for edit in cleaned if edit.header_shift]

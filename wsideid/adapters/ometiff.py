@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import catalog
 from ..containers.tiff.reader import Ifd, TiffFile
 from ..errors import SlideError
+from ..images.shape import reduced_copy
 from ..model import KEPT, Field, Plan
 from ..policy import decide
 from .tiff import TiffAdapter, TiffPlanning, TiffSlide
@@ -29,7 +30,6 @@ ROLE_WORDS = {"label": "label", "barcode": "label", "macro": "macro", "overview"
 # A Name made only of these words says what the image is and nothing else: kept as it is.
 ROLE_VOCABULARY = {"label", "barcode", "macro", "overview", "thumbnail", "image", "slide", "whole"}
 WORD = re.compile(r"[a-z]+")
-SHAPE_TOLERANCE = 0.02
 DEVICE_ATTRIBUTES = {"SerialNumber", "LotNumber"}
 # Attributes whose values are free text (reported and searched for when their element goes);
 # the others are IDs, enumerations and numbers that also occur in what is kept.
@@ -127,11 +127,8 @@ def _image_role(name: str, number: int, size, first_size) -> str:
             return role
     if number == 0:
         return "level"
-    if size and first_size and all(size) and all(first_size):
-        same_shape = (abs(size[0] / size[1] - first_size[0] / first_size[1])
-                      <= SHAPE_TOLERANCE * first_size[0] / first_size[1])
-        if same_shape:
-            return "thumbnail" if "thumbnail" in words else "level"
+    if size and first_size and reduced_copy(size, first_size):
+        return "thumbnail" if "thumbnail" in words else "level"
     return "unknown"
 
 

@@ -16,6 +16,7 @@ import re
 
 from .. import catalog
 from ..containers.tiff.reader import Ifd, TiffFile
+from ..images.shape import reduced_copy
 from ..model import Field
 from ..policy import decide
 from .tiff import TiffAdapter, TiffPlanning, TiffSlide
@@ -73,10 +74,6 @@ def clean_header(header: str) -> tuple[str, list[str]]:
     return ";".join(out_parts), dropped
 
 
-# how close a thumbnail's shape must be to level 0's (rounding of a 10000-px slide to 768 px)
-SHAPE_TOLERANCE = 0.02
-
-
 def _second_line(ifd: Ifd) -> str:
     lines = LINE_SPLIT.split(ifd.text(270) or "")[2::2]
     return lines[0].strip() if lines else ""
@@ -87,27 +84,21 @@ def _role(ifd: Ifd, index: int, bo: str, base_size: tuple[int, int]) -> str:
     word = line.split(" ", 1)[0].lower()
     subfile = ifd.int_value(254, bo, 0) or 0
     tiled = 322 in ifd.tags
+    size = (ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0)
     header = (ifd.text(270) or "").split("|", 1)[0]     # the keys after it name other things
     words = {w.lower().strip(";,") for w in header.split()}
     if word == "label" or ({"label", "barcode"} & words and not tiled):
         return "label"
     if word == "macro" or subfile == 9 or ("macro" in words and not tiled):
         return "macro"
-    if tiled:
-        return "level"
+    if tiled:   # a tiled image not shaped like level 0 is no level, whatever it says
+        return "level" if index == 0 or reduced_copy(size, base_size) else "unknown"
     # GT450: a label has NewSubfileType 1 and an empty description
     if subfile & 1 and not line:
         return "label"
-    size = (ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0)
-    if index > 0 and "->" in line and _same_shape(size, base_size) and size[0] < base_size[0]:
+    if index > 0 and "->" in line and reduced_copy(size, base_size) and size[0] < base_size[0]:
         return "thumbnail"
     return "unknown"
-
-
-def _same_shape(size: tuple[int, int], base: tuple[int, int]) -> bool:
-    if not (size[0] and size[1] and base[0] and base[1]):
-        return False
-    return abs(size[0] / size[1] - base[0] / base[1]) <= SHAPE_TOLERANCE * base[0] / base[1]
 
 
 class SvsAdapter(TiffAdapter):

@@ -31,13 +31,16 @@ from ..containers.tiff.reader import ASCII, Ifd, Tag, TiffFile
 from ..containers.tiff.writer import IfdOut, NewValue, ascii_value, write_tiff
 from ..errors import SlideError
 from ..images import codestreams, segments
+from ..images.shape import reduced_copy
 from ..keyring import Keyring, fingerprint
-from ..model import KEPT, Field, Geometry, Image, Job, Naming, Plan, ReplaceImage, ReplaceRun, Runs
+from ..model import (KEPT, Field, Geometry, Image, Job, Naming, PatchRun, Plan, RedactImage,
+                     ReplaceImage, ReplaceRun, Runs)
 from ..policy import Policy, decide
 from ..sampling import digest, sample
 from .base import Adapter, Probe
 
 MAX_REPORTED_SEGMENTS = 50
+SUBIFDS = 330
 
 
 class TiffSlide:
@@ -180,7 +183,29 @@ class TiffAdapter(Adapter):
 
     def plan(self, slide: TiffSlide, policy: Policy, naming: Naming, screen: bool = True,
              new_images: list = ()) -> Plan:
-        ctx = TiffPlanning(slide, policy, naming, screen)
+        ctx = TiffPlanning(slide, policy, naming, screen and policy.deidentify)
+        if policy.deidentify:
+            plan = self.plan_fields(ctx, new_images)
+        else:
+            from . import as_stored
+
+            plan = as_stored.plan_tiff(self, ctx)
+        if policy.redaction is not None:
+            from . import redaction, tiff_regions
+
+            redaction.plan_regions(plan, policy.redaction, tiff_regions.targets(self, ctx, plan))
+        return plan
+
+    def paint_target(self, ctx: TiffPlanning, node: IfdOut, role: str, level: int | None,
+                     base: tuple[int, int]):
+        """How a region is painted on this IFD (redaction.Target), Unsupported if it cannot
+        be, None to leave it alone."""
+        from . import tiff_regions
+
+        return tiff_regions.tiff_target(ctx, node, role, level, base)
+
+    def plan_fields(self, ctx: TiffPlanning, new_images: list = ()) -> Plan:
+        slide, policy = ctx.slide, ctx.policy
         self.prepare(ctx)
         images = self.images(slide)
         chain: list[IfdOut] = []
@@ -301,9 +326,21 @@ class TiffAdapter(Adapter):
                 fields.append(decided)
             elif action == "pointer":
                 node.tags[code] = tag
-                node.children[code] = [self.plan_ifd(ctx, kid, fields, kept)
-                                       for kid in ifd.children.get(code, [])]
-                fields.append(Field(name, where, "", "keep", why=entry.why))
+                node.children[code] = []
+                for kid in ifd.children.get(code, []):
+                    if code == SUBIFDS and not self._sub_level(ctx, ifd, kid):
+                        lost: list[Field] = []
+                        self.plan_ifd(ctx, kid, lost, kept=False)
+                        for f in lost:
+                            f.action, f.new_value = "remove", None
+                            f.why = "in a SubIFD image not shaped like a reduced copy of its parent"
+                        fields.extend(lost)
+                        continue
+                    node.children[code].append(self.plan_ifd(ctx, kid, fields, kept))
+                if node.children[code]:
+                    fields.append(Field(name, where, "", "keep", why=entry.why))
+                else:   # the writer leaves out a pointer with nothing left to point at
+                    fields.append(Field(name, where, "", "remove", why="nothing it points at is kept"))
             elif action == "date":
                 node.tags[code] = ascii_value(decided.new_value)
                 fields.append(decided)
@@ -323,6 +360,15 @@ class TiffAdapter(Adapter):
         if ctx.screen:
             self._clean_codestreams(ctx, node, fields, kept)
         return node
+
+    @staticmethod
+    def _sub_level(ctx: TiffPlanning, parent: Ifd, kid: Ifd) -> bool:
+        """A SubIFD image is kept only as a reduced resolution of its parent (OME-TIFF
+        pyramids); anything else there (a label, a macro) has no role a reader would show."""
+        bo = ctx.slide.bo
+        size = (kid.int_value(256, bo, 0) or 0, kid.int_value(257, bo, 0) or 0)
+        base = (parent.int_value(256, bo, 0) or 0, parent.int_value(257, bo, 0) or 0)
+        return (273 in kid.tags or 324 in kid.tags) and reduced_copy(size, base)
 
     def _describe(self, ctx: TiffPlanning, node: IfdOut, ifd: Ifd, tag: Tag,
                   fields: list[Field]) -> None:
@@ -496,28 +542,38 @@ class TiffWriter:
 
     def finish(self, plan: Plan) -> Written:
         edits: dict[str, dict[int, bytes]] = {}
+        patches: dict[str, dict[int, tuple]] = {}
         for edit in plan.edits:
             if isinstance(edit, ReplaceRun):   # new images came as runs too
                 edits.setdefault(edit.image, {})[edit.run] = edit.data
+            elif isinstance(edit, PatchRun):
+                patches.setdefault(edit.image, {})[edit.run] = edit.patches
+            elif not isinstance(edit, (RedactImage, ReplaceImage)):
+                # a RedactImage or ReplaceImage arrives with its runs as ReplaceRun/PatchRun
+                raise SlideError(f"cannot write a {type(edit).__name__} into a TIFF")
         if self.staging is None:
-            return self._finish_in_place(plan, edits)
+            return self._finish_in_place(plan, edits, patches)
         try:
             self.copier.join()
-            result = write_tiff(self.slide.tiff, DirectWrites(self.fd), plan.output, edits)
+            result = write_tiff(self.slide.tiff, DirectWrites(self.fd), plan.output, edits,
+                                patches)
             os.fsync(self.fd)
         finally:
             os.close(self.fd)
         return Written((self.staging.path,), self.staging.release, self.staging.discard,
                        result.zeroed_bytes, {"input_intact": True})
 
-    def _finish_in_place(self, plan: Plan, edits: dict[str, dict[int, bytes]]) -> Written:
+    def _finish_in_place(self, plan: Plan, edits: dict[str, dict[int, bytes]],
+                         patches: dict[str, dict[int, tuple]]) -> Written:
         path = self.slide.path
-        digests = _run_digests(self.slide, plan, edits)
+        changed = {label: set(edits.get(label, {})) | set(patches.get(label, {}))
+                   for label in set(edits) | set(patches)}
+        digests = _run_digests(self.slide, plan, changed)
         undo = Undo(undo_record_for(path))
         fd = os.open(path, os.O_RDWR)
         try:
             planned = PlannedWrites(fd)
-            result = write_tiff(self.slide.tiff, planned, plan.output, edits)
+            result = write_tiff(self.slide.tiff, planned, plan.output, edits, patches)
             undo.keep_ranges(path, planned.ranges())
             undo.rename(path, self.final)
             undo.seal()
@@ -555,7 +611,7 @@ class TiffWriter:
             self.staging.discard()
 
 
-def _run_digests(slide: TiffSlide, plan: Plan, edits: dict[str, dict[int, bytes]]) -> dict:
+def _run_digests(slide: TiffSlide, plan: Plan, changed: dict[str, set[int]]) -> dict:
     """Digests of a spread of every kept image's runs as they are before an in-place patch,
     by IFD label and run: verification compares the patched file with them."""
     out: dict[str, dict[int, str]] = {}
@@ -567,5 +623,6 @@ def _run_digests(slide: TiffSlide, plan: Plan, edits: dict[str, dict[int, bytes]
             _, _, offs, cnts = regions
             label = node.source.label
             out[label] = {i: digest(slide.tiff.read(int(offs[i]), int(cnts[i])))
-                          for i in sample(cnts, edits.get(label, {})) if i not in edits.get(label, {})}
+                          for i in sample(cnts, changed.get(label, set()))
+                          if i not in changed.get(label, set())}
     return out

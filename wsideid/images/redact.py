@@ -265,6 +265,11 @@ def _assemble(data: bytes, info: je.JpegInfo, coded: list[bytes], dht: bytes) ->
                 continue
         if marker == 0xDA:
             head.append(dht)
+        if marker == 0xE0 and end - start > 18:
+            # a JFIF thumbnail (T.871 6.2: Xthumbnail, Ythumbnail, then RGB samples) is a
+            # small picture of the tile, region included: the segment goes without it
+            head.append(b"\xff\xe0\x00\x10" + data[start + 4:start + 16] + b"\x00\x00")
+            continue
         head.append(data[start:end])
     body = bytearray()
     for n, part in enumerate(coded):
@@ -425,6 +430,22 @@ def redact_raw(codec: str, data: bytes, mask: np.ndarray, fill: int,
                shape: tuple[int, ...], dtype: str | np.dtype = "uint8", predictor: int = 1,
                byteorder: str = "<") -> bytes:
     """A TIFF tile or strip in LZW, Deflate (Adobe or zlib, both zlib streams) or none."""
+    dt = np.dtype(dtype).newbyteorder(byteorder)
+    image = decode_raw(codec, data, shape, dtype, predictor, byteorder)
+    painted = _paint(image, _full_mask(mask, *image.shape[:2]), fill)
+    if predictor == 2:
+        painted = np.diff(painted, axis=1, prepend=np.zeros_like(painted[:, :1]))
+    out = painted.astype(dt).tobytes()
+    if codec == "lzw":
+        return imagecodecs.lzw_encode(out)
+    if codec in ("deflate", "zlib"):
+        return imagecodecs.zlib_encode(out, 6)
+    return out
+
+
+def decode_raw(codec: str, data: bytes, shape: tuple[int, ...], dtype: str | np.dtype = "uint8",
+               predictor: int = 1, byteorder: str = "<") -> np.ndarray:
+    """The samples (rows, columns, samples) of a TIFF tile or strip in LZW, Deflate or none."""
     decode = {"lzw": imagecodecs.lzw_decode, "deflate": imagecodecs.zlib_decode,
               "zlib": imagecodecs.zlib_decode, "none": bytes}[codec]
     dt = np.dtype(dtype).newbyteorder(byteorder)
@@ -437,15 +458,16 @@ def redact_raw(codec: str, data: bytes, mask: np.ndarray, fill: int,
         image = np.cumsum(image, axis=1, dtype=dt)       # horizontal differencing (TIFF 6 s.14)
     elif predictor != 1:
         raise RedactError("only TIFF predictors 1 and 2 are supported")
-    painted = _paint(image, _full_mask(mask, *image.shape[:2]), fill)
-    if predictor == 2:
-        painted = np.diff(painted, axis=1, prepend=np.zeros_like(painted[:, :1]))
-    out = painted.astype(dt).tobytes()
-    if codec == "lzw":
-        return imagecodecs.lzw_encode(out)
-    if codec in ("deflate", "zlib"):
-        return imagecodecs.zlib_encode(out, 6)
-    return out
+    return image
+
+
+def decode_jpeg(data: bytes, tables: bytes | None = None, colorspace: str | None = None
+                ) -> np.ndarray:
+    """A JPEG tile decoded as a reader told its colour space decodes it (RGB or grey)."""
+    space = {"ycbcr": "YCbCr", "rgb": "RGB", "gray": "GRAYSCALE"}.get(colorspace or "")
+    out = "GRAYSCALE" if colorspace == "gray" else ("RGB" if space else None)
+    image = imagecodecs.jpeg8_decode(data, tables=tables, colorspace=space, outcolorspace=out)
+    return image if image.ndim == 3 else image[..., None]
 
 
 def redact_png(data: bytes, mask: np.ndarray, fill: int) -> bytes:

@@ -93,6 +93,11 @@ def _outward_pixels(geom: BaseGeometry) -> BaseGeometry:
 
 def read_geojson(text: str) -> Regions:
     """Regions from GeoJSON: a FeatureCollection, a list of Features, a Feature or a geometry."""
+    return union(read_geojson_parts(text))
+
+
+def read_geojson_parts(text: str) -> list[Regions]:
+    """Each geometry of a GeoJSON document (a feature, a polygon) as regions of its own."""
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError):
@@ -100,10 +105,12 @@ def read_geojson(text: str) -> Regions:
     geometries = list(_geometries(doc))
     if not geometries:
         raise RegionError("regions file holds no polygon")
-    polygons: list[Polygon] = []
-    for n, geometry in enumerate(geometries, 1):
-        polygons.extend(_polygons(geometry, n))
-    return Regions(_polygons_only(shapely.union_all(polygons)))
+    return [Regions(_polygons_only(shapely.union_all(_polygons(geometry, n))))
+            for n, geometry in enumerate(geometries, 1)]
+
+
+def union(parts: Sequence[Regions]) -> Regions:
+    return Regions(_polygons_only(shapely.union_all([p.geometry for p in parts])))
 
 
 def from_rectangles(rects: Iterable[Sequence[float]]) -> Regions:
@@ -298,8 +305,11 @@ def _crossed_pixels(edges: np.ndarray, window: tuple[int, int] | None = None
         t = np.unique(np.clip(ts, 0.0, 1.0))
         mid = (t[:-1] + t[1:]) / 2
         mx, my = ax + mid * (bx - ax), ay + mid * (by - ay)
-        # A piece lying on a grid line runs along pixel borders and enters no pixel.
-        inside = (mx != np.floor(mx)) & (my != np.floor(my))
+        # A piece lying on a grid line runs along pixel borders and enters no pixel; so does,
+        # in effect, a sliver that rounding leaves between two crossings of one lattice
+        # point (an edge through a pixel corner, moved by clipping).
+        length = (t[1:] - t[:-1]) * math.hypot(bx - ax, by - ay)
+        inside = (mx != np.floor(mx)) & (my != np.floor(my)) & (length > 1e-6)
         xs.append(np.floor(mx[inside]).astype(np.int64))
         ys.append(np.floor(my[inside]).astype(np.int64))
     if not xs:

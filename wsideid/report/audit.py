@@ -23,6 +23,9 @@ def build(results: list[Result], options: dict) -> dict:
             entry["fields"] = [f.public() for f in r.plan.fields]
             entry["actions"] = r.plan.counts()
             entry["warnings"] = r.plan.warnings
+            if r.plan.regions:
+                entry["regions"] = r.plan.regions
+                entry["redacted"] = [e.public() for e in r.plan.redactions()]
         entry["zeroed_bytes"] = r.zeroed_bytes
         slides.append(entry)
     return {"tool": "wsideid", "version": __version__,

@@ -12,11 +12,19 @@ from .reader import ReaderView
 
 def verify(adapter: Any, source: Any, plan: Plan, written: Written, policy: Policy,
            naming: Naming, before: ReaderView | None) -> list[str]:
-    """What is wrong with the written output (empty: it may be released)."""
+    """What is wrong with the written output (empty: it may be released). The output is
+    re-planned without the regions (they are painted already); the regions are checked on
+    their own (regions.py)."""
     if adapter.container == "tiff":
         from . import tiff as container
     elif adapter.container == "mirax":
         from . import mirax as container
     else:
         from . import dicom as container
-    return container.verify(adapter, source, plan, written, policy, naming, before)
+    problems = container.verify(adapter, source, plan, written, policy.without_redaction(),
+                                naming, before)
+    if plan.redactions() and not problems:
+        from . import regions
+
+        problems += regions.verify(adapter, plan, written)
+    return problems

@@ -49,7 +49,7 @@ def verify(adapter: DicomAdapter, source: DicomSeries, plan: Plan, written: Writ
     for planned, out in pairs:
         try:
             header = read_header(out)
-            problems += header_problems(out, targets, header)
+            problems += header_problems(out, targets, header, policy.deidentify)
             start = header[1]
             edited = plan.run_edits(f"instance {planned.instance.number}")
             pixels = (locate_pixels(out, start) if edited or not len(planned.pixels.frame_offsets)
@@ -71,12 +71,19 @@ def _expected_pixels(src: PixelElement, start: int) -> PixelElement:
     return PixelElement(start, src.end + shift, src.frame_offsets + shift, src.frame_lengths)
 
 
-def header_problems(out: Path, targets: list[str], header=None) -> list[str]:
+def header_problems(out: Path, targets: list[str], header=None,
+                    deidentified: bool = True) -> list[str]:
     """What is wrong with a written instance's header: private elements, missing marks, a
     file meta that disagrees, removed values still present (everything before pixel data).
-    `header` is the instance's read_header() when the caller already has it."""
+    `header` is the instance's read_header() when the caller already has it. A header kept
+    as stored (`redact`, not `deidentified`) is only searched for removed values."""
     ds, start = header or read_header(out)
     problems = []
+    if not deidentified:
+        with open(out, "rb") as fh:
+            head = fh.read(start)
+        return [f"{out.name}: a removed value of {len(n)} characters is still present"
+                for n in needles.find_in(head, targets)]
     if bytes(ds.preamble or b"").strip(b"\x00"):
         problems.append(f"{out.name}: the file preamble is not empty")
     extra = {int(e.tag) for e in ds.file_meta} - FILE_META_KEPT - WRITER_META
@@ -102,6 +109,8 @@ def _check_frames(planned: InstanceOut, out: Path, pixels: PixelElement,
     if len(src.frame_offsets) != len(pixels.frame_offsets):
         return [f"{out.name}: {len(pixels.frame_offsets)} fragments instead of {len(src.frame_offsets)}"]
     if not len(src.frame_offsets):  # native pixel data: one element, compared whole
+        if edits:
+            return _check_native(planned, out, pixels, edits)
         pairs = [(0, src.start, src.end - src.start, pixels.start, pixels.end - pixels.start)]
     else:
         pairs = [(i, int(src.frame_offsets[i]), int(src.frame_lengths[i]),
@@ -125,6 +134,23 @@ def _check_frames(planned: InstanceOut, out: Path, pixels: PixelElement,
             if got != want:
                 return [f"{out.name}: pixel data differs from the input"]
     return []
+
+
+def _check_native(planned: InstanceOut, out: Path, pixels: PixelElement,
+                  edits: dict[int, bytes]) -> list[str]:
+    """Native pixel data with painted frames: the input's element with those frames replaced."""
+    src = planned.pixels
+    with open(planned.instance.source, "rb") as a:
+        a.seek(src.start)
+        want = bytearray(a.read(src.end - src.start))
+    frames = int(planned.header.get("NumberOfFrames", 1) or 1)
+    size = (len(want) - 12) // frames
+    for i, data in edits.items():
+        want[12 + i * size:12 + i * size + len(data)] = data
+    with open(out, "rb") as b:
+        b.seek(pixels.start)
+        got = b.read(pixels.end - pixels.start)
+    return [] if got == bytes(want) else [f"{out.name}: pixel data differs from the input"]
 
 
 def dciodvfy_errors(path: Path) -> set[str] | None:

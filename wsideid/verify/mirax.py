@@ -15,7 +15,7 @@ from ..containers.mirax.slidedat import INDEX_NAME
 from ..containers.output import Written
 from ..errors import SlideError
 from ..images import segments
-from ..model import Job, Naming, Plan
+from ..model import Job, Naming, Plan, ReplaceRun
 from ..needles import find_in, find_in_file
 from ..policy import Policy
 from ..sampling import digest
@@ -51,6 +51,8 @@ def verify(adapter: MiraxAdapter, source: MiraxSlide, plan: Plan, written: Writt
 def _check_rewritten(plan: Plan) -> list[str]:
     problems = []
     for edit in plan.edits:
+        if not isinstance(edit, ReplaceRun):
+            continue
         if segments.clean_image(edit.data)[1]:
             problems.append(f"{edit.image}: an image rewritten in run {edit.run} still has "
                             "text segments")

@@ -25,14 +25,22 @@ def copy_pixels_after_header(header: Dataset, source: Path, pixel_start: int, ou
 
 
 def write_instance(header: Dataset, source: Path, pixels: PixelElement, out: Path,
-                   replaced: dict[int, bytes]) -> None:
+                   replaced: dict[int, bytes], frames: int = 1) -> None:
     """`header` without pixel data, then the source's pixel data element: copied verbatim, or
-    rebuilt with the `replaced` fragments (by frame index), each padded to an even length."""
+    rebuilt with the `replaced` fragments (by frame index), each padded to an even length.
+    Native (not encapsulated) pixel data is copied and the replaced frames, of their old
+    length, written over their old place."""
     header.save_as(out, enforce_file_format=True)
     with open(source, "rb") as src, open(out, "r+b") as dst:
         at = dst.seek(0, 2)
-        if not replaced:
+        if not replaced or not len(pixels.frame_offsets):
             copy_range(src.fileno(), dst.fileno(), pixels.start, pixels.end, at)
+            if replaced:
+                size = (pixels.end - pixels.start - 12) // max(1, frames)
+                for i, data in replaced.items():
+                    if len(data) != size:
+                        raise ValueError("a native frame must keep its length")
+                    os.pwrite(dst.fileno(), data, at + 12 + i * size)
         else:
             dst.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
             dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))  # empty Basic Offset Table

@@ -32,6 +32,8 @@ class MiraxOutput:
     slidedat: bytes
     index: bytes
     data_files: list[DataFileOut]
+    # rewritten images that grew and were appended to their data file: (image, run) -> offset
+    moved: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def finish_data_file(out_writes: DirectWrites | PlannedWrites, out: DataFileOut) -> int:

@@ -5,11 +5,16 @@ keeps its offset and bytes. The planned IFDs are written over the old ones where
 changed values are appended after the last live byte, and then every byte that no output
 structure references (old values, dropped images, orphaned IFDs, slack space) is zeroed and
 the file is cut after its last live byte. Nothing removed survives, nothing kept moves.
+
+A rewritten image byte run (a tile without its text segments, a redacted tile) goes where the
+old one started when it is no longer; a longer one is appended after the last live byte and
+its offset points there, and the old run, no longer referenced, is zeroed with the rest. A
+patched run (NDPI restart intervals) gets its new bytes in place.
 """
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +29,7 @@ class NewValue:
     dtype: int
     count: int
     data: bytes
+    high: int = 0   # NDPI: high 32 bits of an inline LONG (a strip offset above 4 GB)
 
     @property
     def nbytes(self) -> int:
@@ -92,11 +98,15 @@ class _Layout:
 
 
 def write_tiff(src: TiffFile, out: DirectWrites | PlannedWrites, chain: list[IfdOut],
-               run_edits: Mapping[str, Mapping[int, bytes]] | None = None) -> WriteResult:
+               run_edits: Mapping[str, Mapping[int, bytes]] | None = None,
+               run_patches: Mapping[str, Mapping[int, Sequence[tuple[int, bytes]]]] | None = None
+               ) -> WriteResult:
     """Patch a copy of `src` (or `src` itself) through `out`: writes applied at once, or
     planned and applied later with an undo record. `run_edits` gives new bytes for image byte
-    runs, by IFD label and run number."""
+    runs, by IFD label and run number; `run_patches` new bytes for parts of runs, (offset
+    inside the run, bytes), written in place."""
     run_edits = run_edits or {}
+    run_patches = run_patches or {}
     if not chain:
         raise SlideError("nothing would remain of the slide")
     bo = src.byteorder
@@ -104,24 +114,34 @@ def write_tiff(src: TiffFile, out: DirectWrites | PlannedWrites, chain: list[Ifd
     nodes = [node for root in chain for node in root.walk()]
 
     # 1. Replaced image byte runs (e.g. a JPEG tile without its COM segment) go where the
-    #    old run started; the tail of the old run is freed and zeroed below.
+    #    old run started; the tail of the old run is freed and zeroed below. A longer one
+    #    is appended in step 3.
+    longer: dict[int, dict[int, bytes]] = {}
     for node in nodes:
-        edits = run_edits.get(node.source.label)
-        if not edits:
+        label = node.source.label
+        edits, patches = run_edits.get(label), run_patches.get(label)
+        if not edits and not patches:
             continue
         off_tag, cnt_tag, offs, cnts = node.source.data_regions(bo)
         cnts = cnts.copy()
-        for index, payload in edits.items():
+        for index, pieces in (patches or {}).items():
+            for pos, data in pieces:
+                if pos < 0 or pos + len(data) > cnts[index]:
+                    raise SlideError(f"{label}: a patch of run {index} lies outside the run")
+                out.write(data, int(offs[index]) + pos)
+        for index, payload in (edits or {}).items():
             if len(payload) > cnts[index]:
-                raise SlideError(f"{node.source.label}: replacement for run {index} is longer than the original")
-            out.write(payload, int(offs[index]))
+                longer.setdefault(id(node), {})[index] = payload
+            else:
+                out.write(payload, int(offs[index]))
             cnts[index] = len(payload)
-        old = node.source.tags[cnt_tag]
-        node.tags[cnt_tag] = array_value(old.dtype, cnts, bo)
+        if edits:
+            old = node.source.tags[cnt_tag]
+            node.tags[cnt_tag] = array_value(old.dtype, cnts, bo)
 
     # 2. Image bytes and unchanged out-of-line values stay where they are.
     for node in nodes:
-        regions = _final_regions(node, bo)
+        regions = _final_regions(node, bo, longer.get(id(node), {}))
         if regions is not None:
             layout.live_many(*regions)
         for code, tag in node.tags.items():
@@ -142,7 +162,10 @@ def write_tiff(src: TiffFile, out: DirectWrites | PlannedWrites, chain: list[Ifd
         else:
             pending.append((node, size))
     _, ends = layout.arrays()
-    cursor = _align(int(ends.max()))
+    cursor = _align(max(int(ends.max()), _old_values_end(nodes) if longer else 0))
+    for node in nodes:
+        if id(node) in longer:
+            cursor = _append_runs(src, out, node, longer[id(node)], cursor, layout)
     for node, size in pending:
         positions[id(node)] = cursor
         layout.live(cursor, size)
@@ -208,6 +231,14 @@ def write_tiff(src: TiffFile, out: DirectWrites | PlannedWrites, chain: list[Ifd
     return WriteResult(end, zeroed, [positions[id(n)] for n in chain])
 
 
+def _old_values_end(nodes: list[IfdOut]) -> int:
+    """Where the last out-of-line value of the kept IFDs ends: a changed value may be written
+    back over its old slot in step 4, so appended runs go after all of them."""
+    ends = [tag.value_offset + tag.nbytes for node in nodes for tag in node.source.tags.values()
+            if tag.value_offset is not None]
+    return max(ends, default=0)
+
+
 def _reusable_slots(src: TiffFile, nodes: list[IfdOut]) -> set[int]:
     """Old out-of-line value offsets whose every kept reference now holds the same bytes,
     no longer than the old value (so they can be written in place)."""
@@ -226,7 +257,9 @@ def _reusable_slots(src: TiffFile, nodes: list[IfdOut]) -> set[int]:
             if len(datas) == 1 and len(next(iter(datas))) <= room[slot]}
 
 
-def _final_regions(node: IfdOut, bo: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _final_regions(node: IfdOut, bo: str, moved: Mapping[int, bytes]
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Offsets and final counts of the runs that stay where they are (not the `moved` ones)."""
     regions = node.source.data_regions(bo)
     if regions is None:
         return None
@@ -235,7 +268,43 @@ def _final_regions(node: IfdOut, bo: str) -> tuple[np.ndarray, np.ndarray] | Non
     if isinstance(final_cnt, NewValue):
         cnts = np.frombuffer(final_cnt.data, dtype=np.dtype(TYPE_NUMPY[final_cnt.dtype])
                              .newbyteorder(bo)).astype(np.int64)
+    if moved:
+        keep = np.ones(len(offs), bool)
+        keep[list(moved)] = False
+        offs, cnts = offs[keep], cnts[keep]
     return offs, cnts
+
+
+def _append_runs(src: TiffFile, out: DirectWrites | PlannedWrites, node: IfdOut, runs: Mapping[int, bytes], cursor: int,
+                 layout: _Layout) -> int:
+    """Write runs that grew at `cursor` and point the node's offsets at them; the offsets
+    value widens to LONG8 in a BigTIFF when it must (a classic TIFF past 4 GB is refused
+    later; NDPI keeps the high 32 bits of an inline offset beside its IFD)."""
+    bo = src.byteorder
+    off_tag, _, offs, _ = node.source.data_regions(bo)
+    offs = offs.copy()
+    for index, payload in sorted(runs.items()):
+        out.write(payload, cursor)
+        layout.live(cursor, len(payload))
+        offs[index] = cursor
+        cursor = _align(cursor + len(payload))
+    dtype = node.source.tags[off_tag].dtype
+    top = int(offs.max())
+    if dtype == 3 and top > 0xFFFF:
+        dtype = 4
+    if dtype in (4, 13) and top > 0xFFFFFFFF:
+        if src.bigtiff:
+            dtype = 16
+        elif not (src.ndpi and len(offs) == 1):
+            raise SlideError(f"{node.source.label}: a rewritten run would lie past 4 GB, "
+                             "beyond what its offsets can hold")
+    if src.ndpi and len(offs) == 1 and dtype in (4, 13):
+        value = array_value(dtype, [top & 0xFFFFFFFF], bo)
+        value.high = top >> 32
+    else:
+        value = array_value(dtype, offs, bo)
+    node.tags[off_tag] = value
+    return cursor
 
 
 def _write_ifd(src: TiffFile, writes: DirectWrites | PlannedWrites, node: IfdOut, pos: int, nxt: int,
@@ -251,7 +320,7 @@ def _write_ifd(src: TiffFile, writes: DirectWrites | PlannedWrites, node: IfdOut
         high = 0
         if src.is_inline(tag.dtype, tag.nbytes):
             value = tag.data.ljust(width, b"\x00")
-            high = tag.high if isinstance(tag, Tag) else 0
+            high = tag.high
         else:
             where = tag.value_offset if isinstance(tag, Tag) else value_offsets[(id(node), code)]
             if src.ndpi:  # low 32 bits here, high 32 bits after the next-IFD offset
