@@ -75,6 +75,35 @@ def test_convert_ndpi_and_ome(tmp_path):
     assert found_needles(all_files(out2), ["OS-2-ndpi", "77794f72-4f3e-4627-b2e4-93dd22c15977"]) == {}
 
 
+def test_convert_generated_ndpi_and_ome_subifd_pyramid_keep_every_stored_level(tmp_path):
+    """Every stored level becomes a DICOM level: NDPI stripes (compared by pixels, frames are
+    cut and padded by the converter) and an OME SubIFD pyramid (which OpenSlide does not show,
+    so it cannot be what the output is compared with)."""
+    from fixtures.ndpi import write_ndpi
+    from fixtures.ometiff import write_ome_tiff
+
+    ndpi = write_ndpi(tmp_path / "g.ndpi")
+    ome = tmp_path / "g.ome.tif"
+    write_ome_tiff(ome)
+    for src, levels in ((ndpi, [(1024, 768), (512, 384)]),
+                        (ome, [(1024, 768), (512, 384), (256, 192)])):
+        out = tmp_path / f"out-{src.name}"
+        run("convert", src, "--to", "dicom", "-o", out, check=0)
+        files = converted(out)
+        with openslide.OpenSlide(str(files[0])) as b:
+            assert list(b.level_dimensions) == levels
+        assert wsidicom_levels(files[0].parent) == levels
+
+
+def test_convert_without_pixel_spacing_says_so(tmp_path):
+    """The TCGA J2K SVS has no MPP, which the converter needs: one clear line, nothing left."""
+    out = tmp_path / "out"
+    proc = run("convert", shared_slide("svs/tcga-cr-7395-01a-01-ts1.svs"), "--to", "dicom",
+               "-o", out, check=2)
+    assert proc.stderr.count("wsideid: error:") == 1 and "no MPP, the pixel spacing" in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["wsideid-report.json"]
+
+
 def test_convert_is_stable_with_a_key(tmp_path):
     key = tmp_path / "key"
     uids = []

@@ -71,7 +71,6 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
         fp = adapter.fingerprint(slide)
     finally:
         slide.close()
-    before = openslide_view(job.path)
     pseudonym = keyring.slide_pseudonym(fp)
     planner = DicomPlanner(policy, keyring)
     fields: list[Field] = []
@@ -97,6 +96,10 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
                 include_overview=policy.macro == "keep", include_confidential=False,
                 uid_generator=lambda: UID(next(uids)), metadata_post_processor=deidentify,
                 workers=1)
+        except KeyError as exc:   # opentile reads vendor metadata by key
+            missing = "MPP, the pixel spacing" if exc.args == ("MPP",) else repr(exc.args[0])
+            raise SlideError(f"cannot convert: the slide's metadata has no {missing}, which "
+                             "wsidicomizer needs to build a DICOM WSI series") from exc
         except Exception as exc:  # noqa: BLE001 - wsidicomizer raises many types
             raise SlideError(f"wsidicomizer could not convert the slide: {exc}") from exc
         folder = staging.path / pseudonym
@@ -110,8 +113,7 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             _clean_frames(f, fields)
             _settle_write_stamps(f, policy, fields)
         plan = Plan("dicom-wsi", [], fields)
-        problems = _verify(files, plan, policy, keyring, source_levels, job.path, allow_transcode,
-                           before)
+        problems = _verify(files, plan, policy, keyring, source_levels, job.path, allow_transcode)
         if problems:
             raise VerificationError("; ".join(problems))
         final = staging.release([(pseudonym, pseudonym)])
@@ -176,8 +178,7 @@ def _stamp_value(value: str, vr: str, policy: Policy) -> str:
 
 
 def _verify(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring,
-            source_levels: list[SampledLevel], source: Path, allow_transcode: bool,
-            before) -> list[str]:
+            source_levels: list[SampledLevel], source: Path, allow_transcode: bool) -> list[str]:
     targets = checks.residue_targets(plan, plan.kept_values())
     problems = []
     # dciodvfy runs in the background while the headers and frames are checked
@@ -197,8 +198,13 @@ def _verify(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring,
     after = openslide_view(files[0])
     if after is None:
         problems.append("OpenSlide cannot open the converted slide")
-    elif before is not None and list(after.level_dimensions) != list(before.level_dimensions)[:len(after.level_dimensions)]:
-        problems.append(f"levels differ from the source: {after.level_dimensions}")
+    else:
+        # the levels as stored (an OME SubIFD pyramid OpenSlide does not show; NDPI levels
+        # OpenSlide adds by cutting at restart markers are not stored ones)
+        stored = sorted(((lv.width, lv.height) for lv in source_levels), reverse=True)
+        if list(after.level_dimensions) != stored:
+            problems.append(f"levels differ from the source's stored levels {tuple(stored)}: "
+                            f"{after.level_dimensions}")
     return problems
 
 
@@ -220,6 +226,7 @@ class SampledLevel:
     width: int
     height: int
     tiles: int
+    tiled: bool     # stored as tiles (else strips, NDPI's restart-marker stripes: by pixels)
     samples: list[tuple[int, bytes]]
 
 
@@ -233,7 +240,8 @@ def _sampled_tiles(slide, level: Image) -> SampledLevel:
         with open(slide.files[int(runs.files[i])], "rb") as fh:
             samples.append((i, _scan_data(os.pread(fh.fileno(), int(runs.counts[i]),
                                                    int(runs.offsets[i])))))
-    return SampledLevel(level.width, level.height, len(runs), samples)
+    return SampledLevel(level.width, level.height, len(runs), level.geometry.tile is not None,
+                        samples)
 
 
 def _scan_data(stream: bytes) -> bytes:
@@ -302,7 +310,7 @@ def _check_not_reencoded(files: list[Path], levels: list[SampledLevel], source: 
         width = int(ds.get("TotalPixelMatrixColumns", 0))
         height = int(ds.get("TotalPixelMatrixRows", 0))
         pixels = locate_pixels(f, start)
-        same = [lv for lv in levels if (lv.width, lv.height, lv.tiles)
+        same = [lv for lv in levels if lv.tiled and (lv.width, lv.height, lv.tiles)
                 == (width, height, len(pixels.frame_offsets))]
         if same:
             problems += _compare_tiles(f, pixels, same[0])

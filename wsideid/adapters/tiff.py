@@ -169,16 +169,18 @@ class TiffAdapter(Adapter):
             return None
 
     def stored_levels(self, slide: TiffSlide) -> list[Image]:
-        """Every tiled pyramid image as stored: the levels of the main chain and the levels
-        in their SubIFDs (OME-TIFF pyramids), each with its tile grid and byte runs."""
+        """Every pyramid image as stored: the levels of the main chain and the reduced copies
+        in their SubIFDs (OME-TIFF pyramids), each with its tile grid (None: stripped, as NDPI
+        levels are) and byte runs."""
         out = []
         base = slide.tiff.ifds[0]
         for ifd, role in zip(slide.tiff.ifds, slide.roles):
             if role != "level":
                 continue
-            for node in ifd.walk():
-                if node.kind in ("main", "subifd") and 322 in node.tags:
-                    out.append(self.image_of(slide, node, "level", "keep", base))
+            out.append(self.image_of(slide, ifd, "level", "keep", base))
+            for kid in ifd.children.get(SUBIFDS, []):
+                if _sub_level(slide.bo, ifd, kid):
+                    out.append(self.image_of(slide, kid, "level", "keep", base))
         return out
 
     def plan(self, slide: TiffSlide, policy: Policy, naming: Naming, screen: bool = True,
@@ -328,7 +330,7 @@ class TiffAdapter(Adapter):
                 node.tags[code] = tag
                 node.children[code] = []
                 for kid in ifd.children.get(code, []):
-                    if code == SUBIFDS and not self._sub_level(ctx, ifd, kid):
+                    if code == SUBIFDS and not _sub_level(ctx.slide.bo, ifd, kid):
                         lost: list[Field] = []
                         self.plan_ifd(ctx, kid, lost, kept=False)
                         for f in lost:
@@ -360,15 +362,6 @@ class TiffAdapter(Adapter):
         if ctx.screen:
             self._clean_codestreams(ctx, node, fields, kept)
         return node
-
-    @staticmethod
-    def _sub_level(ctx: TiffPlanning, parent: Ifd, kid: Ifd) -> bool:
-        """A SubIFD image is kept only as a reduced resolution of its parent (OME-TIFF
-        pyramids); anything else there (a label, a macro) has no role a reader would show."""
-        bo = ctx.slide.bo
-        size = (kid.int_value(256, bo, 0) or 0, kid.int_value(257, bo, 0) or 0)
-        base = (parent.int_value(256, bo, 0) or 0, parent.int_value(257, bo, 0) or 0)
-        return (273 in kid.tags or 324 in kid.tags) and reduced_copy(size, base)
 
     def _describe(self, ctx: TiffPlanning, node: IfdOut, ifd: Ifd, tag: Tag,
                   fields: list[Field]) -> None:
@@ -430,6 +423,14 @@ class TiffAdapter(Adapter):
 TYPE_NAMES = {1: "BYTE", 2: "ASCII", 3: "SHORT", 4: "LONG", 5: "RATIONAL", 6: "SBYTE",
               7: "UNDEFINED", 8: "SSHORT", 9: "SLONG", 10: "SRATIONAL", 11: "FLOAT", 12: "DOUBLE",
               13: "IFD", 16: "LONG8", 17: "SLONG8", 18: "IFD8"}
+
+
+def _sub_level(bo: str, parent: Ifd, kid: Ifd) -> bool:
+    """A SubIFD image is kept only as a reduced resolution of its parent (OME-TIFF pyramids);
+    anything else there (a label, a macro) has no role a reader would show."""
+    size = (kid.int_value(256, bo, 0) or 0, kid.int_value(257, bo, 0) or 0)
+    base = (parent.int_value(256, bo, 0) or 0, parent.int_value(257, bo, 0) or 0)
+    return (273 in kid.tags or 324 in kid.tags) and reduced_copy(size, base)
 
 
 def slide_bo(ctx: TiffPlanning) -> str:
