@@ -1,14 +1,14 @@
 """detect -> read -> plan -> write -> verify -> release, for one slide of any format."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import adapters
 from .background import Background
 from .containers.output import Target
 from .errors import VerificationError
 from .keyring import Keyring
-from .model import Job, Plan, Result
+from .model import Job, Naming, Plan, Result
 from .policy import Policy
 from .verify import verify
 from .verify.reader import openslide_view
@@ -19,14 +19,28 @@ class Settings:
     policy: Policy
     keyring: Keyring
     target: Target = Target()
+    name: str = ""      # the slide's released name instead of its keyed pseudonym (a mapping's)
 
 
-def plan_job(job: Job, policy: Policy, keyring: Keyring) -> Plan:
-    """The plan of one slide, as `deid` would carry it out (nothing is written)."""
+def naming_of(adapter, slide, keyring: Keyring, name: str = "") -> Naming:
+    """The slide's naming: keyed from its content, or under a given name (the extension and
+    every other keyed identifier stay as they are)."""
+    naming = adapter.naming(slide, keyring)
+    if not name or name == naming.pseudonym:
+        return naming
+    extension = naming.output_name[len(naming.pseudonym):]
+    return replace(naming, pseudonym=name, output_name=name + extension)
+
+
+def plan_job(job: Job, policy: Policy, keyring: Keyring, name: str = "",
+             screen: bool = True) -> tuple[Naming, Plan]:
+    """The naming and plan of one slide, as `deid` would carry them out (nothing is written;
+    `screen=False`: the image data is not looked into, only the metadata is read)."""
     adapter = adapters.by_name(job.format)
     slide = adapter.read(job)
     try:
-        return adapter.plan(slide, policy, adapter.naming(slide, keyring))
+        naming = naming_of(adapter, slide, keyring, name)
+        return naming, adapter.plan(slide, policy, naming, screen=screen)
     finally:
         slide.close()
 
@@ -39,7 +53,7 @@ def run(job: Job, settings: Settings) -> Result:
     result = Result(job.path)
     slide = adapter.read(job)
     try:
-        naming = adapter.naming(slide, settings.keyring)
+        naming = naming_of(adapter, slide, settings.keyring, settings.name)
         result.pseudonym = naming.pseudonym
         # what OpenSlide shows of the input: read beside the copy, or before patching in place
         seen = adapter.reader_path(slide)

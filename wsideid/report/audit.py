@@ -1,4 +1,5 @@
-"""The audit report: options, and per slide what was done. Never an original name or value."""
+"""The audit report: options, catalogs, and per slide what was done. Never an original name or
+value: slides are named by their released paths, files left out by pseudonymous paths."""
 from __future__ import annotations
 
 import json
@@ -6,48 +7,40 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__
-from ..model import Result
+from .. import __version__, catalog
+from ..batch import without_source  # noqa: F401 - where reports have always found it
+from ..containers.files import fsync_dir
 
 
-def build(results: list[Result], options: dict) -> dict:
-    slides = []
-    for r in results:
-        entry: dict = {"pseudonym": r.pseudonym or None, "status": r.status,
-                       "output": r.output.name if r.output else None}
-        if r.status != "ok":
-            entry["message"] = without_source(r.message, r.source)
-        if r.plan is not None:
-            entry["format"] = r.plan.format
-            entry["images"] = [img.public() for img in r.plan.images]
-            entry["fields"] = [f.public() for f in r.plan.fields]
-            entry["actions"] = r.plan.counts()
-            entry["warnings"] = r.plan.warnings
-        entry["zeroed_bytes"] = r.zeroed_bytes
-        slides.append(entry)
-    return {"tool": "wsideid", "version": __version__,
-            "run": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "options": options, "slides": slides,
-            "summary": {"ok": sum(r.status == "ok" for r in results),
-                        "failed": sum(r.status != "ok" for r in results)}}
-
-
-def without_source(message: str, source: Path) -> str:
-    """A failure message as the report may keep it: the input's path and name (which a
-    library's message may quote) replaced by <input>."""
-    stem = source.name.split(".")[0]
-    for text in (str(source), str(source.parent), source.name, stem):
-        if len(text) >= 3:
-            message = message.replace(text, "<input>")
-    return message
+def build(slides: list[dict], options: dict, not_slides: list[dict] | None = None) -> dict:
+    """The report of a run from its slides' entries (batch.entry_of), in a stable order:
+    released slides by path, then failures."""
+    slides = sorted(slides, key=lambda e: (e.get("path") is None, e.get("path") or "",
+                                           e.get("message") or ""))
+    used = sorted({name for e in slides for name in e.get("catalogs", [])})
+    report = {"tool": "wsideid", "version": __version__,
+              "run": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "options": options,
+              "catalogs": {name: catalog.describe(name) for name in used},
+              "slides": slides,
+              "summary": {"ok": sum(e["status"] == "ok" for e in slides),
+                          "failed": sum(e["status"] != "ok" for e in slides)}}
+    if not_slides:
+        report["not_slides"] = sorted(not_slides, key=lambda e: e["path"])
+    return report
 
 
 def write(path: Path, report: dict) -> None:
-    """Write the report whole or not at all (a failed write leaves no partial file)."""
+    """Write the report whole or not at all: a hidden file beside it, flushed to disk, then
+    renamed over it (a failed write or a kill leaves no partial report)."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(report, indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
