@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import adapters, catalog
-from .containers.files import fsync_dir
 from .containers.output import Target
 from .errors import InstallError, OutputError, SlideError, VerificationError
 from .journal import Journal, Record, Superseded, stat_outputs, task_lease
@@ -323,6 +322,8 @@ def _run(task: Task, start: float) -> Outcome:
 
 def make_folders(outdir: Path, parts: tuple[str, ...]) -> None:
     """Create the released folders of a slide; each new folder's entry is made durable."""
+    from .containers.files import fsync_dir
+
     here = outdir
     for part in parts:
         parent, here = here, here / part
@@ -459,6 +460,7 @@ class Slide:
     name: str = ""                  # its released name when a mapping gives one
     subject: str = ""
     outcome: Outcome | None = None
+    extra: list[str] = field(default_factory=list)   # files in its folder it does not use (names as found)
 
     @property
     def source(self) -> Path:
@@ -522,7 +524,10 @@ class Exporter:
                                            "message": without_source(value["error"], slide.source),
                                            "verification": {"result": "not run"}, "zeroed_bytes": 0})
             return
-        slide.survey = {k: value[k] for k in ("pseudonym", "output_name", "folder", "extra")}
+        slide.extra = value["extra"]
+        # the journal keeps the survey: names of files the slide does not use only as pseudonyms
+        slide.survey = {k: value[k] for k in ("pseudonym", "output_name", "folder")}
+        slide.survey["extra"] = [self.settings.keyring.file_pseudonym(x) for x in value["extra"]]
         # a DICOM series has no file name of its own: only what is read from it can match
         named = not adapters.by_name(slide.item.job.format).multi_file
         slide.survey["mapped"] = self.namer.slide(slide.source.name if named else None,

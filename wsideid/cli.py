@@ -167,9 +167,11 @@ def deid(
                          waiting=lambda: sys.stderr.write(
                              "wsideid: waiting for slides an interrupted run is still writing\n"))
         except (Busy, Mismatch) as exc:
+            journal.close()
             fail(f"{outdir}: {exc}")
         except OSError as exc:
-            fail(f"{outdir}: cannot use the output folder: {exc.strerror or exc}")
+            journal.close()
+            fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
     mapfile = None
     if map_file is not None:
         try:
@@ -334,7 +336,7 @@ class RunView:
             sys.stderr.write(f"wsideid: warning: {path}: {why}: not copied\n")
             self._map(path, self._other_path(path, root), "", "not copied", "not a slide")
         for slide in slides:
-            for extra in (slide.survey or {}).get("extra", []) if slide.outcome is None else []:
+            for extra in slide.extra if slide.outcome is None else []:
                 folder = slide.item.job.path.with_name(slide.item.job.path.name[: -len(".mrxs")])
                 sys.stderr.write(f"wsideid: warning: {folder / extra}: in a MIRAX slide's folder "
                                  "but not part of the slide: not copied\n")
@@ -395,7 +397,8 @@ class RunView:
         if self.mapfile is None or not self.map_ok:
             return
         try:
-            self.mapfile.add(Path(source).resolve(), pseudonym, output, status, kind)
+            self.mapfile.add(Path(source).resolve(), pseudonym,
+                             Path(output).resolve() if output else "", status, kind)
         except OSError as exc:
             error_line(f"{self.mapfile.path}: cannot write the map: {exc.strerror or exc}")
             self.map_ok = False
@@ -426,7 +429,7 @@ class RunView:
         for s in self.slides:
             if s.outcome is not None and s.outcome.status == "ok" and s.survey.get("extra"):
                 where = (s.outcome.entry.get("path") or "")[: -len(".mrxs")]
-                others += [{"path": f"{where}/{self.keyring.file_pseudonym(x)}", "size": None,
+                others += [{"path": f"{where}/{x}", "size": None,
                             "why": "in a MIRAX slide's folder but not part of the slide"}
                            for x in s.survey["extra"]]
         return slides, others
@@ -440,7 +443,7 @@ class RunView:
             audit.write(self.report_path, audit.build(slides, self.options, others))
             return True
         except OSError as exc:
-            if not self.report_failed or final:
+            if not self.report_failed:
                 error_line(f"{self.report_path}: cannot write the audit report: {exc.strerror or exc}")
             self.report_failed = True
             return False
@@ -720,6 +723,64 @@ def scan(
         raise typer.Exit(EXIT_INPUT)
     if findings:
         raise typer.Exit(EXIT_FINDINGS)
+
+
+@app.command("report")
+def report_command(
+    outdir: Path = typer.Argument(..., help="A released folder (with its wsideid-report.json)."),
+    html_file: Path = typer.Option(..., "--html", help="Write the QC page (one row per slide, images embedded) here."),
+    before: Optional[Path] = typer.Option(None, "--before", help="Also write the IDENTIFYING page of the inputs' labels and overviews here: keep it with the map, never under OUTDIR (needs --map)."),
+    map_file: Optional[Path] = typer.Option(None, "--map", help="The run's map (links released slides to their inputs, for --before)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="The audit report (default OUTDIR/wsideid-report.json)."),
+) -> None:
+    """Write the QC page of a released folder, for a reviewer to open in a browser."""
+    from .report import html as qc
+
+    report_path = report_file or outdir / "wsideid-report.json"
+    try:
+        doc = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"{report_path}: cannot read the audit report: {getattr(exc, 'strerror', None) or exc}")
+    if before is not None:
+        if map_file is None:
+            fail("--before needs the run's --map (to find the inputs)")
+        if batch.inside(before, outdir):
+            fail(f"{before}: the before page identifies patients: keep it outside the released folder {outdir}")
+    pages = [(html_file, lambda: qc.qc_page(doc, outdir))]
+    if before is not None:
+        pages.append((before, lambda: qc.before_page(doc, _sources(map_file, outdir))))
+    for path, build in pages:
+        try:
+            text = build()
+            tmp = path.with_name(f".{path.name}.partial")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            fail(f"{path}: cannot write the page: {exc.strerror or exc}")
+    out.print(f"{len(doc.get('slides', []))} slides: {html_file}" + (f", before: {before}" if before else ""),
+              markup=False, highlight=False)
+
+
+def _sources(map_file: Path, outdir: Path) -> dict[str, Path]:
+    """Released path (relative to OUTDIR) -> input, from the map's slide rows."""
+    try:
+        rows = list(csv.DictReader(map_file.open(encoding="utf-8")))
+    except OSError as exc:
+        fail(f"{map_file}: cannot read the map: {exc.strerror or exc}")
+    base = outdir.resolve()
+    sources = {}
+    for row in rows:
+        if row.get("kind", "slide") != "slide" or row.get("status") != "ok" or not row.get("output"):
+            continue
+        try:
+            rel = Path(row["output"]).resolve().relative_to(base).as_posix()
+        except ValueError:
+            continue
+        sources[rel] = Path(row["source"])
+    return sources
 
 
 def main() -> None:

@@ -201,6 +201,10 @@ class Journal:
         os.fsync(self._fd)
 
     def close(self) -> None:
+        """Release the folder. A folder where no slide was ever released keeps no state (a
+        run that only failed leaves OUTDIR as it found it, apart from the report)."""
+        if self._lock_fd is not None and not self.records:
+            shutil.rmtree(self.state, ignore_errors=True)
         for name in ("_fd", "_lock_fd"):
             fd = getattr(self, name)
             if fd is not None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .. import __version__, catalog
 from ..batch import without_source  # noqa: F401 - where reports have always found it
-from ..containers.files import fsync_dir
 
 
 def build(slides: list[dict], options: dict, not_slides: list[dict] | None = None) -> dict:
@@ -40,7 +39,11 @@ def write(path: Path, report: dict) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
