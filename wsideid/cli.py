@@ -190,13 +190,12 @@ def deid(
         exporter.run(slides)
     except KeyboardInterrupt:
         interrupted = True
-        executor.shutdown(wait=False, cancel_futures=True)
     finally:
         run.stop()
         if client is not None:
-            client.close()
-    if not interrupted:
-        executor.shutdown(wait=True)
+            client.close()     # its executor goes with it (pending tasks are released)
+        else:
+            executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
     if report_path is None:   # in place: beside the (renamed) slides of the first input
         report_path = found.items[0].job.path.parent / "wsideid-report.json" if found.items else Path("wsideid-report.json")
         run.report_path = report_path
@@ -248,13 +247,14 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
             code = max(code, EXIT_INPUT if slide.item.root is None else EXIT_FINDINGS)
             continue
         dest = base.joinpath(*slide.dest, naming.output_name)
-        out.print(f"{slide.source} -> {dest}", markup=False, highlight=False)
+        sys.stdout.write(f"{slide.source} -> {dest}\n")
+        sys.stdout.flush()
         print_plan(slide.source, plan, show_values=False)
     for item, why in found.broken:
         error_line(f"{item.job.path}: {why}")
         code = max(code, EXIT_FINDINGS)
     for path, _, why in found.others:
-        out.print(f"{path}: {why}: not copied", markup=False, highlight=False)
+        sys.stdout.write(f"{path}: {why}: not copied\n")
     raise typer.Exit(code)
 
 
