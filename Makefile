@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages that Python wheels cannot provide: pyzbar's libzbar, dciodvfy for DICOM
-# validation, libturbojpeg for lossless DICOM conversion.
-SYSTEM_PACKAGES := libzbar0 dicom3tools libturbojpeg0
+# validation, libturbojpeg for lossless DICOM conversion, chromium for the test of the QC page.
+SYSTEM_PACKAGES := libzbar0 dicom3tools libturbojpeg0 chromium
 
 .PHONY: setup system demo test bench clean
 
@@ -20,7 +20,7 @@ system:
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,dask]'
 	touch $@
 
 demo: setup
