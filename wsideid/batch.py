@@ -410,8 +410,21 @@ def process_pool(jobs: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_started, initargs=(os.getpid(),))
+    for _ in range(jobs):   # start every worker now, while the inputs are walked
+        pool.submit(_warm_up)
+    return pool
+
+
+def _warm_up() -> None:
+    """Import what every slide needs once per worker, before the first slide arrives."""
+    import numpy  # noqa: F401
+    import openslide  # noqa: F401
+
+    from . import verify  # noqa: F401
+
+    adapters.adapters()
 
 
 def run_tasks(executor, fn, tasks: list, window: int, on_done: Callable[[Any, Any], None]) -> None:

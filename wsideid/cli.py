@@ -141,9 +141,14 @@ def deid(
         for item in inputs:
             if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
                 fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
+    # the workers start (and import what slides need) while the inputs are walked
+    executor, window, client = (None, 1, None) if dry_run else _executor(jobs, scheduler, inputs)
     found = batch.find(inputs)
     for path, why in found.problems:
         error_line(f"{path}: {why}")
+    if len(found.items) <= 1 and client is None and not isinstance(executor, batch.InlineExecutor):
+        executor.shutdown(wait=False)
+        executor, window = batch.InlineExecutor(), 1
     if not found.items and not found.problems and not found.broken:
         if found.others:
             fail(f"no slides found in the given inputs ({len(found.others)} files that are not slides)")
@@ -179,7 +184,6 @@ def deid(
         except OSError as exc:
             fail(f"{map_file}: cannot write the map: {exc.strerror or exc}")
     report_path = report_file or (outdir / "wsideid-report.json" if outdir is not None else None)
-    executor, window, client = _executor(jobs, scheduler, len(found.items))
     run = RunView(outdir, report_path, options, keyring, namer, found, mapfile)
     exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
                               batch.Sink(planned=run.planned, finished=run.finished))
@@ -210,8 +214,9 @@ def deid(
     raise typer.Exit(run.exit_code(written))
 
 
-def _executor(jobs: int, scheduler: str | None, count: int):
-    """Where the slides run: a Dask cluster, a pool of processes, or this process."""
+def _executor(jobs: int, scheduler: str | None, inputs: list[Path]):
+    """Where the slides run: a Dask cluster, a pool of processes, or this process (`--jobs
+    1`, or a single file)."""
     if scheduler:
         try:
             from dask.distributed import Client
@@ -223,8 +228,8 @@ def _executor(jobs: int, scheduler: str | None, count: int):
             fail(f"--scheduler {scheduler}: cannot connect: {exc}")
         threads = sum(client.nthreads().values()) or 1
         return client.get_executor(pure=False), 2 * threads, client
-    workers = min(jobs or os.cpu_count() or 1, max(count, 1))
-    if workers <= 1:
+    workers = jobs or os.cpu_count() or 1
+    if workers <= 1 or (len(inputs) == 1 and not inputs[0].is_dir()):
         return batch.InlineExecutor(), 1, None
     return batch.process_pool(workers), 2 * workers, None
 
@@ -325,6 +330,7 @@ class RunView:
         self.progress = None
         self.task = None
         self.report_failed = False
+        self.report_cost = 0.0
 
     # ---- events ----------------------------------------------------------------------------
     def planned(self, slides) -> None:
@@ -371,7 +377,9 @@ class RunView:
                                  done=sum(1 for s in self.slides if s.outcome is not None))
         elif len(self.slides) > 1:
             self._plain_line(slide)
-        if time.monotonic() - self.last_report > self.REPORT_EVERY:
+        # at most every few seconds, and never more than 5% of the time (a report of tens of
+        # thousands of slides takes a while to write)
+        if time.monotonic() - self.last_report > max(self.REPORT_EVERY, 20 * self.report_cost):
             self.write_report()
 
     def _plain_line(self, slide) -> None:
@@ -435,12 +443,13 @@ class RunView:
         return slides, others
 
     def write_report(self, final: bool = False) -> bool:
-        self.last_report = time.monotonic()
+        start = self.last_report = time.monotonic()
         if self.report_path is None or (self.report_failed and not final):
             return True
         slides, others = self.entries()
         try:
             audit.write(self.report_path, audit.build(slides, self.options, others))
+            self.report_cost = time.monotonic() - start
             return True
         except OSError as exc:
             if not self.report_failed:
