@@ -1,6 +1,8 @@
 """Batch benchmark: an export tree of 40 generated slides of about 100 MB (10 cases of an SVS,
 an OME-TIFF, a MIRAX slide and a DICOM series each), de-identified with `--jobs 1` and
-`--jobs 2`, against `cp -r` and `cp -r` + `sync` of the same tree, in the same run.
+`--jobs 2`, against `cp -r` and `cp -r` + `sync` of the same tree, and a copy that fsyncs
+every file before the next (as wsideid must, before it records a slide as released), in the
+same run.
 
     python bench/batch.py [--slides 40] [--size-mb 100] [--rounds 3]
 
@@ -107,6 +109,20 @@ def timed(cmd: list[str], env: dict | None = None) -> float:
     return elapsed
 
 
+def copy_fsync_each(src: Path, dst: Path) -> None:
+    """A copy that, like wsideid, makes every file durable before going on to the next."""
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        fd = os.open(target, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slides", type=int, default=40)
@@ -127,6 +143,10 @@ def main() -> None:
     variants = {
         "cp -r": lambda: timed(["cp", "-r", str(TREE), str(dest)]),
         "cp -r + sync": lambda: timed(["sh", "-c", f"cp -r '{TREE}' '{dest}' && sync"]),
+        "copy + fsync each": lambda: timed([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                                            "from batch import copy_fsync_each; from pathlib import Path; "
+                                            "copy_fsync_each(Path(sys.argv[2]), Path(sys.argv[3]))",
+                                            str(ROOT / "bench"), str(TREE), str(dest)]),
         "deid --jobs 1": lambda: timed(wsideid + ["--jobs", "1"], env),
         "deid --jobs 2": lambda: timed(wsideid + ["--jobs", "2"], env),
     }
@@ -149,7 +169,8 @@ def main() -> None:
               f"samples {' '.join(f'{x:.2f}' for x in xs)}  {size / 1e6 / med[name]:.0f} MB/s")
     for name in ("deid --jobs 1", "deid --jobs 2"):
         print(f"  {name}: {med[name] / med['cp -r']:.2f}x cp -r, "
-              f"{med[name] / med['cp -r + sync']:.2f}x cp -r + sync")
+              f"{med[name] / med['cp -r + sync']:.2f}x cp -r + sync, "
+              f"{med[name] / med['copy + fsync each']:.2f}x copy + fsync each")
 
 
 if __name__ == "__main__":

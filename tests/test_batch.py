@@ -336,3 +336,67 @@ def test_qc_page_in_headless_chromium(released, tmp_path):
     run("report", out, "--html", page, "--before", before, "--map", work / "map.csv", check=0)
     assert before.read_text().count('<tr class="slide"') == SLIDES_OK
     assert "DOE^JANE-MRN4711" in before.read_text()
+
+
+def test_mapping_rules_and_folder_pseudonyms(tmp_path):
+    from wsideid.keyring import Keyring
+    from wsideid.names import Mapping, MappingError, Namer, read_mapping, stem
+
+    ring = Keyring(b"k" * 32)
+    assert ring.folder_pseudonym("Case 1") == ring.folder_pseudonym("Case 1") != ring.folder_pseudonym("Case 2")
+    assert ring.folder_pseudonym("Müller") == ring.folder_pseudonym("Mu\u0308ller")    # NFC
+    assert ring.folder_pseudonym("x").startswith("dir-") and len(ring.folder_pseudonym("x")) == 20
+    assert ring.date_shift_days("SUBJ-1") != ring.date_shift_days("SUBJ-2")
+    assert ring.date_shift_days("") == ring.date_shift_days()
+    assert stem("A.ome.tif") == "A" and stem("B.SVS") == "B" and stem("c.d.ndpi") == "c.d"
+
+    def mapping(text: str):
+        path = tmp_path / "m.csv"
+        path.write_bytes(text.encode("utf-8"))
+        return read_mapping(path)
+
+    good = mapping("\ufeffOriginal;Pseudonym\nS26-1;SUBJ-A\n s26-2 ;SUBJ-B\n\n")
+    assert good.get("s26-1") == "SUBJ-A" and good.get("S26-2") == "SUBJ-B"
+    for text, why in [("a,b\n", "columns"), ("original,pseudonym\nA-1,P\nB-2,P\n", "two originals"),
+                      ("original,pseudonym\nA-1,P-1\nA-1,P-2\n", "two pseudonyms"),
+                      ("original,pseudonym\nAB-12,X\nCD-34,XAB-12Y\n", "contains the original of line 2"),
+                      ("original,pseudonym\nA-1,a/x\n", "slash"),
+                      ("original,pseudonym\nA-1,.hidden\n", "dot")]:
+        with pytest.raises(MappingError, match=why):
+            mapping(text)
+    namer = Namer(ring, good)
+    assert namer.folders(("S26-1", "other")) == ("SUBJ-A", ring.folder_pseudonym("other"))
+    assert namer.slide("S26-2.svs", []) == "SUBJ-B" and namer.slide("x.svs", ["s26-1"]) == "SUBJ-A"
+    assert namer.subject(("top", "S26-1"), "") == "SUBJ-A"          # a mapped folder on the path
+    assert namer.subject(("top",), "SUBJ-B") == "SUBJ-B"            # the slide's own match
+    assert namer.subject(("top",), "") == ring.folder_pseudonym("top")
+    assert Namer(ring, Mapping()).subject((), "") == ""             # the key's own shift
+
+
+def test_changed_input_is_released_again_and_its_old_release_removed(tmp_path):
+    case = tmp_path / "in" / "CASE-MRN4711"
+    case.mkdir(parents=True)
+    write_svs(case / "a.svs", SvsSpec(width=768))
+    key = tmp_path / "k.key"
+    out = tmp_path / "out"
+    run("deid", tmp_path / "in", "-o", out, "--key-file", key, check=0)
+    [first] = out.rglob("*.svs")
+    time.sleep(0.01)
+    write_svs(case / "a.svs", SvsSpec(width=1024))     # the same input path, new content
+    run("deid", tmp_path / "in", "-o", out, "--key-file", key, check=0)
+    [second] = out.rglob("*.svs")
+    assert second.name != first.name and second.parent == first.parent
+    report = json.loads((out / "wsideid-report.json").read_text())
+    assert [s["path"] for s in report["slides"]] == [second.relative_to(out).as_posix()]
+
+
+def test_scheduler_without_dask_says_how_to_install_it(tmp_path):
+    (tmp_path / "in").mkdir()
+    write_svs(tmp_path / "in" / "a.svs")
+    code = ("import sys; sys.modules['dask'] = None; sys.modules['dask.distributed'] = None\n"
+            "from wsideid.cli import main\n"
+            f"sys.argv = ['wsideid', 'deid', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'out')!r}, "
+            "'--scheduler', 'tcp://127.0.0.1:1']\nmain()")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == "wsideid: error: --scheduler needs dask.distributed: pip install 'wsideid[dask]'\n"

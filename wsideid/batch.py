@@ -630,9 +630,27 @@ class Exporter:
                                    "verification": {"result": "not run"}, "zeroed_bytes": 0})
         slide.outcome = value
         if value.status == "ok" and value.outputs and self.journal is not None:
-            self.journal.append(Record(slide.job_id, slide.state, value.outputs, slide.survey,
-                                       value.entry))
+            stale = self.journal.append(Record(slide.job_id, slide.state, value.outputs,
+                                               slide.survey, value.entry))
+            self._remove_stale(stale)
         self.sink.finished(slide)
+
+    def _remove_stale(self, paths: list[str]) -> None:
+        """Files of an earlier release of a slide whose inputs have changed since (its new
+        release has another name): they are no longer part of the tree."""
+        base = self.outdir.resolve()
+        for rel in paths:
+            path = self.outdir / rel
+            if ".." in Path(rel).parts or not inside(path, base):
+                continue
+            path.unlink(missing_ok=True)
+            parent = path.parent
+            while parent != self.outdir and inside(parent, base):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
 
     def _remove_empty_folders(self, slides: list[Slide]) -> None:
         """Folders made for slides that then failed: removed when nothing is in them."""

@@ -17,7 +17,7 @@ from . import adapters, batch
 from . import needles as needle_search
 from .containers.output import Target
 from .errors import InstallError, SlideError
-from .journal import Busy, Journal, Mismatch
+from .journal import Busy, Journal, JournalError, Mismatch
 from .keyring import Keyring, load_key
 from .model import Job, Result
 from .names import Mapping, MappingError, Namer, read_mapping
@@ -124,6 +124,11 @@ def deid(
         fail("missing -o OUTDIR (or --in-place)")
     if jobs < 0:
         fail("--jobs must be 1 or more")
+    if mapping_file is not None and in_place:
+        fail("--mapping names released folders and slides: it needs -o OUTDIR, not --in-place")
+    if scheduler:   # the workers may start elsewhere: every path they are given is absolute
+        inputs = [p.absolute() for p in inputs]
+        outdir = outdir.absolute() if outdir is not None else None
     keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
                          retain_institution=retain_institution,
@@ -146,7 +151,8 @@ def deid(
     found = batch.find(inputs)
     for path, why in found.problems:
         error_line(f"{path}: {why}")
-    if len(found.items) <= 1 and client is None and not isinstance(executor, batch.InlineExecutor):
+    if (len(found.items) <= 1 and client is None and executor is not None
+            and not isinstance(executor, batch.InlineExecutor)):
         executor.shutdown(wait=False)
         executor, window = batch.InlineExecutor(), 1
     if not found.items and not found.problems and not found.broken:
@@ -188,12 +194,15 @@ def deid(
     exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
                               batch.Sink(planned=run.planned, finished=run.finished))
     interrupted = False
+    journal_failed = ""
     try:
         slides = exporter.plan(found.items, survey=not in_place)
         run.slides = slides
         exporter.run(slides)
     except KeyboardInterrupt:
         interrupted = True
+    except JournalError as exc:
+        journal_failed = exc.strerror
     finally:
         run.stop()
         if client is not None:
@@ -207,6 +216,8 @@ def deid(
     if journal is not None:
         journal.close()
     _summarise(run)
+    if journal_failed:
+        fail(f"{journal_failed}; the run stopped (run it again when the folder can be written)")
     if interrupted:
         error_line(f"interrupted: {run.released} of {len(run.slides)} slides released; run the "
                    "same command again to finish")

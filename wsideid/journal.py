@@ -47,6 +47,10 @@ class Mismatch(Exception):
     """The output folder holds slides released under another key or other options."""
 
 
+class JournalError(OSError):
+    """The journal cannot be written (the run stops: a release it cannot record is lost)."""
+
+
 class Superseded(Exception):
     """A task of a run that is no longer the output folder's current run (killed and restarted)."""
 
@@ -188,10 +192,21 @@ class Journal:
             return None
         return record
 
-    def append(self, record: Record) -> None:
+    def append(self, record: Record) -> list[str]:
+        """Record a released slide; returns the files an earlier release of the same slide
+        (from other inputs: they changed) left under other names, which are its to remove."""
         record.run = self.run_id
-        self._append(record.line())
+        old = self.records.get(record.job)
+        try:
+            self._append(record.line())
+        except OSError as exc:
+            raise JournalError(exc.errno, f"cannot write the journal {self.path}: "
+                                          f"{exc.strerror or exc}") from None
         self.records[record.job] = record
+        if old is None:
+            return []
+        kept = {o[0] for r in self.records.values() for o in r.outputs}
+        return sorted({o[0] for o in old.outputs} - kept)
 
     def _append(self, line: str) -> None:
         data = line.encode("utf-8")
