@@ -36,7 +36,7 @@ CASES = {
 NAME_NEEDLES = ["DOE^JANE", "MRN4711", "ROE-RICHARD", "MRN0815", "SMITH-ANNA", "19800101",
                 "MILLER-MAX", "MRN9999", "S26-ACC-1111", "S26-ACC-2222", "S26-ACC-3333",
                 "S26-ACC-4444", "S26-ACC-5555", "S26-ACC-6666", "S26-ACC-7777", "BLOCK-S26-8888",
-                "SERIES-ACC-555", "CORRUPT-ACC-404", "NOTES-MRN4711"]
+                "SERIES-ACC-555", "CORRUPT-ACC-404", "NOTES-MRN4711", "S26-ACC-9999", "Jane Roe"]
 # what the SVS fixture plants inside the slides (times of day are kept when dates are shifted)
 CONTENT_NEEDLES = [v for k, v in SVS_PLANTED.items() if len(v) >= 6 and k not in ("time", "date")]
 
@@ -60,9 +60,24 @@ def _dicom_series(src: Path, dst_dir: Path, tag: str, spread: bool) -> None:
         ds.save_as(folder / f"IM{n:04d}-{tag}.dcm")
 
 
+def _generic_tiff(path: Path, width: int) -> Path:
+    """A tiled TIFF no vendor claims (generic TIFF), with an identifying description."""
+    import tifffile
+
+    from fixtures.images import pattern
+
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(pattern(512, width, 1), tile=(128, 128), compression="jpeg", photometric="rgb",
+                 software=False, description="Patient Jane Roe S26-ACC-9999",
+                 extratags=[(315, "s", 0, "Dr. Who", True)])
+        tw.write(pattern(128, width // 4, 2), tile=(64, 64), compression="zlib", photometric="rgb",
+                 software=False, subfiletype=1)
+    return path
+
+
 def make_tree(root: Path) -> Path:
-    """The export: four cases, two slides each (and a third SVS in the first case), every
-    format at least twice, names made of identifiers."""
+    """The export: four cases of three or four slides, every format (SVS, NDPI, OME-TIFF,
+    generic TIFF, MIRAX, DICOM) at least twice, names made of identifiers."""
     a, b, c, d = (root / name for name in CASES)
     for case in (a, b, c, d):
         case.mkdir(parents=True)
@@ -72,6 +87,8 @@ def make_tree(root: Path) -> Path:
     write_ome_tiff(b / "S26-ACC-4444.ome.tif")
     write_mrxs(b / "S26-ACC-5555.mrxs")
     write_ndpi(b / "S26-ACC-6666.ndpi", NdpiSpec(width=768))
+    _generic_tiff(b / "S26-ACC-9999-GEN.tif", 768)
+    _generic_tiff(c / "S26-ACC-9999-GEN2.tiff", 640)
     _dicom_series(SHARED_SLIDES / "dicom" / "openslide-boxes", c / "SERIES-ACC-555", "1", spread=True)
     _dicom_series(SHARED_SLIDES / "dicom" / "highdicom-sm", c, "2", spread=False)
     (d / "BLOCK-S26-8888").mkdir()
@@ -86,7 +103,7 @@ def make_tree(root: Path) -> Path:
     return root
 
 
-SLIDES_OK = 11      # released slides of the tree (the corrupt one fails)
+SLIDES_OK = 13      # released slides of the tree (the corrupt one fails)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +147,7 @@ def test_tree_is_mirrored_under_pseudonyms(released, tree):
     assert proc.returncode == 1, proc.stderr      # one corrupt slide: exit 1, the rest released
     errors = [line for line in proc.stderr.splitlines() if line.startswith("wsideid: error:")]
     assert any("CORRUPT-ACC-404.svs" in line for line in errors)
-    assert "1 of 12 slides failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert "1 of 14 slides failed" in proc.stderr and "Traceback" not in proc.stderr
     report = json.loads((out / "wsideid-report.json").read_text())
     assert report["summary"] == {"ok": SLIDES_OK, "failed": 1}
     paths = [s["path"] for s in report["slides"] if s["status"] == "ok"]
@@ -138,7 +155,7 @@ def test_tree_is_mirrored_under_pseudonyms(released, tree):
     tops = {p.split("/")[0] for p in paths}
     assert len(tops) == 4 and all(t.startswith("dir-") for t in tops)
     by_top = {t: sorted(p for p in paths if p.startswith(t + "/")) for t in tops}
-    assert sorted(len(v) for v in by_top.values()) == [2, 3, 3, 3]
+    assert sorted(len(v) for v in by_top.values()) == [3, 3, 3, 4]
     # the nested folder (BLOCK-...) is mirrored one level down; the DICOM series spread over
     # two folders lands in the folder that holds both
     assert any(p.count("/") == 2 and p.endswith(".svs") for p in paths)
@@ -220,9 +237,9 @@ def test_killed_runs_resume_to_the_same_tree(released, tree, tmp_path):
         return journal.read_text().count('"type":"slide"') if journal.exists() else 0
 
     released_so_far = []
-    # kill before anything is released, then as soon as 3, 7 and 10 slides are released
+    # kill before anything is released, then as soon as 3, 7 and 11 slides are released
     # (while others are being copied, verified and renamed into place)
-    for until in (0, 3, 7, 10):
+    for until in (0, 3, 7, 11):
         child = subprocess.Popen([sys.executable, "-m", "wsideid", "deid", str(tree), "-o", str(target),
                                   "--key-file", str(key), "--dates", "shift", "--jobs", "2"],
                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -347,8 +347,7 @@ class RunView:
     def planned(self, slides) -> None:
         self.slides = slides
         self.total = len(slides) + len(self.found.broken)
-        pending = [s for s in slides if s.outcome is None]
-        self.total_bytes = sum(s.item.size for s in pending)
+        self.total_bytes = sum(s.item.size for s in slides if s.outcome is None or not s.outcome.earlier)
         for path, root, why in self.found.others:
             sys.stderr.write(f"wsideid: warning: {path}: {why}: not copied\n")
             self._map(path, self._other_path(path, root), "", "not copied", "not a slide")
