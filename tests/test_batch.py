@@ -417,3 +417,32 @@ def test_scheduler_without_dask_says_how_to_install_it(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr == "wsideid: error: --scheduler needs dask.distributed: pip install 'wsideid[dask]'\n"
+
+
+def test_journal_drops_a_line_cut_short_and_removes_temporary_files(tmp_path):
+    from wsideid.journal import Journal, Record
+
+    out = tmp_path / "out"
+    (out / "dir-a").mkdir(parents=True)
+    (out / "dir-a" / "wsi-x.svs").write_bytes(b"released")
+    (out / "dir-a" / ".wsi-y.svs.1234abcd.partial").write_bytes(b"half")
+    (out / "dir-a" / ".wsi-z.1234abcd.partial").mkdir()
+    journal = Journal(out)
+    journal.open("key", "settings")
+    stat = (out / "dir-a" / "wsi-x.svs").stat()
+    journal.append(Record("job-1", "state-1", [["dir-a/wsi-x.svs", stat.st_size, stat.st_mtime_ns]]))
+    journal.close()
+    assert sorted(p.name for p in (out / "dir-a").iterdir()) == ["wsi-x.svs"]
+    with open(out / ".wsideid" / "journal.jsonl", "a") as fh:
+        fh.write('{"type":"slide","job":"job-2","sta')          # killed while appending
+    again = Journal(out)
+    again.open("key", "settings")
+    assert again.done("job-1", "state-1") is not None
+    assert again.done("job-1", "other inputs") is None and "job-2" not in again.records
+    assert (out / ".wsideid" / "journal.jsonl").read_text().endswith("\n")
+    again.close()
+    (out / "dir-a" / "wsi-x.svs").write_bytes(b"changed!")    # an output changed since: not done
+    third = Journal(out)
+    third.open("key", "settings")
+    assert third.done("job-1", "state-1") is None
+    third.close()
