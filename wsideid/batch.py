@@ -22,7 +22,7 @@ from typing import Any, Callable
 from . import adapters, catalog
 from .containers.output import Target
 from .errors import InstallError, OutputError, SlideError, VerificationError
-from .journal import Journal, Record, Superseded, stat_outputs, task_lease
+from .journal import Journal, Record, Superseded, brief_of, stat_outputs, task_lease
 from .keyring import Keyring
 from .model import Job, Result
 from .names import IDENTIFIER_FIELDS, Namer
@@ -276,12 +276,17 @@ class Outcome:
     pseudonym: str = ""
     output: Path | None = None
     outputs: list[list] = field(default_factory=list)   # [path under OUTDIR, size, mtime_ns]
-    entry: dict = field(default_factory=dict)
+    entry: dict | None = field(default_factory=dict)   # None once the journal holds it
     warnings: list[str] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     dropped: int = 0
     seconds: float = 0.0
     earlier: bool = False           # released by an earlier run (found in the journal)
+    brief: dict = field(default_factory=dict)   # what the summary needs of the entry
+
+    def __post_init__(self) -> None:
+        if not self.brief and self.entry:
+            self.brief = brief_of(self.entry)
 
 
 def run_task(task: Task) -> Outcome:
@@ -316,6 +321,7 @@ def _run(task: Task, start: float) -> Outcome:
         outcome.warnings.append(result.message)
     if result.status == "ok" and result.output is not None and task.outdir is not None:
         outcome.outputs = stat_outputs(task.outdir, released_files(result.output))
+    outcome.brief = brief_of(outcome.entry)
     outcome.seconds = time.monotonic() - start
     return outcome
 
@@ -514,11 +520,11 @@ class Exporter:
             record = self.journal.done(slide.job_id, slide.state) if self.journal else None
             if record is not None:
                 slide.survey = record.survey
-                slide.outcome = Outcome(slide.index, "ok", outputs=record.outputs,
-                                        entry=record.entry, earlier=True,
-                                        pseudonym=record.entry.get("pseudonym") or "",
-                                        output=self.outdir / record.entry["path"]
-                                        if record.entry.get("path") else None)
+                brief = record.brief
+                slide.outcome = Outcome(slide.index, "ok", outputs=record.outputs, entry=None,
+                                        earlier=True, brief=brief,
+                                        pseudonym=brief.get("pseudonym") or "",
+                                        output=self.outdir / brief["path"] if brief.get("path") else None)
         if survey:
             todo = [SurveyTask(s.index, s.item.job, keyring, self.settings.policy, bool(self.namer.mapping))
                     for s in slides if s.outcome is None]
@@ -632,8 +638,15 @@ class Exporter:
         if value.status == "ok" and value.outputs and self.journal is not None:
             stale = self.journal.append(Record(slide.job_id, slide.state, value.outputs,
                                                slide.survey, value.entry))
+            value.entry = None          # the journal holds it from now on
             self._remove_stale(stale)
         self.sink.finished(slide)
+
+    def entry(self, slide: Slide) -> dict:
+        """A finished slide's report entry (from the journal once it is recorded there)."""
+        if slide.outcome.entry is not None:
+            return slide.outcome.entry
+        return self.journal.entry(slide.job_id)
 
     def _remove_stale(self, paths: list[str]) -> None:
         """Files of an earlier release of a slide whose inputs have changed since (its new

@@ -193,6 +193,7 @@ def deid(
     run = RunView(outdir, report_path, options, keyring, namer, found, mapfile)
     exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
                               batch.Sink(planned=run.planned, finished=run.finished))
+    run.exporter = exporter
     interrupted = False
     journal_failed = ""
     try:
@@ -342,6 +343,7 @@ class RunView:
         self.task = None
         self.report_failed = False
         self.report_cost = 0.0
+        self.exporter = None
 
     # ---- events ----------------------------------------------------------------------------
     def planned(self, slides) -> None:
@@ -397,7 +399,7 @@ class RunView:
         rate = self.done_bytes / elapsed
         left = self.total_bytes - self.done_bytes
         eta = f", ETA {_clock(left / rate)}" if rate > 0 and left > 0 else ""
-        where = slide.outcome.entry.get("path") or "-"
+        where = slide.outcome.brief.get("path") or "-"
         note = " (released earlier)" if slide.outcome.earlier else ""
         sys.stderr.write(f"wsideid: {self.done}/{len(self.slides)} {slide.outcome.status} "
                          f"{where}{note}, {rate / 1e6:.1f} MB/s{eta}\n")
@@ -436,29 +438,49 @@ class RunView:
         parts = path.relative_to(root).parts
         return "/".join(self.namer.folders(parts[:-1]) + (self.keyring.file_pseudonym(parts[-1]),))
 
-    def entries(self) -> tuple[list[dict], list[dict]]:
-        slides = [s.outcome.entry for s in self.slides if s.outcome is not None]
-        slides += [{"path": None, "pseudonym": None, "status": "error", "output": None,
-                    "message": batch.without_source(why, item.job.path),
-                    "verification": {"result": "not run"}, "zeroed_bytes": 0}
-                   for item, why in self.found.broken]
+    def others(self) -> list[dict]:
+        """Files left out, by pseudonymous paths: walked files that are not slides, and files
+        in a MIRAX slide's folder that the slide does not use."""
         others = [{"path": self._other_path(path, root), "size": path.stat().st_size if path.exists() else 0,
                    "why": why} for path, root, why in self.found.others]
         for s in self.slides:
             if s.outcome is not None and s.outcome.status == "ok" and s.survey.get("extra"):
-                where = (s.outcome.entry.get("path") or "")[: -len(".mrxs")]
+                where = (s.outcome.brief.get("path") or "")[: -len(".mrxs")]
                 others += [{"path": f"{where}/{x}", "size": None,
                             "why": "in a MIRAX slide's folder but not part of the slide"}
                            for x in s.survey["extra"]]
-        return slides, others
+        return others
+
+    def entries(self):
+        """(how many, the slides' report entries in the report's order): released slides by
+        path, then failures; an entry the journal holds is read back only when written."""
+        done = [s for s in self.slides if s.outcome is not None]
+        broken = [{"path": None, "pseudonym": None, "status": "error", "output": None,
+                   "message": batch.without_source(why, item.job.path),
+                   "verification": {"result": "not run"}, "zeroed_bytes": 0}
+                  for item, why in self.found.broken]
+        keyed = [((s.outcome.brief.get("path") is None, s.outcome.brief.get("path") or "",
+                   s.outcome.brief.get("message") or ""), s) for s in done]
+        keyed += [((True, "", e["message"]), e) for e in broken]
+        keyed.sort(key=lambda pair: pair[0])
+        briefs = [s.outcome.brief for s in done] + broken
+        summary = {"ok": sum(b.get("status") == "ok" for b in briefs),
+                   "failed": sum(b.get("status") != "ok" for b in briefs)}
+        catalogs = sorted({c for b in briefs for c in b.get("catalogs") or []})
+
+        def each():
+            for _, item in keyed:
+                yield item if isinstance(item, dict) else self.exporter.entry(item)
+        return summary, catalogs, each()
 
     def write_report(self, final: bool = False) -> bool:
         start = self.last_report = time.monotonic()
         if self.report_path is None or (self.report_failed and not final):
             return True
-        slides, others = self.entries()
+        summary, catalogs, slides = self.entries()
         try:
-            audit.write(self.report_path, audit.build(slides, self.options, others))
+            audit.write_stream(self.report_path, self.options, catalogs, slides, summary,
+                               self.others())
             self.report_cost = time.monotonic() - start
             return True
         except OSError as exc:
@@ -506,10 +528,9 @@ def _summarise(run: RunView) -> None:
             table.add_column(col)
         for s in slides:
             o = s.outcome
-            counts = o.entry.get("actions", {}) if o.earlier else o.counts
-            dropped = (sum(1 for i in o.entry.get("images", []) if i.get("action") == "drop")
-                       if o.earlier else o.dropped)
-            where = o.entry.get("path") or (o.output.name if o.output else "-")
+            counts = o.brief.get("actions") or {}
+            dropped = o.brief.get("dropped", 0)
+            where = o.brief.get("path") or (o.output.name if o.output else "-")
             table.add_row(s.source.name, where,
                           str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                           str(counts.get("date", 0)), str(dropped),
@@ -518,7 +539,7 @@ def _summarise(run: RunView) -> None:
     if len(slides) + len(run.found.broken) > 1:
         by_format: dict[str, list[int]] = {}
         for s in slides:
-            row = by_format.setdefault(s.outcome.entry.get("format", "(unread)"), [0, 0, 0, 0])
+            row = by_format.setdefault(s.outcome.brief.get("format") or "(unread)", [0, 0, 0, 0])
             row[0 if s.outcome.status == "ok" and not s.outcome.earlier else
                 1 if s.outcome.earlier else 2] += 1
             row[3] += s.item.size

@@ -55,14 +55,26 @@ class Superseded(Exception):
     """A task of a run that is no longer the output folder's current run (killed and restarted)."""
 
 
+def brief_of(entry: dict) -> dict:
+    """What a run keeps in memory of a slide's report entry (the entry itself stays in the
+    journal: a report of tens of thousands of slides does not fit in memory)."""
+    return {"path": entry.get("path"), "pseudonym": entry.get("pseudonym"),
+            "status": entry.get("status"), "format": entry.get("format"),
+            "actions": entry.get("actions", {}),
+            "dropped": sum(1 for i in entry.get("images", []) if i.get("action") == "drop"),
+            "catalogs": entry.get("catalogs", []), "message": entry.get("message")}
+
+
 @dataclass
 class Record:
     job: str                     # keyed digest of the slide's input paths
     state: str                   # keyed digest of their sizes and modification times
     outputs: list[list]          # [released path relative to OUTDIR, size, mtime_ns] per file
     survey: dict = field(default_factory=dict)   # how the slide was named (pseudonymous)
-    entry: dict = field(default_factory=dict)    # its report entry
+    entry: dict | None = None    # its report entry (None once written: read back by offset)
     run: str = ""
+    offset: int = -1             # where its line starts in the journal
+    brief: dict = field(default_factory=dict)
 
     def line(self) -> str:
         return json.dumps({"type": "slide", "job": self.job, "state": self.state, "run": self.run,
@@ -135,27 +147,51 @@ class Journal:
                                 sort_keys=True) + "\n")
 
     def _read(self) -> list[dict]:
-        """Every record of earlier runs (the latest per slide); a line cut short by a kill is
-        removed (it was never acknowledged)."""
+        """Every record of earlier runs (the latest per slide, without its report entry,
+        which is read back by offset when a report is written); a line cut short by a kill
+        is removed (it was never acknowledged)."""
+        headers = []
+        end = 0
         with open(self.path, "rb") as fh:
-            data = fh.read()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
+            while True:
+                start = fh.tell()
+                line = fh.readline()
+                if not line.endswith(b"\n"):
+                    break
+                end = fh.tell()
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if obj.get("type") == "run":
+                    headers.append(obj)
+                elif obj.get("type") == "slide":
+                    self.records[obj["job"]] = Record(obj["job"], obj["state"], obj["outputs"],
+                                                      obj.get("survey", {}), None, obj.get("run", ""),
+                                                      start, brief_of(obj.get("entry") or {}))
+        if end != os.fstat(self._fd).st_size:
             os.ftruncate(self._fd, end)
             os.fsync(self._fd)
-        headers = []
-        for line in data[:end].splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if obj.get("type") == "run":
-                headers.append(obj)
-            elif obj.get("type") == "slide":
-                self.records[obj["job"]] = Record(obj["job"], obj["state"], obj["outputs"],
-                                                  obj.get("survey", {}), obj.get("entry", {}),
-                                                  obj.get("run", ""))
         return headers
+
+    def entry(self, job: str) -> dict:
+        """A released slide's report entry, read back from its journal line."""
+        record = self.records[job]
+        if record.entry is not None:
+            return record.entry
+        chunks = []
+        pos = record.offset
+        while True:
+            chunk = os.pread(self._fd, 1 << 16, pos)
+            if not chunk:
+                break
+            cut = chunk.find(b"\n")
+            if cut >= 0:
+                chunks.append(chunk[:cut])
+                break
+            chunks.append(chunk)
+            pos += len(chunk)
+        return json.loads(b"".join(chunks))["entry"]
 
     def _new_run(self, waiting: Callable[[], None]) -> None:
         """Make this run the current one: wait until no task of an earlier run works in the
@@ -198,10 +234,12 @@ class Journal:
         record.run = self.run_id
         old = self.records.get(record.job)
         try:
+            offset = os.fstat(self._fd).st_size
             self._append(record.line())
         except OSError as exc:
             raise JournalError(exc.errno, f"cannot write the journal {self.path}: "
                                           f"{exc.strerror or exc}") from None
+        record.offset, record.brief, record.entry = offset, brief_of(record.entry or {}), None
         self.records[record.job] = record
         if old is None:
             return []

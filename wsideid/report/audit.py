@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,13 +30,42 @@ def build(slides: list[dict], options: dict, not_slides: list[dict] | None = Non
     return report
 
 
+def write_stream(path: Path, options: dict, catalogs: list[str], slides, summary: dict,
+                 not_slides: list[dict] | None = None) -> None:
+    """The report of a batch, written entry by entry (tens of thousands of slides need not be
+    in memory at once): the same document as `build`, whole or not at all."""
+    head = {"tool": "wsideid", "version": __version__,
+            "run": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "options": options, "catalogs": {name: catalog.describe(name) for name in catalogs}}
+
+    def lines():
+        yield json.dumps(head, indent=2)[:-2] + ',\n  "slides": ['
+        first = True
+        for entry in slides:
+            yield ("\n" if first else ",\n") + textwrap.indent(json.dumps(entry, indent=2), "    ")
+            first = False
+        yield ("\n  ]" if not first else "]")
+        if not_slides:
+            body = json.dumps(sorted(not_slides, key=lambda e: e["path"]), indent=2)
+            yield ',\n  "not_slides": ' + body.replace("\n", "\n  ")
+        yield ',\n  "summary": ' + json.dumps(summary) + "\n}\n"
+
+    _write_whole(path, lines())
+
+
 def write(path: Path, report: dict) -> None:
-    """Write the report whole or not at all: a hidden file beside it, flushed to disk, then
-    renamed over it (a failed write or a kill leaves no partial report)."""
+    """Write the report whole or not at all."""
+    _write_whole(path, [json.dumps(report, indent=2) + "\n"])
+
+
+def _write_whole(path: Path, pieces) -> None:
+    """A hidden file beside the report, flushed to disk, then renamed over it (a failed write
+    or a kill leaves no partial report)."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(report, indent=2) + "\n")
+            for piece in pieces:
+                fh.write(piece)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
