@@ -148,52 +148,57 @@ def deid(
                 fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
     # the workers start (and import what slides need) while the inputs are walked
     executor, window, client = (None, 1, None) if dry_run else _executor(jobs, scheduler, inputs)
-    found = batch.find(inputs)
-    for path, why in found.problems:
-        error_line(f"{path}: {why}")
-    if (len(found.items) <= 1 and client is None and executor is not None
-            and not isinstance(executor, batch.InlineExecutor)):
-        executor.shutdown(wait=False)
-        executor, window = batch.InlineExecutor(), 1
-    if not found.items and not found.problems and not found.broken:
-        if found.others:
-            fail(f"no slides found in the given inputs ({len(found.others)} files that are not slides)")
-        fail("no slides found in the given inputs")
-    options = {**policy.options(), "in_place": in_place, "mapping": bool(mapping)}
-    settings = Settings(policy, keyring, Target(None if in_place else outdir))
-    namer = Namer(keyring, mapping)
+    try:
+        found = batch.find(inputs)
+        for path, why in found.problems:
+            error_line(f"{path}: {why}")
+        if not found.items and not found.problems and not found.broken:
+            if found.others:
+                fail(f"no slides found in the given inputs ({len(found.others)} files that are not slides)")
+            fail("no slides found in the given inputs")
+        options = {**policy.options(), "in_place": in_place, "mapping": bool(mapping)}
+        settings = Settings(policy, keyring, Target(None if in_place else outdir))
+        namer = Namer(keyring, mapping)
 
-    if dry_run:
-        _dry_run(found, settings, namer, outdir)
+        if dry_run:
+            _dry_run(found, settings, namer, outdir)
 
-    if outdir is not None:
-        prepare_outdir(outdir)
-    journal = None
-    if outdir is not None:
-        journal = Journal(outdir)
-        settings_digest = keyring.digest("settings", json.dumps(
-            {**policy.options(), "mapping": mapping.digest}, sort_keys=True).encode())
-        try:
-            journal.open(keyring.digest("key-check", b""), settings_digest,
-                         waiting=lambda: sys.stderr.write(
-                             "wsideid: waiting for slides an interrupted run is still writing\n"))
-        except (Busy, Mismatch) as exc:
-            journal.close()
-            fail(f"{outdir}: {exc}")
-        except OSError as exc:
-            journal.close()
-            fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
-    mapfile = None
-    if map_file is not None:
-        try:
-            mapfile = MapFile(map_file)
-        except OSError as exc:
-            fail(f"{map_file}: cannot write the map: {exc.strerror or exc}")
-    report_path = report_file or (outdir / "wsideid-report.json" if outdir is not None else None)
-    run = RunView(outdir, report_path, options, keyring, namer, found, mapfile)
-    exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
-                              batch.Sink(planned=run.planned, finished=run.finished))
-    run.exporter = exporter
+        if outdir is not None:
+            prepare_outdir(outdir)
+        journal = None
+        if outdir is not None:
+            journal = Journal(outdir)
+            settings_digest = keyring.digest("settings", json.dumps(
+                {**policy.options(), "mapping": mapping.digest}, sort_keys=True).encode())
+            try:
+                journal.open(keyring.digest("key-check", b""), settings_digest,
+                             waiting=lambda: sys.stderr.write(
+                                 "wsideid: waiting for slides an interrupted run is still writing\n"))
+            except (Busy, Mismatch) as exc:
+                journal.close()
+                fail(f"{outdir}: {exc}")
+            except OSError as exc:
+                journal.close()
+                fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
+        mapfile = None
+        if map_file is not None:
+            try:
+                mapfile = MapFile(map_file)
+            except OSError as exc:
+                fail(f"{map_file}: cannot write the map: {exc.strerror or exc}")
+        report_path = report_file or (outdir / "wsideid-report.json" if outdir is not None else None)
+        run = RunView(outdir, report_path, options, keyring, namer, found, mapfile)
+        exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
+                                  batch.Sink(planned=run.planned, finished=run.finished))
+        run.exporter = exporter
+    except BaseException:
+        # an early exit (an option or folder refused): the pool's workers, still starting,
+        # are waited for, so that none of them dies noisily after this process
+        if client is not None:
+            client.close()
+        elif executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        raise
     interrupted = False
     journal_failed = ""
     try:
