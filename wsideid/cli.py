@@ -148,6 +148,7 @@ def deid(
                 fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
     # the workers start (and import what slides need) while the inputs are walked
     executor, window, client = (None, 1, None) if dry_run else _executor(jobs, scheduler, inputs)
+    journal = None
     try:
         found = batch.find(inputs)
         for path, why in found.problems:
@@ -165,7 +166,6 @@ def deid(
 
         if outdir is not None:
             prepare_outdir(outdir)
-        journal = None
         if outdir is not None:
             journal = Journal(outdir)
             settings_digest = keyring.digest("settings", json.dumps(
@@ -194,6 +194,8 @@ def deid(
     except BaseException:
         # an early exit (an option or folder refused): the pool's workers, still starting,
         # are waited for, so that none of them dies noisily after this process
+        if journal is not None:
+            journal.close()
         if client is not None:
             client.close()
         elif executor is not None:
