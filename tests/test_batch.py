@@ -9,7 +9,6 @@ import csv
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
