@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages that Python wheels cannot provide: pyzbar's libzbar, dciodvfy for DICOM
-# validation, libturbojpeg for lossless DICOM conversion, tesseract for the OCR extra.
-SYSTEM_PACKAGES := libzbar0 dicom3tools libturbojpeg0 tesseract-ocr tesseract-ocr-eng
+# validation, libturbojpeg for lossless DICOM conversion, tesseract for the OCR extra,
+# chromium for the test of the QC page.
+SYSTEM_PACKAGES := libzbar0 dicom3tools libturbojpeg0 tesseract-ocr tesseract-ocr-eng chromium
 
 .PHONY: setup system demo test bench clean
 
@@ -20,7 +21,7 @@ system:
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,ocr]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,ocr,dask]'
 	touch $@
 
 demo: setup

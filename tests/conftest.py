@@ -107,7 +107,7 @@ def deid_real_copy(tmp_path: Path, rel: str, *options) -> tuple[Path, Path, Path
     out = tmp_path / "out"
     run("deid", src, "-o", out, *options, check=0)
     assert sha256(src) == before
-    [dst] = [p for p in out.iterdir() if p.name != "wsideid-report.json"]
+    [dst] = [p for p in out.iterdir() if p.name not in ("wsideid-report.json", ".wsideid")]
     return src, out, dst
 
 

@@ -155,6 +155,23 @@ def _tree(folder: Path, work: Path) -> dict[str, str]:
         if path.is_dir():
             continue
         rel = str(path.relative_to(folder))
+        if rel == ".wsideid/run":          # the id of the run that last held the folder
+            out[rel] = "run id"
+            continue
+        if rel == ".wsideid/journal.jsonl":   # slide records without run ids, times and mtimes
+            records = []
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("type") != "slide":
+                    continue
+                record.pop("run")
+                record.pop("state")
+                record.pop("job")        # a keyed digest of the input paths (a temporary folder)
+                record["outputs"] = [o[:2] for o in record["outputs"]]
+                records.append(record)
+            out[rel] = "journal:" + hashlib.sha256(
+                _normal(json.dumps(records, sort_keys=True), work).encode()).hexdigest()
+            continue
         if path.name == "wsideid-report.json":
             report = json.loads(path.read_text())
             report.pop("run", None)

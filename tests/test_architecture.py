@@ -19,7 +19,7 @@ LAYERS = [
     ("adapters", ["adapters"]),
     ("verify", ["verify"]),
     ("pipeline", ["pipeline", "convert", "associated"]),
-    ("batch", ["batch"]),
+    ("batch", ["batch", "journal", "names"]),
     ("report", ["report"]),
     ("cli", ["cli", "__main__"]),
 ]

@@ -36,7 +36,7 @@ def deid(src: Path, tmp_path: Path, *options, check: int = 0):
 
 
 def released(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.name != "wsideid-report.json"]
+    return [p for p in out.iterdir() if p.name not in ("wsideid-report.json", ".wsideid")]
 
 
 def report_text(out: Path) -> str:

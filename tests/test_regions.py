@@ -49,8 +49,8 @@ def rect_polygon(x, y, w, h):
 
 
 def the_output(out: Path) -> Path:
-    [slide] = [p for p in out.iterdir() if p.name != "wsideid-report.json" and not p.is_dir()
-               or p.is_dir() and not (out / (p.name + ".mrxs")).exists()]
+    [slide] = [p for p in out.iterdir() if p.name not in ("wsideid-report.json", ".wsideid")
+               and (not p.is_dir() or not (out / (p.name + ".mrxs")).exists())]
     return slide
 
 
@@ -593,7 +593,7 @@ def test_dicom_real_series(tmp_path, rel, rect, margin, far):
     src = _copy_series(rel, tmp_path)
     out = tmp_path / "out"
     run("deid", src, "-o", out, "--region", ",".join(map(str, rect)), check=0)
-    [folder] = [p for p in out.iterdir() if p.is_dir()]
+    [folder] = [p for p in out.iterdir() if p.is_dir() and p.name != ".wsideid"]
     before, ds = wsidicom_levels(sorted(src.glob("*.dcm")))
     after, _ = wsidicom_levels(sorted(folder.glob("*.dcm")))
     x, y, w, h = rect
@@ -634,7 +634,7 @@ def test_dicom_generated_pyramid_redacted_keeps_its_header(tmp_path):
     out = tmp_path / "out"
     run("redact", series, "-o", out, "--region", ",".join(map(str, RECT)), check=0)
     before, ds = wsidicom_levels(sorted(series.glob("*.dcm")))
-    [folder] = [p for p in out.iterdir() if p.is_dir()]
+    [folder] = [p for p in out.iterdir() if p.is_dir() and p.name != ".wsideid"]
     assert folder.name == f"{series.name}-0000"
     after, _ = wsidicom_levels(sorted(folder.glob("*.dcm")))
     check_levels(before, after, ds, box(300, 200, 800, 500), margin=1, far=25)

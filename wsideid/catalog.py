@@ -151,6 +151,29 @@ class Catalog:
         return all(len(w) == 1 or w.lower() in self.key_words for w in words)
 
 
+# The catalog that decides the fields named with each prefix (a report cites, per slide, the
+# catalogs its fields came from). Text segments inside codestreams (jpeg:, codestream:) follow
+# fixed rules, not a catalog.
+CATALOG_OF_PREFIX = {"tiff": "tiff-tags.toml", "exif": "tiff-tags.toml", "gps": "tiff-tags.toml",
+                     "aperio": "aperio-svs.toml", "ndpi": "hamamatsu-ndpi.toml",
+                     "ome": "ome-tiff.toml", "mirax": "mirax.toml", "dicom": "dicom-ps3.15.toml"}
+
+
+def catalogs_of(field_names) -> list[str]:
+    """The catalog files that decided fields of these names."""
+    return sorted({CATALOG_OF_PREFIX[p] for p in (n.split(":", 1)[0] for n in field_names)
+                   if p in CATALOG_OF_PREFIX})
+
+
+def describe(filename: str) -> dict:
+    """A catalog's format, version and the digest of its text (what a report cites)."""
+    import hashlib
+
+    meta = read_toml(filename).get("catalog", {})
+    return {"format": meta.get("format", ""), "version": meta.get("version", ""),
+            "sha256": hashlib.sha256(read_catalog(filename).encode("utf-8")).hexdigest()}
+
+
 @lru_cache(maxsize=None)
 def load(name: str, section: str | None = None) -> Catalog:
     return Catalog(f"{name}.toml", section)

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,8 +17,10 @@ from . import adapters, batch
 from . import needles as needle_search
 from .containers.output import Target
 from .errors import InstallError, SlideError
+from .journal import Busy, Journal, JournalError, Mismatch
 from .keyring import Keyring, load_key
 from .model import Job, Result
+from .names import Mapping, MappingError, Namer, read_mapping
 from .pipeline import Settings, plan_job
 from .policy import DATE_MODES, Policy
 from .report import audit
@@ -53,14 +56,6 @@ def error_line(message: str) -> None:
 def fail(message: str, code: int = EXIT_INPUT) -> None:
     error_line(message)
     raise typer.Exit(code)
-
-
-def slide_files(path: Path) -> list[Path]:
-    """Every file a slide consists of (a MIRAX slide: NAME.mrxs and the files in NAME/)."""
-    if path.name.lower().endswith(".mrxs") and path.is_file():
-        folder = path.with_name(path.name[: -len(".mrxs")])
-        return [path] + (sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else [])
-    return [path]
 
 
 def parse_region(text: str | None) -> tuple[float, float, float, float] | None:
@@ -159,10 +154,10 @@ KeyOpt = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms
 
 @app.command()
 def deid(
-    inputs: List[Path] = typer.Argument(..., help="Slide files or folders."),
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (a folder's tree is mirrored under OUTDIR with pseudonymous names)."),
     outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder."),
     in_place: bool = typer.Option(False, "--in-place", help="Edit the inputs themselves."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (source, destination, fields, images); write nothing."),
     dates: str = DatesOpt,
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
@@ -172,6 +167,9 @@ def deid(
     ocr: bool = OcrOpt,
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
+    mapping_file: Optional[Path] = typer.Option(None, "--mapping", help="CSV original,pseudonym: the lab's names for folders and slides (matched by folder name, file stem, barcode or accession number)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", show_default=False, help="Slides de-identified in parallel processes (default: the number of CPUs)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a Dask distributed scheduler to run the slides on (needs the dask extra of wsideid)."),
     retain_uids: bool = typer.Option(False, "--retain-uids", help="DICOM: PS3.15 Retain UIDs Option."),
     retain_institution: bool = typer.Option(False, "--retain-institution", help="DICOM: Retain Institution Identity Option."),
     retain_patient_characteristics: bool = typer.Option(False, "--retain-patient-characteristics", help="DICOM: Retain Patient Characteristics Option."),
@@ -188,6 +186,13 @@ def deid(
     if not dry_run and not in_place and outdir is None:
         fail("missing -o OUTDIR (or --in-place)")
     redaction = make_redaction(regions_file, region, region_level, fill)
+    if jobs < 0:
+        fail("--jobs must be 1 or more")
+    if mapping_file is not None and in_place:
+        fail("--mapping names released folders and slides: it needs -o OUTDIR, not --in-place")
+    if scheduler:   # the workers may start elsewhere: every path they are given is absolute
+        inputs = [p.absolute() for p in inputs]
+        outdir = outdir.absolute() if outdir is not None else None
     keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
                          retain_institution=retain_institution,
@@ -195,45 +200,440 @@ def deid(
                          clean_descriptors=clean_descriptors, strict=strict,
                          macro_region=parse_region(macro_region), ocr=ocr,
                          redaction=redaction)
-    if map_file is not None and outdir is not None:
-        if batch.inside(map_file, outdir):
+    mapping = Mapping()
+    if mapping_file is not None:
+        try:
+            mapping = read_mapping(mapping_file)
+        except (OSError, MappingError) as exc:
+            fail(f"{mapping_file}: the mapping cannot be used: {getattr(exc, 'strerror', None) or exc}")
+    if outdir is not None:
+        if map_file is not None and batch.inside(map_file, outdir):
             fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
-    if outdir is not None and not dry_run:
-        prepare_outdir(outdir)
-    found = batch.find(inputs, repair=not dry_run)
-    for path in found.restored:
-        sys.stderr.write(f"wsideid: warning: {path}: an interrupted in-place run had left it "
-                         "half-changed: restored from its undo record\n")
-    for path, why in found.problems:
-        error_line(f"{path}: {why}")
-    if not found.jobs and not found.problems:
-        fail("no slides found in the given inputs")
+        for item in inputs:
+            if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
+                fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
+    # the workers start (and import what slides need) while the inputs are walked
+    executor, window, client = (None, 1, None) if dry_run else _executor(jobs, scheduler, inputs)
+    journal = None
+    try:
+        found = batch.find(inputs, repair=not dry_run)
+        for path in found.restored:
+            sys.stderr.write(f"wsideid: warning: {path}: an interrupted in-place run had left "
+                             "it half-changed: restored from its undo record\n")
+        for path, why in found.problems:
+            error_line(f"{path}: {why}")
+        if not found.items and not found.problems and not found.broken:
+            if found.others:
+                fail(f"no slides found in the given inputs ({len(found.others)} files that are not slides)")
+            fail("no slides found in the given inputs")
+        options = {**policy.options(), "in_place": in_place, "mapping": bool(mapping)}
+        settings = Settings(policy, keyring, Target(None if in_place else outdir))
+        namer = Namer(keyring, mapping)
 
-    if dry_run:
-        code = EXIT_INPUT if found.problems else 0
-        for job in found.jobs:
+        if dry_run:
+            _dry_run(found, settings, namer, outdir)
+
+        if outdir is not None:
+            prepare_outdir(outdir)
+        if outdir is not None:
+            journal = Journal(outdir)
+            settings_digest = keyring.digest("settings", json.dumps(
+                {**policy.options(), "mapping": mapping.digest}, sort_keys=True).encode())
             try:
-                plan = plan_job(job, policy, keyring)
-            except SlideError as exc:
-                error_line(f"{job.path}: {exc}")
-                code = EXIT_INPUT
-                continue
-            print_plan(job.path, plan, show_values=False)
-        raise typer.Exit(code)
+                journal.open(keyring.digest("key-check", b""), settings_digest,
+                             waiting=lambda: sys.stderr.write(
+                                 "wsideid: waiting for slides an interrupted run is still writing\n"))
+            except (Busy, Mismatch) as exc:
+                journal.close()
+                fail(f"{outdir}: {exc}")
+            except OSError as exc:
+                journal.close()
+                fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
+        mapfile = None
+        if map_file is not None:
+            try:
+                mapfile = MapFile(map_file)
+            except OSError as exc:
+                fail(f"{map_file}: cannot write the map: {exc.strerror or exc}")
+        report_path = report_file or (outdir / "wsideid-report.json" if outdir is not None else None)
+        run = RunView(outdir, report_path, options, keyring, namer, found, mapfile)
+        exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
+                                  batch.Sink(planned=run.planned, finished=run.finished))
+        run.exporter = exporter
+    except BaseException:
+        # an early exit (an option or folder refused): the pool's workers, still starting,
+        # are waited for, so that none of them dies noisily after this process
+        if journal is not None:
+            journal.close()
+        if client is not None:
+            client.close()
+        elif executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    interrupted = False
+    journal_failed = ""
+    try:
+        slides = exporter.plan(found.items, survey=not in_place)
+        run.slides = slides
+        exporter.run(slides)
+    except KeyboardInterrupt:
+        interrupted = True
+    except JournalError as exc:
+        journal_failed = exc.strerror
+    finally:
+        run.stop()
+        if client is not None:
+            client.close()     # its executor goes with it (pending tasks are released)
+        else:
+            executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
+    if report_path is None:   # in place: beside the (renamed) slides of the first input
+        report_path = found.items[0].job.path.parent / "wsideid-report.json" if found.items else Path("wsideid-report.json")
+        run.report_path = report_path
+    written = run.write_report(final=True) and run.map_ok
+    if journal is not None:
+        journal.close()
+    _summarise(run)
+    if journal_failed:
+        fail(f"{journal_failed}; the run stopped (run it again when the folder can be written)")
+    if interrupted:
+        error_line(f"interrupted: {run.released} of {len(run.slides)} slides released; run the "
+                   "same command again to finish")
+        raise typer.Exit(130)
+    raise typer.Exit(run.exit_code(written))
 
-    settings = Settings(policy, keyring, Target(None if in_place else outdir))
-    results = [Result(path, status="error", message=why) for path, why in found.problems
-               if path.exists()]
-    results += batch.run_all(found.jobs, settings, print_result)
-    _summarise(results)
-    # in place, the report goes beside the (renamed) slides of the first input
-    first = found.jobs[0].path.parent if found.jobs else Path(".")
-    written = _write_records(map_file, results, report_file or (outdir or first) / "wsideid-report.json",
-                             {**policy.options(), "in_place": in_place})
-    if not written or found.problems or any(r.status == "error" for r in results):
-        raise typer.Exit(EXIT_INPUT)
-    if any(r.status == "failed" for r in results):
-        raise typer.Exit(EXIT_FINDINGS)
+
+def _executor(jobs: int, scheduler: str | None, inputs: list[Path]):
+    """Where the slides run: a Dask cluster, a pool of processes, or this process (`--jobs
+    1`, or a single file)."""
+    if scheduler:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            fail("--scheduler needs dask.distributed: pip install 'wsideid[dask]'")
+        try:
+            client = Client(scheduler, timeout="20s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            fail(f"--scheduler {scheduler}: cannot connect: {exc}")
+        threads = sum(client.nthreads().values()) or 1
+        return client.get_executor(pure=False), 2 * threads, client
+    workers = jobs or os.cpu_count() or 1
+    if workers <= 1 or (len(inputs) == 1 and not inputs[0].is_dir()):
+        return batch.InlineExecutor(), 1, None
+    return batch.process_pool(workers), 2 * workers, None
+
+
+def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> None:
+    """Every slide's source and destination, fields and images; nothing is written."""
+    exporter = batch.Exporter(settings, outdir, namer, None, batch.InlineExecutor(), 1, batch.Sink())
+    slides = exporter.plan(found.items, survey=True)
+    code = EXIT_INPUT if found.problems else 0
+    base = outdir if outdir is not None else Path("OUTDIR")
+    for slide in slides:
+        if slide.outcome is not None:
+            error_line(f"{slide.source}: {slide.outcome.message}")
+            code = EXIT_INPUT
+            continue
+        try:
+            naming, plan = batch.preview(slide, settings)
+        except SlideError as exc:
+            error_line(f"{slide.source}: {exc}")
+            code = EXIT_INPUT
+            continue
+        dest = base.joinpath(*slide.dest, naming.output_name)
+        sys.stdout.write(f"{slide.source} -> {dest}\n")
+        sys.stdout.flush()
+        print_plan(slide.source, plan, show_values=False)
+    for item, why in found.broken:
+        error_line(f"{item.job.path}: {why}")
+        code = EXIT_INPUT
+    for path, _, why in found.others:
+        sys.stdout.write(f"{path}: {why}: not copied\n")
+    raise typer.Exit(code)
+
+
+class MapFile:
+    """The re-identification map (`--map`, kept outside OUTDIR): one CSV row per released
+    slide, per folder and per file left out, appended and flushed to disk as the run goes.
+    A row already in the file (an earlier run of the same export) is not written again."""
+
+    COLUMNS = ["source", "pseudonym", "output", "status", "kind"]
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: set[tuple[str, ...]] = set()
+        self.columns = self.COLUMNS
+        if path.exists():
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):          # a row cut short by a kill: never acknowledged
+                with open(path, "r+b") as fh:
+                    fh.truncate(end)
+            lines = data[:end].decode("utf-8", "replace").splitlines()
+            if lines:
+                self.columns = next(csv.reader([lines[0]]))
+                self.rows = {tuple(r) for r in csv.reader(lines[1:])}
+        self.fh = open(path, "a", newline="", encoding="utf-8")
+        if not self.rows and self.path.stat().st_size == 0:
+            self._write(self.COLUMNS)
+
+    def add(self, source: Path, pseudonym: str, output: Path | str, status: str, kind: str) -> None:
+        row = [str(source), pseudonym, str(output), status, kind][: len(self.columns)]
+        if tuple(row) in self.rows:
+            return
+        self.rows.add(tuple(row))
+        self._write(row)
+
+    def _write(self, row: list[str]) -> None:
+        csv.writer(self.fh).writerow(row)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class RunView:
+    """What the command line shows and writes while a run goes on: progress, error lines,
+    the map and the audit report (rewritten as slides finish, at most every few seconds)."""
+
+    REPORT_EVERY = 5.0
+
+    def __init__(self, outdir, report_path, options, keyring, namer, found, mapfile):
+        self.outdir = outdir
+        self.report_path = report_path
+        self.options = options
+        self.keyring = keyring
+        self.namer = namer
+        self.found = found
+        self.mapfile = mapfile
+        self.map_ok = True
+        self.slides: list = []
+        self.folders_mapped: set[tuple[str, ...]] = set()
+        self.last_report = 0.0
+        self.start = time.monotonic()
+        self.done = 0
+        self.done_bytes = 0
+        self.total = 0
+        self.total_bytes = 0
+        self.progress = None
+        self.task = None
+        self.report_failed = False
+        self.report_cost = 0.0
+        self.exporter = None
+
+    # ---- events ----------------------------------------------------------------------------
+    def planned(self, slides) -> None:
+        self.slides = slides
+        self.total = len(slides) + len(self.found.broken)
+        self.total_bytes = sum(s.item.size for s in slides if s.outcome is None or not s.outcome.earlier)
+        for path, root, why in self.found.others:
+            sys.stderr.write(f"wsideid: warning: {path}: {why}: not copied\n")
+            self._map(path, self._other_path(path, root), "", "not copied", "not a slide")
+        for slide in slides:
+            for extra in slide.extra if slide.outcome is None else []:
+                folder = slide.item.job.path.with_name(slide.item.job.path.name[: -len(".mrxs")])
+                sys.stderr.write(f"wsideid: warning: {folder / extra}: in a MIRAX slide's folder "
+                                 "but not part of the slide: not copied\n")
+        for item, why in self.found.broken:
+            error_line(f"{item.job.path}: {why}")
+        if len(slides) > 1 and sys.stderr.isatty():
+            from rich.progress import (BarColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self.progress = Progress(TextColumn("{task.fields[done]}/{task.fields[count]} slides"),
+                                     BarColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                     console=Console(stderr=True), transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("deid", total=max(self.total_bytes, 1), done=0,
+                                               count=len(slides))
+
+    def finished(self, slide) -> None:
+        outcome = slide.outcome
+        self.done += 1
+        if not outcome.earlier:
+            self.done_bytes += slide.item.size
+        if outcome.status != "ok":
+            error_line(f"{outcome.failed or slide.source}: {outcome.message}")
+        for warning in outcome.warnings:
+            sys.stderr.write(f"wsideid: warning: {slide.source}: {warning}\n")
+        if outcome.status == "ok" and outcome.output is not None:
+            self._map_folders(slide)
+        self._map(slide.source, outcome.pseudonym, outcome.output or "", outcome.status
+                  if not outcome.earlier else "ok", "slide")
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done_bytes,
+                                 done=sum(1 for s in self.slides if s.outcome is not None))
+        elif len(self.slides) > 1:
+            self._plain_line(slide)
+        # at most every few seconds, and never more than 5% of the time (a report of tens of
+        # thousands of slides takes a while to write)
+        if time.monotonic() - self.last_report > max(self.REPORT_EVERY, 20 * self.report_cost):
+            self.write_report()
+
+    def _plain_line(self, slide) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        rate = self.done_bytes / elapsed
+        left = self.total_bytes - self.done_bytes
+        eta = f", ETA {_clock(left / rate)}" if rate > 0 and left > 0 else ""
+        where = slide.outcome.brief.get("path") or "-"
+        note = " (released earlier)" if slide.outcome.earlier else ""
+        sys.stderr.write(f"wsideid: {self.done}/{len(self.slides)} {slide.outcome.status} "
+                         f"{where}{note}, {rate / 1e6:.1f} MB/s{eta}\n")
+        sys.stderr.flush()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self.mapfile is not None:
+            self.mapfile.close()
+
+    # ---- the map and the report ------------------------------------------------------------
+    def _map(self, source, pseudonym, output, status, kind) -> None:
+        if self.mapfile is None or not self.map_ok:
+            return
+        try:
+            self.mapfile.add(Path(source).resolve(), pseudonym,
+                             Path(output).resolve() if output else "", status, kind)
+        except OSError as exc:
+            error_line(f"{self.mapfile.path}: cannot write the map: {exc.strerror or exc}")
+            self.map_ok = False
+
+    def _map_folders(self, slide) -> None:
+        if self.outdir is None or slide.item.root is None:
+            return
+        for depth in range(1, len(slide.dest) + 1):
+            if slide.dest[:depth] in self.folders_mapped:
+                continue
+            self.folders_mapped.add(slide.dest[:depth])
+            source = slide.item.root.joinpath(*slide.item.parts[:depth])
+            self._map(source, slide.dest[depth - 1], self.outdir.joinpath(*slide.dest[:depth]),
+                      "ok", "folder")
+
+    def _other_path(self, path: Path, root: Path) -> str:
+        parts = path.relative_to(root).parts
+        return "/".join(self.namer.folders(parts[:-1]) + (self.keyring.file_pseudonym(parts[-1]),))
+
+    def others(self) -> list[dict]:
+        """Files left out, by pseudonymous paths: walked files that are not slides, and files
+        in a MIRAX slide's folder that the slide does not use."""
+        others = [{"path": self._other_path(path, root), "size": path.stat().st_size if path.exists() else 0,
+                   "why": why} for path, root, why in self.found.others]
+        for s in self.slides:
+            if s.outcome is not None and s.outcome.status == "ok" and s.survey.get("extra"):
+                where = (s.outcome.brief.get("path") or "")[: -len(".mrxs")]
+                others += [{"path": f"{where}/{x}", "size": None,
+                            "why": "in a MIRAX slide's folder but not part of the slide"}
+                           for x in s.survey["extra"]]
+        return others
+
+    def entries(self):
+        """(how many, the slides' report entries in the report's order): released slides by
+        path, then failures; an entry the journal holds is read back only when written."""
+        done = [s for s in self.slides if s.outcome is not None]
+        broken = [{"path": None, "pseudonym": None, "status": "error", "output": None,
+                   "message": batch.without_source(why, item.job.path),
+                   "verification": {"result": "not run"}, "zeroed_bytes": 0}
+                  for item, why in self.found.broken]
+        keyed = [((s.outcome.brief.get("path") is None, s.outcome.brief.get("path") or "",
+                   s.outcome.brief.get("message") or ""), s) for s in done]
+        keyed += [((True, "", e["message"]), e) for e in broken]
+        keyed.sort(key=lambda pair: pair[0])
+        briefs = [s.outcome.brief for s in done] + broken
+        summary = {"ok": sum(b.get("status") == "ok" for b in briefs),
+                   "failed": sum(b.get("status") != "ok" for b in briefs)}
+        catalogs = sorted({c for b in briefs for c in b.get("catalogs") or []})
+
+        def each():
+            for _, item in keyed:
+                yield item if isinstance(item, dict) else self.exporter.entry(item)
+        return summary, catalogs, each()
+
+    def write_report(self, final: bool = False) -> bool:
+        start = self.last_report = time.monotonic()
+        if self.report_path is None or (self.report_failed and not final):
+            return True
+        summary, catalogs, slides = self.entries()
+        try:
+            audit.write_stream(self.report_path, self.options, catalogs, slides, summary,
+                               self.others())
+            self.report_cost = time.monotonic() - start
+            return True
+        except OSError as exc:
+            if not self.report_failed:
+                error_line(f"{self.report_path}: cannot write the audit report: {exc.strerror or exc}")
+            self.report_failed = True
+            return False
+
+    # ---- the end ---------------------------------------------------------------------------
+    @property
+    def released(self) -> int:
+        return sum(1 for s in self.slides if s.outcome is not None and s.outcome.status == "ok")
+
+    def failures(self) -> list[tuple[Path, str]]:
+        """(what failed, why) for every slide that failed."""
+        out = [(s.outcome.failed or s.source, s.outcome.message)
+               for s in self.slides if s.outcome is not None and s.outcome.status != "ok"]
+        out += [(item.job.path, why) for item, why in self.found.broken]
+        return out
+
+    def exit_code(self, written: bool) -> int:
+        """2: a usage or environment problem (the output folder, the report, the map), or an
+        input that could not be de-identified (not a readable slide, named or found in a
+        folder: the batch went on with the others); 1: a slide failed verification; else 0."""
+        bad = [s for s in self.slides if s.outcome is not None and s.outcome.status != "ok"]
+        if (not written or self.found.problems or self.found.broken
+                or any(s.outcome.status == "error" for s in bad)):
+            return EXIT_INPUT
+        if bad:
+            return EXIT_FINDINGS
+        return 0
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _summarise(run: RunView) -> None:
+    slides = [s for s in run.slides if s.outcome is not None]
+    if len(slides) <= 50:
+        table = Table(title="wsideid deid")
+        for col in ("input", "output", "removed/replaced", "dates", "images dropped", "status"):
+            table.add_column(col)
+        for s in slides:
+            o = s.outcome
+            counts = o.brief.get("actions") or {}
+            dropped = o.brief.get("dropped", 0)
+            where = o.brief.get("path") or (o.output.name if o.output else "-")
+            table.add_row(s.source.name, where,
+                          str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
+                          str(counts.get("date", 0)), str(dropped),
+                          o.status + (" (earlier run)" if o.earlier else ""))
+        out.print(table)
+    if len(slides) + len(run.found.broken) > 1:
+        by_format: dict[str, list[int]] = {}
+        for s in slides:
+            row = by_format.setdefault(s.outcome.brief.get("format") or "(unread)", [0, 0, 0, 0])
+            row[0 if s.outcome.status == "ok" and not s.outcome.earlier else
+                1 if s.outcome.earlier else 2] += 1
+            row[3] += s.item.size
+        totals = Table(title="summary")
+        for col in ("format", "released", "released earlier", "failed", "input GB"):
+            totals.add_column(col)
+        for name, (ok, earlier, bad, size) in sorted(by_format.items()):
+            totals.add_row(name, str(ok), str(earlier), str(bad), f"{size / 1e9:.2f}")
+        out.print(totals)
+        elapsed = time.monotonic() - run.start
+        out.print(f"{run.released} of {len(slides) + len(run.found.broken)} slides released, "
+                  f"{len(run.found.others)} files not slides (not copied); "
+                  f"{run.done_bytes / 1e9:.2f} GB de-identified in {elapsed:.1f} s "
+                  f"({run.done_bytes / 1e6 / max(elapsed, 1e-6):.1f} MB/s)", markup=False, highlight=False)
+        failures = run.failures()
+        if failures:
+            error_line(f"{len(failures)} of {len(slides) + len(run.found.broken)} slides failed:")
+            for what, why in failures:
+                error_line(f"{what}: {why}")
 
 
 def print_result(result: Result) -> None:
@@ -264,25 +664,28 @@ def prepare_outdir(outdir: Path) -> None:
 
 
 def _write_records(map_file: Path | None, results: list[Result], report_path: Path,
-                   options: dict) -> bool:
-    """The map and the audit report; a failure to write either is one error line naming
-    the file (never the input). Returns False when one of them could not be written."""
+                   options: dict, outdir: Path | None) -> bool:
+    """The map and the audit report of a conversion; a failure to write either is one error
+    line naming the file (never the input). Returns False when one could not be written."""
     ok = True
     if map_file is not None:
         try:
-            _write_map(map_file, results)
+            mapfile = MapFile(map_file)
+            for r in results:
+                mapfile.add(r.source.resolve(), r.pseudonym, r.output or "", r.status, "slide")
+            mapfile.close()
         except OSError as exc:
             error_line(f"{map_file}: cannot write the map: {exc.strerror or exc}")
             ok = False
     try:
-        audit.write(report_path, audit.build(results, options))
+        audit.write(report_path, audit.build([batch.entry_of(r, outdir) for r in results], options))
     except OSError as exc:
         error_line(f"{report_path}: cannot write the audit report: {exc.strerror or exc}")
         ok = False
     return ok
 
 
-def _summarise(results: list[Result], title: str = "wsideid deid") -> None:
+def _summarise_results(results: list[Result], title: str) -> None:
     table = Table(title=title)
     for col in ("input", "output", "removed/replaced", "dates", "images dropped", "status"):
         table.add_column(col)
@@ -293,16 +696,6 @@ def _summarise(results: list[Result], title: str = "wsideid deid") -> None:
                       str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                       str(counts.get("date", 0)), str(dropped), r.status)
     out.print(table)
-
-
-def _write_map(map_file: Path, results: list[Result]) -> None:
-    new = not map_file.exists()
-    with open(map_file, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        if new:
-            writer.writerow(["source", "pseudonym", "output", "status"])
-        for r in results:
-            writer.writerow([str(r.source.resolve()), r.pseudonym, str(r.output or ""), r.status])
 
 
 def print_plan(path: Path, plan, show_values: bool) -> None:
@@ -387,10 +780,10 @@ def convert(
                                                                allow_transcode), outdir)
         print_result(result)
         results.append(result)
-    _summarise(results, "wsideid convert --to dicom")
+    _summarise_results(results, "wsideid convert --to dicom")
     written = _write_records(map_file, results, report_file or outdir / "wsideid-report.json",
                              {**policy.options(), "convert": "dicom",
-                              "allow_transcode": allow_transcode})
+                              "allow_transcode": allow_transcode}, outdir)
     if not written or found.problems or any(r.status == "error" for r in results):
         raise typer.Exit(EXIT_INPUT)
     if any(r.status == "failed" for r in results):
@@ -417,7 +810,7 @@ def inspect(
     policy = make_policy(dates, keep_device_id, label, macro, macro_region=parse_region(macro_region),
                          ocr=ocr, redaction=make_redaction(regions_file, region, region_level, fill))
     try:
-        plan = plan_job(job_of(file), policy, Keyring(load_key(None)))
+        _, plan = plan_job(job_of(file), policy, Keyring(load_key(None)))
     except SlideError as exc:
         fail(f"{file}: {exc}")
     if as_json:
@@ -473,7 +866,7 @@ def redact(
         code = EXIT_INPUT if found.problems else 0
         for job in found.jobs:
             try:
-                plan = plan_job(job, policy, keyring)
+                _, plan = plan_job(job, policy, keyring)
             except SlideError as exc:
                 error_line(f"{job.path}: {exc}")
                 code = EXIT_INPUT
@@ -483,11 +876,13 @@ def redact(
     settings = Settings(policy, keyring, Target(None if in_place else outdir))
     results = [Result(path, status="error", message=why) for path, why in found.problems
                if path.exists()]
-    results += batch.run_all(found.jobs, settings, print_result)
-    _summarise(results, "wsideid redact")
+    for job in found.jobs:   # one at a time, in this process: a region edit is small
+        results.append(batch.attempt(job, settings))
+        print_result(results[-1])
+    _summarise_results(results, "wsideid redact")
     first = found.jobs[0].path.parent if found.jobs else Path(".")
     written = _write_records(None, results, report_file or (outdir or first) / "wsideid-report.json",
-                             {**policy.options(), "in_place": in_place})
+                             {**policy.options(), "in_place": in_place}, outdir)
     if not written or found.problems or any(r.status == "error" for r in results):
         raise typer.Exit(EXIT_INPUT)
     if any(r.status == "failed" for r in results):
@@ -516,7 +911,7 @@ def scan(
     files = [(path, job.format) for job in found.jobs for path in job.paths]
     for path, format_name in files:
         try:
-            plan = plan_job(Job((path,), format_name), Policy(), keyring)
+            _, plan = plan_job(Job((path,), format_name), Policy(), keyring)
         except SlideError as exc:
             error_line(f"{path}: {exc}")
             unreadable = True
@@ -525,7 +920,7 @@ def scan(
         lines = [f"{f.location}: {f.name} ({f.action})" for f in plan.fields
                  if f.action not in ("keep", "replace")]
         lines += [f"{i.index}: {i.role} image present" for i in plan.images if i.action != "keep"]
-        for part in slide_files(path):
+        for part in batch.slide_files(path):
             lines += [f"identifier {n!r} found in the raw bytes of {part.name}"
                       for n in needle_search.find_in_file(part, targets)]
         for line in lines:
@@ -539,11 +934,75 @@ def scan(
         raise typer.Exit(EXIT_FINDINGS)
 
 
+@app.command("report")
+def report_command(
+    outdir: Path = typer.Argument(..., help="A released folder (with its wsideid-report.json)."),
+    html_file: Path = typer.Option(..., "--html", help="Write the QC page (one row per slide, images embedded) here."),
+    before: Optional[Path] = typer.Option(None, "--before", help="Also write the IDENTIFYING page of the inputs' labels and overviews here: keep it with the map, never under OUTDIR (needs --map)."),
+    map_file: Optional[Path] = typer.Option(None, "--map", help="The run's map (links released slides to their inputs, for --before)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="The audit report (default OUTDIR/wsideid-report.json)."),
+) -> None:
+    """Write the QC page of a released folder, for a reviewer to open in a browser."""
+    from .report import html as qc
+
+    report_path = report_file or outdir / "wsideid-report.json"
+    try:
+        doc = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"{report_path}: cannot read the audit report: {getattr(exc, 'strerror', None) or exc}")
+    if before is not None:
+        if map_file is None:
+            fail("--before needs the run's --map (to find the inputs)")
+        if batch.inside(before, outdir):
+            fail(f"{before}: the before page identifies patients: keep it outside the released folder {outdir}")
+    pages = [(html_file, lambda: qc.qc_page(doc, outdir))]
+    if before is not None:
+        pages.append((before, lambda: qc.before_page(doc, _sources(map_file, outdir))))
+    for path, build in pages:
+        try:
+            text = build()
+            tmp = path.with_name(f".{path.name}.partial")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            fail(f"{path}: cannot write the page: {exc.strerror or exc}")
+    out.print(f"{len(doc.get('slides', []))} slides: {html_file}" + (f", before: {before}" if before else ""),
+              markup=False, highlight=False)
+
+
+def _sources(map_file: Path, outdir: Path) -> dict[str, Path]:
+    """Released path (relative to OUTDIR) -> input, from the map's slide rows."""
+    try:
+        rows = list(csv.DictReader(map_file.open(encoding="utf-8")))
+    except OSError as exc:
+        fail(f"{map_file}: cannot read the map: {exc.strerror or exc}")
+    base = outdir.resolve()
+    sources = {}
+    for row in rows:
+        if row.get("kind", "slide") != "slide" or row.get("status") != "ok" or not row.get("output"):
+            continue
+        try:
+            rel = Path(row["output"]).resolve().relative_to(base).as_posix()
+        except ValueError:
+            continue
+        sources[rel] = Path(row["source"])
+    return sources
+
+
 def main() -> None:
     try:
         app()
     except InstallError as exc:
         error_line(f"installation: {exc}")
+        sys.exit(EXIT_INPUT)
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, never a traceback
+        error_line(f"internal error ({type(exc).__name__}: {exc}); please report it, with "
+                   "WSIDEID_DEBUG=1 for the traceback")
+        if os.environ.get("WSIDEID_DEBUG"):
+            raise
         sys.exit(EXIT_INPUT)
 
 

@@ -202,6 +202,9 @@ def _verify(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring,
         # the levels as stored (an OME SubIFD pyramid OpenSlide does not show; NDPI levels
         # OpenSlide adds by cutting at restart markers are not stored ones)
         stored = sorted(((lv.width, lv.height) for lv in source_levels), reverse=True)
+        if not stored:   # a format whose levels are no stored images (MIRAX): as OpenSlide shows it
+            view = openslide_view(source)
+            stored = list(view.level_dimensions) if view is not None else []
         if list(after.level_dimensions) != stored:
             problems.append(f"levels differ from the source's stored levels {tuple(stored)}: "
                             f"{after.level_dimensions}")

@@ -12,11 +12,13 @@ import hashlib
 import hmac
 import os
 import secrets
+import unicodedata
 import uuid
 from pathlib import Path
 
 FINGERPRINT_SPAN = 1 << 20
 MAX_SHIFT_DAYS = 3650
+FOLDER_PREFIX = "dir-"
 
 
 def load_key(path: Path | None) -> bytes:
@@ -67,9 +69,27 @@ class Keyring:
         digits = (self._mac("slide-id", fp).hex() * (size // 64 + 1))[:size]
         return digits.upper() if like.isupper() else digits
 
-    def date_shift_days(self) -> int:
-        """Days to move every date back by: 1..3650, fixed for a key."""
-        return 1 + int.from_bytes(self._mac("date-shift", b"")[:4], "big") % MAX_SHIFT_DAYS
+    def date_shift_days(self, subject: str = "") -> int:
+        """Days to move every date back by: 1..3650, fixed for a key and a subject (the released
+        name of a subject's folder or its pseudonym from a mapping). Without a subject, the
+        key's own shift (slides named one by one or lying directly in an input folder)."""
+        return 1 + int.from_bytes(self._mac("date-shift", subject.encode())[:4], "big") % MAX_SHIFT_DAYS
+
+    def folder_pseudonym(self, name: str) -> str:
+        """The released name of a folder of an input tree: the same name gets the same
+        pseudonym wherever it is, in every run with the same key (Unicode NFC, so that a name
+        written by macOS, decomposed, and the same name composed are one)."""
+        code = base64.b32encode(self._mac("folder", unicodedata.normalize("NFC", name).encode())[:10])
+        return f"{FOLDER_PREFIX}{code.decode().lower()[:16]}"
+
+    def file_pseudonym(self, name: str) -> str:
+        """The pseudonymous name a file that is not a slide is listed under (never written)."""
+        code = base64.b32encode(self._mac("file", unicodedata.normalize("NFC", name).encode())[:10])
+        return f"file-{code.decode().lower()[:16]}"
+
+    def digest(self, purpose: str, data: bytes) -> str:
+        """A keyed digest that says nothing without the key (journal records of a run)."""
+        return self._mac(purpose, data)[:16].hex()
 
     def uid(self, old: str) -> str:
         """The replacement of a DICOM UID: the same old UID maps to the same new one."""

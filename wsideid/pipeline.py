@@ -8,7 +8,7 @@ from .background import Background
 from .containers.output import Target
 from .errors import SlideError, VerificationError
 from .keyring import Keyring
-from .model import Job, Plan, Result
+from .model import Job, Naming, Plan, Result
 from .policy import Policy
 from .verify import verify
 from .verify.reader import openslide_view
@@ -19,21 +19,35 @@ class Settings:
     policy: Policy
     keyring: Keyring
     target: Target = Target()
+    name: str = ""      # the slide's released name instead of its keyed pseudonym (a mapping's)
 
 
-def plan_job(job: Job, policy: Policy, keyring: Keyring) -> Plan:
-    """The plan of one slide, as `deid` would carry it out (nothing is written)."""
+def naming_of(adapter, slide, keyring: Keyring, name: str = "") -> Naming:
+    """The slide's naming: keyed from its content, or under a given name (the extension and
+    every other keyed identifier stay as they are)."""
+    naming = adapter.naming(slide, keyring)
+    if not name or name == naming.pseudonym:
+        return naming
+    extension = naming.output_name[len(naming.pseudonym):]
+    return replace(naming, pseudonym=name, output_name=name + extension)
+
+
+def plan_job(job: Job, policy: Policy, keyring: Keyring, name: str = "",
+             screen: bool = True) -> tuple[Naming, Plan]:
+    """The naming and plan of one slide, as `deid` would carry them out (nothing is written;
+    `screen=False`: the image data is not looked into, only the metadata is read)."""
     adapter = adapters.by_name(job.format)
     slide = adapter.read(job)
     try:
-        naming = adapter.naming(slide, keyring) if policy.deidentify else adapter.stored_naming(slide)
-        if not policy.deidentify:
-            return adapter.plan(slide, policy, naming)
+        if not policy.deidentify:   # `redact`: the slide keeps its names
+            naming = adapter.stored_naming(slide)
+            return naming, adapter.plan(slide, policy, naming, screen=screen)
+        naming = naming_of(adapter, slide, keyring, name)
         slide_policy, found, warnings, new_images = look_at_images(adapter, slide, policy, naming)
-        plan = adapter.plan(slide, slide_policy, naming, new_images=new_images)
+        plan = adapter.plan(slide, slide_policy, naming, screen=screen, new_images=new_images)
         plan.fields += found
         plan.warnings += warnings
-        return plan
+        return naming, plan
     finally:
         slide.close()
 
@@ -59,7 +73,7 @@ def run(job: Job, settings: Settings) -> Result:
     slide = adapter.read(job)
     try:
         if settings.policy.deidentify:
-            naming = adapter.naming(slide, settings.keyring)
+            naming = naming_of(adapter, slide, settings.keyring, settings.name)
             result.pseudonym = naming.pseudonym
         else:   # `redact`: the slide keeps its names
             naming = adapter.stored_naming(slide)

@@ -1,56 +1,79 @@
-"""The audit report: options, and per slide what was done. Never an original name or value."""
+"""The audit report: options, catalogs, and per slide what was done. Never an original name or
+value: slides are named by their released paths, files left out by pseudonymous paths."""
 from __future__ import annotations
 
 import json
 import os
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__
-from ..model import Result
+from .. import __version__, catalog
+from ..batch import without_source  # noqa: F401 - where reports have always found it
 
 
-def build(results: list[Result], options: dict) -> dict:
-    slides = []
-    for r in results:
-        entry: dict = {"pseudonym": r.pseudonym or None, "status": r.status,
-                       "output": r.output.name if r.output else None}
-        if r.status != "ok":
-            entry["message"] = without_source(r.message, r.source)
-        if r.plan is not None:
-            entry["format"] = r.plan.format
-            entry["images"] = [img.public() for img in r.plan.images]
-            entry["fields"] = [f.public() for f in r.plan.fields]
-            entry["actions"] = r.plan.counts()
-            entry["warnings"] = r.plan.warnings
-            if r.plan.regions:
-                entry["regions"] = r.plan.regions
-                entry["redacted"] = [e.public() for e in r.plan.redactions()]
-        entry["zeroed_bytes"] = r.zeroed_bytes
-        slides.append(entry)
-    return {"tool": "wsideid", "version": __version__,
+def build(slides: list[dict], options: dict, not_slides: list[dict] | None = None) -> dict:
+    """The report of a run from its slides' entries (batch.entry_of), in a stable order:
+    released slides by path, then failures."""
+    slides = sorted(slides, key=lambda e: (e.get("path") is None, e.get("path") or "",
+                                           e.get("message") or ""))
+    used = sorted({name for e in slides for name in e.get("catalogs", [])})
+    report = {"tool": "wsideid", "version": __version__,
+              "run": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "options": options,
+              "catalogs": {name: catalog.describe(name) for name in used},
+              "slides": slides,
+              "summary": {"ok": sum(e["status"] == "ok" for e in slides),
+                          "failed": sum(e["status"] != "ok" for e in slides)}}
+    if not_slides:
+        report["not_slides"] = sorted(not_slides, key=lambda e: e["path"])
+    return report
+
+
+def write_stream(path: Path, options: dict, catalogs: list[str], slides, summary: dict,
+                 not_slides: list[dict] | None = None) -> None:
+    """The report of a batch, written entry by entry (tens of thousands of slides need not be
+    in memory at once): the same document as `build`, whole or not at all."""
+    head = {"tool": "wsideid", "version": __version__,
             "run": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "options": options, "slides": slides,
-            "summary": {"ok": sum(r.status == "ok" for r in results),
-                        "failed": sum(r.status != "ok" for r in results)}}
+            "options": options, "catalogs": {name: catalog.describe(name) for name in catalogs}}
 
+    def lines():
+        yield json.dumps(head, indent=2)[:-2] + ',\n  "slides": ['
+        first = True
+        for entry in slides:
+            yield ("\n" if first else ",\n") + textwrap.indent(json.dumps(entry, indent=2), "    ")
+            first = False
+        yield ("\n  ]" if not first else "]")
+        if not_slides:
+            body = json.dumps(sorted(not_slides, key=lambda e: e["path"]), indent=2)
+            yield ',\n  "not_slides": ' + body.replace("\n", "\n  ")
+        yield ',\n  "summary": ' + json.dumps(summary) + "\n}\n"
 
-def without_source(message: str, source: Path) -> str:
-    """A failure message as the report may keep it: the input's path and name (which a
-    library's message may quote) replaced by <input>."""
-    stem = source.name.split(".")[0]
-    for text in (str(source), str(source.parent), source.name, stem):
-        if len(text) >= 3:
-            message = message.replace(text, "<input>")
-    return message
+    _write_whole(path, lines())
 
 
 def write(path: Path, report: dict) -> None:
-    """Write the report whole or not at all (a failed write leaves no partial file)."""
+    """Write the report whole or not at all."""
+    _write_whole(path, [json.dumps(report, indent=2) + "\n"])
+
+
+def _write_whole(path: Path, pieces) -> None:
+    """A hidden file beside the report, flushed to disk, then renamed over it (a failed write
+    or a kill leaves no partial report)."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for piece in pieces:
+                fh.write(piece)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
