@@ -425,3 +425,41 @@ def test_removing_a_header_segment_reports_how_far_the_scan_data_moved():
         found = codestreams.clean_runs(fh.fileno(), len(data), np.array([0, len(dirty)]),
                                        np.array([len(dirty), len(tail)]), "jpeg")
     assert [(f.index, f.header_shift) for f in found] == [(0, 34), (1, 0)]
+
+
+def test_first_difference_finds_the_piece_that_differs(tmp_path):
+    """Kept pieces are compared in large blocks: the first differing piece is still named,
+    whether pieces are back to back, apart, moved, or cut short by the end of a file."""
+    import random
+
+    from wsideid.verify.compare import BLOCK, first_difference
+
+    rng = random.Random(7)
+    data = bytes(rng.getrandbits(8) for _ in range(1 << 16)) * (3 * BLOCK // (1 << 16))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(data)
+    pieces, pos = [], 0
+    while pos < len(data) - 100_000:
+        size = rng.randrange(1, 300_000)
+        pieces.append((len(pieces), pos, pos, min(size, len(data) - pos)))
+        pos += size + (rng.randrange(0, 50) if rng.random() < 0.3 else 0)
+    with open(a, "rb") as fa:
+        b.write_bytes(data)
+        with open(b, "rb") as fb:
+            assert first_difference(fa.fileno(), fb.fileno(), pieces) is None
+        for victim in (0, len(pieces) // 2, len(pieces) - 1):
+            _, start, _, size = pieces[victim]
+            changed = bytearray(data)
+            changed[start + size - 1] ^= 0xFF       # the last byte of the piece
+            b.write_bytes(bytes(changed))
+            with open(b, "rb") as fb:
+                assert first_difference(fa.fileno(), fb.fileno(), pieces) == victim
+        b.write_bytes(data[:pieces[-1][1] + 10])   # the output cut short inside the last piece
+        with open(b, "rb") as fb:
+            assert first_difference(fa.fileno(), fb.fileno(), pieces) == len(pieces) - 1
+        moved = data[:1000] + b"\0" * 7 + data[1000:]   # one piece moved by 7 bytes
+        b.write_bytes(moved)
+        with open(b, "rb") as fb:
+            assert first_difference(fa.fileno(), fb.fileno(), [(0, 1000, 1007, 5000)]) is None
+            assert first_difference(fa.fileno(), fb.fileno(), [(0, 1000, 1000, 5000)]) == 0
+

@@ -4,6 +4,7 @@ values), the frames where the copy must have put them, dciodvfy (no error its in
 have), and OpenSlide's levels."""
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -25,6 +26,7 @@ from ..errors import SlideError
 from ..model import Job, Naming, Plan
 from ..policy import Policy
 from . import checks
+from .compare import first_difference
 from .reader import openslide_view
 
 
@@ -121,18 +123,31 @@ def _check_frames(planned: InstanceOut, out: Path, pixels: PixelElement,
             b.seek(pixels.end - 8)
             if b.read(8) != struct.pack("<HHI", 0xFFFE, 0xE0DD, 0) or b.read(1):
                 return [f"{out.name}: pixel data does not end where expected"]
+        framed = bool(len(src.frame_offsets))
+        kept = []
         for i, ao, an, bo, bn in pairs:
-            b.seek(bo - 8 if len(src.frame_offsets) else bo)
-            if len(src.frame_offsets) and b.read(8) != struct.pack("<HHI", 0xFFFE, 0xE000, bn):
+            edit = edits.get(i) if framed else None
+            if edit is None and an == bn:
+                # compared with its item tag (FFFE,E000 and the length), which must be the same
+                kept.append((i, ao - 8, bo - 8, an + 8) if framed else (i, ao, bo, an))
+                continue
+            b.seek(bo - 8 if framed else bo)
+            if framed and b.read(8) != struct.pack("<HHI", 0xFFFE, 0xE000, bn):
                 return [f"{out.name}: frame item {i} is not where expected"]
             got = b.read(bn)
             a.seek(ao)
             want = a.read(an)
-            edit = edits.get(i) if len(src.frame_offsets) else None
             if edit is not None:
                 want = edit + (b"\x00" if len(edit) % 2 else b"")
             if got != want:
                 return [f"{out.name}: pixel data differs from the input"]
+        differs = first_difference(a.fileno(), b.fileno(), kept)
+        if differs is not None:
+            if framed:
+                _, _, bo, bn = next(p for p in kept if p[0] == differs)
+                if os.pread(b.fileno(), 8, bo) != struct.pack("<HHI", 0xFFFE, 0xE000, bn - 8):
+                    return [f"{out.name}: frame item {differs} is not where expected"]
+            return [f"{out.name}: pixel data differs from the input"]
     return []
 
 
