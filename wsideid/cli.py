@@ -331,13 +331,15 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
     for slide in slides:
         if slide.outcome is not None:
             error_line(f"{slide.source}: {slide.outcome.message}")
-            code = EXIT_INPUT
+            code = max(code, EXIT_INPUT if slide.item.root is None or len(slides) == 1
+                       else EXIT_FINDINGS)
             continue
         try:
             naming, plan = batch.preview(slide, settings)
         except SlideError as exc:
             error_line(f"{slide.source}: {exc}")
-            code = EXIT_INPUT
+            code = max(code, EXIT_INPUT if slide.item.root is None or len(slides) == 1
+                       else EXIT_FINDINGS)
             continue
         dest = base.joinpath(*slide.dest, naming.output_name)
         sys.stdout.write(f"{slide.source} -> {dest}\n")
@@ -345,7 +347,7 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
         print_plan(slide.source, plan, show_values=False)
     for item, why in found.broken:
         error_line(f"{item.job.path}: {why}")
-        code = EXIT_INPUT
+        code = max(code, EXIT_INPUT if len(slides) + len(found.broken) == 1 else EXIT_FINDINGS)
     for path, _, why in found.others:
         sys.stdout.write(f"{path}: {why}: not copied\n")
     raise typer.Exit(code)
@@ -578,14 +580,19 @@ class RunView:
         return out
 
     def exit_code(self, written: bool) -> int:
-        """2: a usage or environment problem (the output folder, the report, the map), or an
-        input that could not be de-identified (not a readable slide, named or found in a
-        folder: the batch went on with the others); 1: a slide failed verification; else 0."""
+        """2: a usage or environment problem (the output folder, the report, the map), a file
+        named on the command line that is not a readable slide, or the one slide of a run
+        that could not be de-identified (the input is the problem); 1: in a batch, a slide
+        found in a folder that failed (the others were released: issue 13 asks exit 1 with
+        the list), or any slide that failed verification; else 0."""
         bad = [s for s in self.slides if s.outcome is not None and s.outcome.status != "ok"]
-        if (not written or self.found.problems or self.found.broken
-                or any(s.outcome.status == "error" for s in bad)):
+        alone = len(self.slides) + len(self.found.broken) == 1
+        if (not written or self.found.problems or any(s.outcome.failed is not None for s in bad)
+                or any((s.item.root is None or alone) and s.outcome.status == "error"
+                       for s in bad)
+                or alone and self.found.broken):
             return EXIT_INPUT
-        if bad:
+        if bad or self.found.broken:
             return EXIT_FINDINGS
         return 0
 
