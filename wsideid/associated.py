@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import SlideError
-from .model import Field, Image, Naming, Plan, RedactImage, ReplaceImage
+from .model import LABEL_AREA, Field, Image, Naming, Plan, RedactImage, ReplaceImage
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -155,8 +155,17 @@ def _blanked(adapter: Any, slide: Any, check: ImageCheck,
     if not boxes:
         return None, (f"the {image.role} image ({image.index}): {reason}: dropped (give "
                       "--macro-region to say where its label is)")
-    return (RedactImage(image.index, (boxes, pixels)),
+    return (label_area(image, boxes, pixels, reason),
             f"the {image.role} image ({image.index}) redacted: {reason}")
+
+
+def label_area(image: Image, boxes: list, pixels: np.ndarray, reason: str) -> RedactImage:
+    """A RedactImage of an overview's label area: the boxes blanked (pixels, for reports and
+    verification), the picture with them blanked (`_pixels`, for the container)."""
+    height, width = pixels.shape[:2]
+    return RedactImage(image.index, {
+        "kind": LABEL_AREA, "role": image.role, "boxes": [list(map(int, b)) for b in boxes],
+        "size": [width, height], "why": reason, "_pixels": pixels})
 
 
 def _what(check: ImageCheck) -> str:
