@@ -103,6 +103,10 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
         overrides[image.index] = instead
         warnings.append(f"the {image.role} image ({image.index}) shows {what}: "
                         f"{'redacted' if instead == 'redact' else 'dropped'} instead of kept")
+    if policy.label != "drop" and not any(c.image.role == "label" for c in checks.images) \
+            and not any(img.role == "label" for img in adapter.images(slide)):
+        warnings.append(f"--label {policy.label}: nothing to {policy.label}: "
+                        f"{getattr(adapter, 'no_label', 'the slide has no label image')}")
     if policy.ocr and not checks.ocr_ran and any(c.image.role in TEXT_ROLES
                                                  and policy.image_action(c.image.role) != "drop"
                                                  for c in checks.images):
