@@ -12,6 +12,7 @@ DICOM thumbnail) from the output read back by the format's own adapter (tifffile
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +27,47 @@ UNIFORM_MARGIN = 4       # pixels inside a blanked box's edge left out (chroma u
 UNIFORM_TOLERANCE = 6    # grey levels a blanked area may vary (JPEG rounding)
 
 
-def verify(adapter: Any, plan: Plan, written: Written, naming: Naming) -> list[str]:
-    wanted = {img.role: img for img in plan.images if img.role in CHECKED and img.action != "drop"}
-    if not wanted:
-        return []
-    from ..images.barcodes import decode_all
+@dataclass
+class Expected:
+    """What one kept associated image must show: the pseudonym (a replaced label), or no
+    barcode, with `area` (a label area's regions: boxes, size) uniform."""
+    replaced: bool = False
+    area: dict | None = None
 
-    pictures = reader_pictures(adapter, written, set(wanted))
+
+def verify(adapter: Any, plan: Plan, written: Written, naming: Naming) -> list[str]:
     replaced = {e.image for e in plan.edits if isinstance(e, ReplaceImage)}
     areas = {e.image: e.regions for e in plan.label_areas()}
+    wanted = {img.role: Expected(img.index in replaced, areas.get(img.index))
+              for img in plan.images if img.role in CHECKED and img.action != "drop"}
+    if not wanted:
+        return []
+    return check(reader_pictures(adapter, written.paths, set(wanted)), wanted, naming.pseudonym)
+
+
+def check(pictures: dict[str, np.ndarray], wanted: dict[str, Expected],
+          pseudonym: str) -> list[str]:
+    """What is wrong with the pictures (by role) against what each must show."""
+    from ..images.barcodes import decode_all
+
     problems = []
-    for role, image in wanted.items():
+    for role, expected in wanted.items():
         pixels = pictures.get(role)
         if pixels is None:
             problems.append(f"the {role} image is kept but its reader does not show it")
             continue
         values = sorted({code.value for code in decode_all(pixels)})
-        if image.index in replaced:
-            if naming.pseudonym not in values:
+        if expected.replaced:
+            if pseudonym not in values:
                 problems.append(f"the new {role} image does not decode to the pseudonym")
-            if set(values) - {naming.pseudonym}:
+            if set(values) - {pseudonym}:
                 problems.append(f"the new {role} image decodes to a value other than the "
                                 "pseudonym")
             continue
         if values:
             problems.append(f"a barcode still decodes on the kept {role} image")
-        if image.index in areas:
-            problems += uniform_areas(pixels, areas[image.index], role)
+        if expected.area is not None:
+            problems += uniform_areas(pixels, expected.area, role)
     return problems
 
 
@@ -72,16 +87,16 @@ def uniform_areas(pixels: np.ndarray, area: dict, role: str) -> list[str]:
     return []
 
 
-def reader_pictures(adapter: Any, written: Written, roles: set[str]) -> dict[str, np.ndarray]:
+def reader_pictures(adapter: Any, paths, roles: set[str]) -> dict[str, np.ndarray]:
     """The pictures of `roles` as the output's reader shows them (see the module's text)."""
     pictures: dict[str, np.ndarray] = {}
     if adapter.container == "dicom":
-        pictures.update(_wsidicom(written.paths, roles))
+        pictures.update(_wsidicom(paths, roles))
     else:
-        pictures.update(_openslide(written.paths[0], roles))
+        pictures.update(_openslide(paths[0], roles))
     missing = roles - set(pictures)
     if missing:
-        pictures.update(_adapter(adapter, written, missing))
+        pictures.update(_adapter(adapter, paths, missing))
     return pictures
 
 
@@ -122,9 +137,9 @@ def _wsidicom(paths, roles: set[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def _adapter(adapter: Any, written: Written, roles: set[str]) -> dict[str, np.ndarray]:
+def _adapter(adapter: Any, paths, roles: set[str]) -> dict[str, np.ndarray]:
     try:
-        slide = adapter.read(Job(tuple(written.paths), adapter.name))
+        slide = adapter.read(Job(tuple(paths), adapter.name))
     except Exception:  # noqa: BLE001 - the container's own checks say why
         return {}
     try:
