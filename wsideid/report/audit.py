@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from ..model import Result
+from ..model import Plan, ReplaceImage, Result
 
 
 def build(results: list[Result], options: dict) -> dict:
@@ -26,6 +26,9 @@ def build(results: list[Result], options: dict) -> dict:
             if r.plan.regions:
                 entry["regions"] = r.plan.regions
                 entry["redacted"] = [e.public() for e in r.plan.redactions()]
+            pictures = associated_images(r.plan)
+            if pictures:
+                entry["associated"] = pictures
         entry["zeroed_bytes"] = r.zeroed_bytes
         slides.append(entry)
     return {"tool": "wsideid", "version": __version__,
@@ -33,6 +36,31 @@ def build(results: list[Result], options: dict) -> dict:
             "options": options, "slides": slides,
             "summary": {"ok": sum(r.status == "ok" for r in results),
                         "failed": sum(r.status != "ok" for r in results)}}
+
+
+def associated_images(plan: Plan) -> list[dict]:
+    """Per label, macro/overview and thumbnail: what became of it, the symbologies decoded on
+    it and how many lines of text OCR read there (never the values), and for a redacted
+    overview the boxes blanked (pixels of the image)."""
+    areas = {e.image: e.regions for e in plan.label_areas()}
+    replaced = {e.image for e in plan.edits if isinstance(e, ReplaceImage)}
+    out = []
+    for image in plan.images:
+        if image.role not in ("label", "macro", "overview", "thumbnail"):
+            continue
+        found = [f for f in plan.fields if f.location == image.index]
+        entry = {"image": image.index, "role": image.role, "action": image.action,
+                 "barcodes": sorted(f.name.split(":", 1)[1] for f in found
+                                    if f.name.startswith("barcode:")),
+                 "text_lines": sum(f.name == "ocr:text" for f in found)}
+        if image.index in replaced:
+            entry["new"] = "synthesized label: the pseudonym as text and as a Data Matrix"
+        if image.index in areas:
+            entry["blanked"] = {"boxes": areas[image.index]["boxes"],
+                                "size": areas[image.index]["size"],
+                                "why": areas[image.index]["why"]}
+        out.append(entry)
+    return out
 
 
 def without_source(message: str, source: Path) -> str:
