@@ -464,3 +464,30 @@ def test_printed_text_is_planted_in_pixels_only():
     nothing, which is why every test decodes pictures."""
     picture = label_picture(*LABEL_SIZE, "QRCode", 0, True)
     assert PRINTED.encode() not in picture.tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["svs", "mrxs"])
+def test_in_place_label_replaced_and_macro_redacted(tmp_path, fmt):
+    """In place, the new label and the blanked macro are patched into the slide itself (a
+    MIRAX label that outgrows its record is appended to its data file)."""
+    if fmt == "svs":
+        from fixtures.svs import SvsSpec, write_svs
+
+        src = write_svs(tmp_path / "slide.svs", SvsSpec(
+            label_pixels=label_picture(*LABEL_SIZE, "QRCode", 17),
+            macro_pixels=overview_picture(800, 300, ("left", "right"))))
+    else:
+        from fixtures.mrxs import MrxsSpec, write_mrxs
+
+        src = write_mrxs(tmp_path / "slide.mrxs", MrxsSpec(
+            label_pixels=np.full((LABEL_SIZE[1], LABEL_SIZE[0], 3), 250, np.uint8),
+            macro_pixels=overview_picture(1000, 380, ("left",))))
+    run("deid", src, "--in-place", *OPTIONS, "--report", tmp_path / "report.json", check=0)
+    [slide] = json.loads((tmp_path / "report.json").read_text())["slides"]
+    [written] = [p for p in tmp_path.iterdir() if p.name.startswith("wsi-") and p.is_file()]
+    pictures = openslide_pictures(written)
+    assert values(pictures["label"]) == [slide["pseudonym"]]
+    assert values(pictures["macro"]) == []
+    assert_uniform(pictures["macro"], blanked_of(slide, "macro"))
+    assert found_needles(all_files(tmp_path / written.name.split(".")[0]) + [written]
+                         if fmt == "mrxs" else [written], PLANTED) == {}

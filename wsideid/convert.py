@@ -262,7 +262,7 @@ class Associated:
         """The written LABEL gets the synthesized label as its pixel data (wsidicom's own way
         to give a label, `label=`, rewrites the base data set that every instance shares).
         Its header then says what it shows: the pseudonym (dicom_labels.replace_label)."""
-        from .adapters.dicom_labels import replace_written_label
+        from .adapters.dicom_rewrite import replace_written_label
 
         if self.label != "replace":
             return []
@@ -277,7 +277,7 @@ class Associated:
     def blank(self, files: list[Path]) -> list[str]:
         """The label area of the written OVERVIEW painted: found again on its own pixels
         (barcodes, bands) and united with the source overview's boxes, scaled to its size."""
-        from .adapters.dicom_labels import blank_written_overview
+        from .adapters.dicom_rewrite import blank_written_overview
         from .images.overview import OverviewNotCleared, redact_overview
 
         if self.overview != "redact":
