@@ -120,12 +120,16 @@ def test_gt450_svs_label_replaced_and_macro_redacted(tmp_path):
 
 def test_ome_tiff_label_and_macro_images(tmp_path):
     """OME-TIFF: tifffile shows the label and macro Images; their OME-XML Pixels still say
-    what the TIFF pages hold."""
+    what the TIFF pages hold, and a plane's hash of the old pixels does not survive."""
     import tifffile
 
-    from fixtures.ometiff import write_ome_tiff
+    from fixtures.ometiff import ome_xml, write_ome_tiff
 
-    src = write_ome_tiff(tmp_path / "slide.ome.tif",
+    xml = ome_xml(1024, 768, True, label=LABEL_SIZE)
+    at = xml.index("</TiffData>", xml.index('<Image ID="Image:1"')) + len("</TiffData>")
+    xml = (xml[:at] + '<Plane TheZ="0" TheT="0" TheC="0"><HashSHA1>'
+           + "0123456789abcdef" * 2 + "01234567</HashSHA1></Plane>" + xml[at:])
+    src = write_ome_tiff(tmp_path / "slide.ome.tif", xml=xml,
                          label_pixels=label_picture(*LABEL_SIZE, "PDF417", 0),
                          macro_pixels=overview_picture(800, 300, ("right",)))
     out = tmp_path / "out"
@@ -144,6 +148,7 @@ def test_ome_tiff_label_and_macro_images(tmp_path):
     for name, (w, h) in (("label", LABEL_SIZE), ("macro", (800, 300))):
         image = re.search(rf'<Image [^>]*Name="{name}".*?</Image>', xml, re.S).group(0)
         assert f'SizeX="{w}"' in image and f'SizeY="{h}"' in image and 'Type="uint8"' in image
+        assert 'SizeC="3"' in image and "HashSHA1" not in image
 
 
 # ---------------------------------------------------------------- MIRAX
