@@ -496,3 +496,28 @@ def test_in_place_label_replaced_and_macro_redacted(tmp_path, fmt):
     assert_uniform(pictures["macro"], blanked_of(slide, "macro"))
     assert found_needles(all_files(tmp_path / written.name.split(".")[0]) + [written]
                          if fmt == "mrxs" else [written], PLANTED) == {}
+
+
+def test_convert_mirax_overview_is_the_macro_blanked(tmp_path):
+    """MIRAX has two overviews (the macro and the whole-slide picture, of other sizes): the
+    converted OVERVIEW is the macro, blanked where the macro's label is."""
+    from fixtures.mrxs import MrxsSpec, write_mrxs
+
+    src = write_mrxs(tmp_path / "slide.mrxs", MrxsSpec(
+        label_pixels=label_picture(*LABEL_SIZE, "QRCode", 17),
+        macro_pixels=overview_picture(1000, 380, ("left",)),
+        overview_pixels=overview_picture(900, 300, ("right",))))
+    out = tmp_path / "out"
+    run("convert", src, "--to", "dicom", "-o", out, *OPTIONS, "--allow-transcode", check=0)
+    slide = report_of(out)
+    pictures = wsidicom_pictures(out / slide["output"])
+    assert values(pictures["label"]) == [slide["pseudonym"]]
+    overview = pictures["overview"]
+    assert overview.shape[:2] == (380, 1000) and values(overview) == []
+    part = overview[4:376, 4:240].reshape(-1, 3).astype(int)
+    assert (part.max(axis=0) - part.min(axis=0)).max() <= UNIFORM_TOLERANCE
+    # the macro's right end is glass: left as it was (the whole-slide picture's label sits
+    # there, and its boxes are not the macro's)
+    glass = overview[40:340, 800:990].reshape(-1, 3).astype(int)
+    assert (glass.max(axis=0) - glass.min(axis=0)).max() > UNIFORM_TOLERANCE
+    assert found_needles(all_files(out), PLANTED) == {}

@@ -247,11 +247,15 @@ class Associated:
                 out.label = action
             elif image.role in ("macro", "overview"):
                 out.overview = action
+        areas = {}
         for new in new_images:
             if isinstance(new, ReplaceImage):
                 out.new = new
             else:
-                out.area = new
+                areas[new.regions["role"]] = new
+        # wsidicomizer's OVERVIEW is the image readers show as the macro (MIRAX also has a
+        # whole-slide overview, another picture of another size)
+        out.area = areas.get("macro") or areas.get("overview")
         if out.label == "replace" and out.new is None:
             out.label = "drop"
         if out.overview == "redact" and out.area is None:
