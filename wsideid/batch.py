@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from . import adapters, catalog
+from . import adapters, associated, catalog
 from .containers.output import Target
 from .errors import InstallError, OutputError, SlideError, VerificationError
 from .journal import Journal, Record, Superseded, brief_of, stat_outputs, task_lease
@@ -269,6 +269,9 @@ def entry_of(result: Result, outdir: Path | None, subject: str = "") -> dict:
         if plan.regions:
             entry["regions"] = plan.regions
             entry["redacted"] = [e.public() for e in plan.redactions()]
+        pictures = associated.report_entries(plan)
+        if pictures:
+            entry["associated"] = pictures
     if result.status == "ok" and result.plan is not None and result.plan.empty is None:
         entry["verification"] = {"result": "passed"}
     elif result.status == "failed":

@@ -762,6 +762,9 @@ def convert(
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
     macro: str = MacroOpt,
+    strict: bool = StrictOpt,
+    macro_region: Optional[str] = MacroRegionOpt,
+    ocr: bool = OcrOpt,
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
     allow_transcode: bool = typer.Option(False, "--allow-transcode", help="Accept re-encoded tiles when the lossless path is unavailable."),
@@ -773,7 +776,8 @@ def convert(
     if to != "dicom":
         fail("--to: only dicom is supported")
     keyring = make_keyring(key_file)
-    policy = make_policy(dates, keep_device_id, label, macro, keyring)
+    policy = make_policy(dates, keep_device_id, label, macro, keyring, strict=strict,
+                         macro_region=parse_region(macro_region), ocr=ocr)
     if map_file is not None and batch.inside(map_file, outdir):
         fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
     prepare_outdir(outdir)

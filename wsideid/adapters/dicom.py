@@ -25,7 +25,7 @@ from ..dates import DICOM as DICOM_DATES
 from ..errors import SlideError
 from ..images import codestreams
 from ..keyring import Keyring
-from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceImage, ReplaceRun, Runs
+from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy, decide
 from .base import Adapter, Probe
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from ..containers.dicom.io import PixelElement
+    from .dicom_labels import NewPixels
 
 DICM_OFFSET = 128  # PS3.10 7.1: 128-byte preamble, then "DICM"
 
@@ -424,6 +425,7 @@ class InstanceOut:
     image: Image
     name: str = ""          # file name in the output folder
     pixels: PixelElement | None = None
+    new_pixels: NewPixels | None = None   # a replaced label's own pixel data
 
 
 class DicomSeries:
@@ -600,7 +602,15 @@ class DicomAdapter(Adapter):
             elif screen:
                 locate_and_screen(out, fields, edits)
             outputs.append(out)
-        plan = Plan(self.format_name, images, fields, edits=edits, output=outputs)
+        new_images = [n for n in new_images if any(o.image.index == n.image for o in outputs)]
+        if new_images:
+            from . import dicom_labels
+
+            by_index = {o.image.index: o for o in outputs}
+            for new in new_images:
+                dicom_labels.apply(by_index[new.image], new, naming.pseudonym, fields, edits)
+        plan = Plan(self.format_name, images, fields, edits=edits + list(new_images),
+                    output=outputs)
         if policy.redaction is not None and outputs:
             from . import dicom_regions
 
@@ -662,13 +672,16 @@ class DicomWriter:
         self.folder.mkdir()
 
     def finish(self, plan: Plan) -> Written:
-        from ..containers.dicom.writer import copy_pixels_after_header, write_instance
+        from ..containers.dicom.writer import (copy_pixels_after_header, write_instance,
+                                               write_new_pixels)
 
         written = []
-        if any(isinstance(e, ReplaceImage) for e in plan.edits):
-            raise SlideError("replacing whole images is not supported yet")
         for out in plan.output:
             path = self.folder / out.name
+            if out.new_pixels is not None:   # a synthesized label: a header and its pixels
+                write_new_pixels(out.header, path, out.new_pixels.frames, out.new_pixels.native)
+                written.append(path)
+                continue
             # frames a region painted (planned; they were cleaned as they were painted)
             painted = {e.run for e in plan.edits if isinstance(e, ReplaceRun)
                        and e.image == out.image.index}

@@ -261,7 +261,7 @@ class TiffAdapter(Adapter):
                 data = encode.encode(new.pixels[top:top + span], codec, colorspace, predictor,
                                      subsampling if colorspace == "ycbcr" else None)
             else:
-                boxes, pixels = new.regions
+                boxes, pixels = new.regions["boxes"], new.regions["_pixels"]
                 mask = encode.boxes_mask(boxes, span, width, top)
                 if not mask.any():
                     continue
