@@ -540,6 +540,9 @@ def scan(
 
 
 def main() -> None:
+    from .library_warnings import withhold_everywhere
+
+    withhold_everywhere()
     try:
         app()
     except InstallError as exc:
