@@ -40,8 +40,8 @@ COLOUR_TAGS: dict[bytes, set[bytes]] = {
 }
 MATRIX_TRC = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")
 PARAMETRIC_COUNTS = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}   # ICC.1:2010 10.18, Table 65
-ASCII_RUN = re.compile(rb"[\x20-\x7e]{4,}")
-UTF16_RUN = re.compile(rb"(?:\x00[\x20-\x7e]){4,}")
+ASCII_RUN = re.compile(rb"[\x20-\x7e]{5,}")
+UTF16_RUN = re.compile(rb"(?:\x00[\x20-\x7e]){5,}")
 # s15Fixed16 values of colorimetry are small; text read as numbers is not (0x20.. per byte)
 MAX_FIXED = 16.0
 
@@ -295,7 +295,8 @@ def _text_of(data: bytes) -> list[str]:
         runs = []
     runs += [m.group(0).decode("ascii") for m in ASCII_RUN.finditer(body)]
     runs += [m.group(0).decode("utf-16-be") for m in UTF16_RUN.finditer(body)]
-    found = {run.strip() for run in runs if len(run.strip()) >= 4}
+    # runs of four characters are tag and type signatures (which the rebuilt profile uses too)
+    found = {run.strip() for run in runs if len(run.strip()) >= 5}
     # a counted string read as a run starts with its count byte: the string alone is enough
     return sorted(run for run in found if run[1:] not in found)
 

@@ -25,24 +25,26 @@ def needle_forms(needle: str) -> set[bytes]:
     return forms
 
 
-def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE) -> list[str]:
+def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE, written=()) -> list[str]:
     """Needles worth searching: every removed value long enough to mean something, unless the
     output holds it on purpose as a whole: a kept value equal to it (AppMag kept in level 0 and
     removed with a dropped label's description), or a number, or a single word, that is a whole
     token of a kept value (kept values are checked against their grammars, so such a word is
     one of a format's vocabulary: "slide" of "Slide zoom level"). A removed value inside a kept
     one in any other way (a name in a model string) is searched for, so that its survival fails
-    verification instead of being skipped."""
+    verification instead of being skipped. Inside a value the tool wrote itself (a dummy, a
+    pseudonym, a shifted date) a removed value is a coincidence of digits: skipped."""
     kept = {k.strip().lower() for k in kept_texts if k}
     kept_numbers = {n for k in kept for n in NUMBER_TOKEN.findall(k)}
     kept_words = {w for k in kept for w in WORD_TOKEN.findall(k)}
+    own = [w.lower() for w in written if w]
     out = set()
     for value in values:
         value = value.strip().strip("\x00")
         if len(value) < min_len:
             continue
         low = value.lower()
-        if (low in kept or low in PLACEHOLDERS
+        if (low in kept or low in PLACEHOLDERS or any(low in w for w in own)
                 or (BARE_NUMBER.fullmatch(value) and value in kept_numbers)
                 or (value.isalpha() and low in kept_words)):
             continue

@@ -12,12 +12,35 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import SlideError
+
 XSD = "{http://www.w3.org/2001/XMLSchema}"
 OME_2016 = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
 # the namespaces of OME-XML versions a reader may meet; the output is validated against 2016-06
 OME_NAMESPACES = {f"http://www.openmicroscopy.org/Schemas/OME/{v}"
                   for v in ("2016-06", "2015-01", "2013-06", "2012-06", "2011-06", "2010-06")}
 QUOTED = re.compile(r"'([^']*)'")
+DOCTYPE = re.compile(r"<!DOCTYPE", re.IGNORECASE)
+
+
+def parse_ome(text: str):
+    from lxml import etree
+
+    if DOCTYPE.search(text):
+        raise SlideError("OME-XML declares a DOCTYPE: entity declarations are refused")
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                             huge_tree=False)
+    try:
+        root = etree.fromstring(text.encode("utf-8"), parser)
+    except etree.XMLSyntaxError as exc:
+        # the parser's message quotes element names, which are the slide's text (and errors go
+        # into the audit report): only where it broke
+        line, column = getattr(exc, "position", (0, 0)) or (0, 0)
+        raise SlideError(f"OME-XML is not well-formed (line {line}, column {column})") from exc
+    qn = etree.QName(root)
+    if qn.localname != "OME" or qn.namespace not in OME_NAMESPACES:
+        raise SlideError("ImageDescription mentions OME but its root is not an OME element")
+    return root
 
 
 def schema_path() -> Path | None:
@@ -158,8 +181,6 @@ def enumeration_pattern(element: str, attribute: str) -> re.Pattern | None:
 def schema_errors(xml: str) -> list[str]:
     """Why `xml` is not valid OME (empty when it is, or when no schema is installed), in the
     schema's words only: where (element path, attribute) and which rule, never a value."""
-    from .ometiff import parse_ome
-
     schema = ome_schema()
     if schema is None:
         return []

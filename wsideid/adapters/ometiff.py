@@ -20,7 +20,7 @@ from ..images.shape import reduced_copy
 from ..model import KEPT, Field, Plan
 from ..policy import decide
 from . import ome_schema as vocabulary
-from .ome_schema import OME_NAMESPACES, ome_schema, schema_errors  # noqa: F401 - re-exported
+from .ome_schema import OME_NAMESPACES, ome_schema, parse_ome, schema_errors  # noqa: F401 - re-exported
 from .tiff import TiffAdapter, TiffPlanning, TiffSlide
 
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
@@ -36,7 +36,6 @@ DEVICE_ATTRIBUTES = {"SerialNumber", "LotNumber"}
 FREE_TEXT_ATTRIBUTES = {"Name", "FirstName", "MiddleName", "LastName", "Email", "Institution",
                         "UserName", "FileName", "SerialNumber", "LotNumber", "Text", "Namespace"}
 NOT_IN_CATALOG = "attribute not in the catalog"
-DOCTYPE = re.compile(r"<!DOCTYPE", re.IGNORECASE)
 # Elements whose content is text (the rest hold elements only): UUID (replaced).
 TEXT_ELEMENTS = {"UUID"}
 ANNOTATION_TYPES = {"XMLAnnotation", "FileAnnotation", "ListAnnotation", "LongAnnotation",
@@ -48,26 +47,6 @@ def looks_like_ome(tiff: TiffFile) -> bool:
     text = tiff.ifds[0].text(270) or ""
     head = text[:4096]
     return "<OME" in head and "openmicroscopy.org/Schemas/OME" in head
-
-
-def parse_ome(text: str):
-    from lxml import etree
-
-    if DOCTYPE.search(text):
-        raise SlideError("OME-XML declares a DOCTYPE: entity declarations are refused")
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                             huge_tree=False)
-    try:
-        root = etree.fromstring(text.encode("utf-8"), parser)
-    except etree.XMLSyntaxError as exc:
-        # the parser's message quotes element names, which are the slide's text (and errors go
-        # into the audit report): only where it broke
-        line, column = getattr(exc, "position", (0, 0)) or (0, 0)
-        raise SlideError(f"OME-XML is not well-formed (line {line}, column {column})") from exc
-    qn = etree.QName(root)
-    if qn.localname != "OME" or qn.namespace not in OME_NAMESPACES:
-        raise SlideError("ImageDescription mentions OME but its root is not an OME element")
-    return root
 
 
 def _qname(el):
