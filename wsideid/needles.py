@@ -8,9 +8,10 @@ from pathlib import Path
 CHUNK = 64 << 20
 MIN_NEEDLE = 4
 BARE_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
-# values that say a field is empty: no identifier, and words kept values use ("--- none ---")
-PLACEHOLDERS = {"none", "null", "n/a", "unknown", "empty", "default", "true", "false"}
-WORD_TOKEN = re.compile(r"(?<![a-z0-9])[a-z]+(?![a-z0-9])")
+# values that say a field is empty or unnamed: no identifier, and words kept values use
+# ("--- none ---", "Slide zoom level")
+PLACEHOLDERS = {"none", "null", "n/a", "unknown", "empty", "default", "true", "false", "slide",
+                "image"}
 NUMBER_TOKEN = re.compile(r"(?<![\d.])[+-]?\d+(?:\.\d+)?(?![\d.])")
 
 
@@ -28,15 +29,13 @@ def needle_forms(needle: str) -> set[bytes]:
 def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE, written=()) -> list[str]:
     """Needles worth searching: every removed value long enough to mean something, unless the
     output holds it on purpose as a whole: a kept value equal to it (AppMag kept in level 0 and
-    removed with a dropped label's description), or a number, or a single word, that is a whole
-    token of a kept value (kept values are checked against their grammars, so such a word is
-    one of a format's vocabulary: "slide" of "Slide zoom level"). A removed value inside a kept
-    one in any other way (a name in a model string) is searched for, so that its survival fails
-    verification instead of being skipped. Inside a value the tool wrote itself (a dummy, a
-    pseudonym, a shifted date) a removed value is a coincidence of digits: skipped."""
+    removed with a dropped label's description), or a number that is a whole number of a kept
+    value, or a placeholder ("None", "slide"). A removed value inside a kept one in any other
+    way (a name in a model string) is searched for, so that its survival fails verification
+    instead of being skipped. Inside a value the tool wrote itself (a dummy, a pseudonym, a
+    shifted date) a removed value is a coincidence of digits: skipped."""
     kept = {k.strip().lower() for k in kept_texts if k}
     kept_numbers = {n for k in kept for n in NUMBER_TOKEN.findall(k)}
-    kept_words = {w for k in kept for w in WORD_TOKEN.findall(k)}
     own = [w.lower() for w in written if w]
     out = set()
     for value in values:
@@ -45,8 +44,7 @@ def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE, written=()) -> list
             continue
         low = value.lower()
         if (low in kept or low in PLACEHOLDERS or any(low in w for w in own)
-                or (BARE_NUMBER.fullmatch(value) and value in kept_numbers)
-                or (value.isalpha() and low in kept_words)):
+                or (BARE_NUMBER.fullmatch(value) and value in kept_numbers)):
             continue
         out.add(value)
     return sorted(out)
