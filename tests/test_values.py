@@ -275,12 +275,15 @@ def test_svs_kept_keys_binary_values_and_relaxed_options(tmp_path):
     add_tag(src, 0, 320, 3, spelled(f"{NAME} {MRN} ", 768))
     add_tag(src, 0, 301, 3, spelled(f"{NAME} {MRN} ", 256))
     add_tag(src, 0, 291, 3, spelled(f"{NAME} {MRN} ", 256))
-    out, hits = deid_and_search(src, tmp_path, "--dates", "shift", "--keep-device-id")
+    add_tag(src, 0, 318, 5, spelled("Zebulon ", 4, 4))          # WhitePoint: 2 rationals
+    add_tag(src, 0, 532, 5, spelled("Quackenbush 4711-0815 ", 12, 4))  # ReferenceBlackWhite
+    out, hits = deid_and_search(src, tmp_path, "--dates", "shift", "--keep-device-id",
+                                needles=NEEDLES + ["Zebulon "])
     assert hits == {}
     [dst] = released(out)
     with tifffile.TiffFile(dst) as tf:
         tags = tf.pages[0].tags
-        assert 320 not in tags and 301 not in tags and 291 not in tags
+        assert not {320, 301, 291, 318, 532} & set(tags.keys())
         assert tags[34675].value[36:40] == b"acsp"       # the rebuilt profile stays
         kept = tf.pages[0].description
     assert "AppMag = 20" in kept and "MPP = 0.499" in kept

@@ -26,7 +26,7 @@ TYPES = {
     "codec": re.compile(r"JPEG|PNG|BMP24|JPEG2000|JPEGXR|RAW"),   # MIRAX image formats
     "boolean": re.compile(r"true|false|0|1"),
     # OME IDs once made canonical (adapters/ometiff.py): the element's type and small indices
-    "lsid": re.compile(r"[A-Z][A-Za-z]{1,31}(:\d{1,4}){1,4}"),
+    "lsid": re.compile(r"[A-Z][A-Za-z]{1,31}(:Resolution)?(:\d{1,4}){1,4}"),
     # a binary TIFF tag's value is checked by its field type, count and its own rule
     # (adapters/tiff.py); as text it is nothing
     "binary": re.compile(r""),

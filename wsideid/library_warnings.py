@@ -15,13 +15,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
+API_NOTICES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
 @dataclass
 class Withheld:
     caught: list = field(default_factory=list)
 
     def summary(self) -> list[str]:
-        """One line per library: how many warnings it raised (their text withheld)."""
-        counts = Counter(_library(w) for w in self.caught)
+        """One line per library: how many warnings it raised (their text withheld).
+        Deprecation notices are about the library's own API, not the slide: not counted."""
+        counts = Counter(_library(w) for w in self.caught
+                         if not issubclass(w.category, API_NOTICES))
         return [f"{n} warning(s) from {library} about the slide's values (their text is not "
                 "shown: it may quote the slide)" for library, n in sorted(counts.items())]
 

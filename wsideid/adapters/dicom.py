@@ -339,7 +339,7 @@ class DicomPlanner:
             if elem.VR in ("DA", "DT", "TM") and elem.value:
                 # a date or time: the date policy (PS3.15 Retain Longitudinal ... Modified Dates)
                 kind = "date" if elem.VR in ("DA", "DT") else "time"
-                entry = catalog.Entry(name, "date", why, "date" if kind == "date" else "text")
+                entry = catalog.Entry(name, "date", why, "date" if kind == "date" else "dicom_time")
                 decided = decide(entry, str(elem.value), self.policy, name=name, where=path,
                                  date_format=DICOM_DATES)
                 if decided.action == "date":

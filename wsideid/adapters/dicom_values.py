@@ -101,7 +101,9 @@ def _text(keyword: str, values: list[str]) -> Verdict:
     if rule is None:
         return Verdict("remove", why="free text (no grammar says what it may hold)")
     pattern, dummy = grammar(rule["type"]), rule.get("dummy")
-    good = [v for v in values if v == dummy or (pattern is not None and pattern.fullmatch(v.strip()))]
+    # "Unknown" (wsidicomizer's word for a missing equipment value) says nothing either
+    good = [v for v in values if v == dummy or (dummy is not None and v.lower() == "unknown")
+            or (pattern is not None and pattern.fullmatch(v.strip()))]
     if len(good) == len(values):
         return KEEP
     if good:

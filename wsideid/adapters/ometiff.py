@@ -100,7 +100,8 @@ ID_TYPES = {"InstrumentRef": "Instrument", "AnnotationRef": "Annotation",
                 "XMLAnnotation", "FileAnnotation", "ListAnnotation", "LongAnnotation",
                 "DoubleAnnotation", "CommentAnnotation", "BooleanAnnotation",
                 "TimestampAnnotation", "TagAnnotation", "TermAnnotation", "MapAnnotation")}}
-CANONICAL_INDEX = r"(:\d{1,4}){1,4}"
+# Type:n[:m...]; Bio-Formats names its pyramid annotations Annotation:Resolution:n
+CANONICAL_INDEX = r"(:Resolution)?(:\d{1,4}){1,4}"
 
 
 class CanonicalIds:
@@ -323,7 +324,7 @@ class XmlCleaner:
                 rule = catalog.Entry(name, "remove", NOT_IN_CATALOG)   # a foreign namespace's
             elif name in DEVICE_ATTRIBUTES:
                 rule = catalog.Entry(name, "device", "serial or lot number; kept only with "
-                                     "--keep-device-id")
+                                     "--keep-device-id", "serial")
             elif name in allowed:
                 kind = attribute_type(local, name)
                 # enumerations and units: the values the schema allows for this attribute

@@ -3,7 +3,9 @@ count are not enough when the count can be anything, or the bytes can be anythin
 
 A catalog entry of a binary tag names its rule in `type`: `icc` (the profile is rebuilt from
 its colour-defining tags, wsideid/icc.py), `colormap` (a palette, kept only for palette
-images), `mcu_starts` (NDPI restart-marker offsets: increasing, inside the level's JPEG).
+images), `mcu_starts` (NDPI restart-marker offsets: increasing, inside the level's JPEG),
+`chromaticity` and `reference_black_white` (numbers in their range: 48 bytes of rationals
+could otherwise spell a name).
 Any other kept binary tag must have a fixed count (tiff-tags.toml) or it is removed.
 """
 from __future__ import annotations
@@ -74,4 +76,37 @@ def _mcu_starts(tag: Tag, ifd: Ifd, bo: str) -> Verdict:
     return Verdict()
 
 
-RULES = {"icc": _icc, "colormap": _colormap, "mcu_starts": _mcu_starts}
+def _rationals(tag: Tag, bo: str) -> np.ndarray | None:
+    """Numerators and denominators of a RATIONAL value (None for any other type)."""
+    if tag.dtype != 5:
+        return None
+    return np.frombuffer(tag.data, dtype=np.dtype("u4").newbyteorder(bo)).astype(np.int64).reshape(-1, 2)
+
+
+def _bounded(tag: Tag, bo: str, top: float, largest: int) -> Verdict:
+    """Each value in [0, top], its numerator and denominator (or the integer) at most
+    `largest`: text read as 32-bit numbers is far larger (0x20202020 and up)."""
+    pairs = _rationals(tag, bo)
+    if pairs is not None:
+        num, den = pairs[:, 0], pairs[:, 1]
+        if (den == 0).any() or (num > largest).any() or (den > largest).any() or (num > top * den).any():
+            return Verdict("values out of their range (or text stored as numbers)")
+        return Verdict()
+    values = tag.values(bo).astype(np.float64)
+    if (values < 0).any() or (values > top).any():
+        return Verdict("values out of their range (or text stored as numbers)")
+    return Verdict()
+
+
+def _chromaticity(tag: Tag, ifd: Ifd, bo: str) -> Verdict:
+    """White point, primaries, YCbCr coefficients: fractions between 0 and 1."""
+    return _bounded(tag, bo, 1.0, 1 << 24)
+
+
+def _reference_black_white(tag: Tag, ifd: Ifd, bo: str) -> Verdict:
+    """Black and white reference codes of each component (TIFF 6.0 section 20): 0 to 65535."""
+    return _bounded(tag, bo, 65535.0, 1 << 16)
+
+
+RULES = {"icc": _icc, "colormap": _colormap, "mcu_starts": _mcu_starts,
+         "chromaticity": _chromaticity, "reference_black_white": _reference_black_white}
