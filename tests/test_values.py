@@ -509,6 +509,22 @@ def test_dicom_codes_equipment_and_code_strings(tmp_path):
         "Brightfield illumination"
 
 
+def test_dicom_malformed_icc_profile_refuses_the_slide(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def edit(ds):
+        path = Dataset()
+        path.OpticalPathIdentifier = "1"
+        path.ICCProfile = b"\0" * 64 + NAME.encode() + b"\0" * 13
+        ds.OpticalPathSequence = Sequence([path])
+
+    folder = _dicom(tmp_path, edit)
+    out, hits = deid_and_search(folder, tmp_path, check=2)
+    assert hits == {}
+    assert released(out) == [] if out.exists() else True
+
+
 def test_dicom_library_warnings_and_retained_uids_quote_nothing(tmp_path):
     """A UID holding letters: pydicom warns with the value (withheld from stderr), and even
     under --retain-uids it is no UID to keep."""

@@ -53,7 +53,7 @@ class IccError(ValueError):
 @dataclass
 class Cleaned:
     data: bytes                 # the rebuilt profile
-    dropped: list[str]          # signatures of the tags left out (reported, never their text)
+    dropped: list[str]          # signatures of the tags left out, in hex (counted in reports)
     texts: list[str]            # text found in the profile's text tags (searched for in output)
 
 
@@ -83,12 +83,13 @@ def clean(profile: bytes) -> Cleaned:
     for signature, data in _tags(profile):
         allowed = COLOUR_TAGS.get(signature)
         if allowed is None:
-            dropped.append(_printable_signature(signature))
+            dropped.append(signature.hex())   # counted in reports, never shown as text
             texts += [t for t in _text_of(data) if t not in (NEUTRAL_DESCRIPTION, NEUTRAL_COPYRIGHT)]
             continue
         kind_of_data = data[:4]
         if kind_of_data not in allowed:
-            raise IccError(f"tag {_printable_signature(signature)} has an unexpected type")
+            # named by the ICC's own signature table, never by the slide's bytes
+            raise IccError(f"tag {signature.decode('ascii')} has an unexpected type")
         _check_tag(kind_of_data, data)
         kept[signature] = data
     if not (all(s in kept for s in MATRIX_TRC) or b"kTRC" in kept
@@ -299,11 +300,6 @@ def _text_of(data: bytes) -> list[str]:
     found = {run.strip() for run in runs if len(run.strip()) >= 5}
     # a counted string read as a run starts with its count byte: the string alone is enough
     return sorted(run for run in found if run[1:] not in found)
-
-
-def _printable_signature(signature: bytes) -> str:
-    text = signature.decode("latin-1")
-    return text if text.isalnum() or text.strip().isalnum() else signature.hex()
 
 
 def _description(major: int, text: str) -> bytes:

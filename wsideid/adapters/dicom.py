@@ -257,6 +257,10 @@ class DicomPlanner:
             # every instance of the series and every reference
             verdict = dicom_values.Verdict("replace", self.keyring.identifier(
                 "optical path", _text(elem)), why="not a small number: a keyed identifier instead")
+        if int(elem.tag) == dicom_values.ICC_PROFILE and verdict.action == "remove":
+            # a colour optical path requires its profile (Type 1C): no valid instance without it
+            raise SlideError(f"{path}: {verdict.why}; the instance cannot be valid without a "
+                             "profile, so the slide is refused")
         if elem.VR == "UI" and verdict.action == "remove":   # not a UID: mapped like the others
             values = dicom_values.values_of(elem)
             new = [self.keyring.uid(v) for v in values]
