@@ -281,9 +281,13 @@ def test_decide_device_identity_and_fragments():
     from wsideid.catalog import Entry
     from wsideid.policy import Policy, decide
 
-    serial = Entry("ScanScope ID", "device", "scanner serial")
+    serial = Entry("ScanScope ID", "device", "scanner serial", "serial")
     assert decide(serial, "SS1234", Policy(), name="s", where="w").action == "remove"
     assert decide(serial, "SS1234", Policy(keep_device_id=True), name="s", where="w").action == "keep"
+    # kept with --keep-device-id only in a serial's shape; free text never
+    assert decide(serial, "Jane Roe", Policy(keep_device_id=True), name="s", where="w").action == "remove"
+    untyped = Entry("Notes", "keep", "no type")
+    assert decide(untyped, "anything", Policy(), name="n", where="w").action == "remove"
     fragment = decide(Entry("AppMag", "keep", "", "number"), None, Policy(), name="a:DOE JANE", where="w")
     assert (fragment.action, fragment.value, fragment.known) == ("remove", "DOE JANE", False)
     marker = decide(Entry(";NDP Shading Data", "keep", "heading", "marker"), None, Policy(),

@@ -1004,6 +1004,9 @@ def _sources(map_file: Path, outdir: Path) -> dict[str, Path]:
 
 
 def main() -> None:
+    from .library_warnings import withhold_everywhere
+
+    withhold_everywhere()
     try:
         app()
     except InstallError as exc:

@@ -28,6 +28,7 @@ from .containers.files import Staging
 from .dates import DICOM as DICOM_DATES
 from .errors import SlideError, VerificationError
 from .keyring import Keyring
+from .library_warnings import withheld
 from .model import Field, Image, Job, Plan, RedactImage, ReplaceImage, Result
 from .policy import Policy, decide
 from .verify import checks
@@ -53,6 +54,16 @@ def lossless_available() -> str | None:
 
 def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             allow_transcode: bool = False) -> Result:
+    """Convert and de-identify one slide; libraries' warnings counted, never printed."""
+    with withheld() as caught:
+        result = _convert(job, policy, keyring, outdir, allow_transcode)
+    if result.plan is not None:
+        result.plan.warnings += caught.summary()
+    return result
+
+
+def _convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
+             allow_transcode: bool = False) -> Result:
     from pydicom.uid import UID
     from wsidicomizer import WsiDicomizer
 
@@ -111,7 +122,8 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             raise SlideError(f"cannot convert: the slide's metadata has no {missing}, which "
                              "wsidicomizer needs to build a DICOM WSI series") from exc
         except Exception as exc:  # noqa: BLE001 - wsidicomizer raises many types
-            raise SlideError(f"wsidicomizer could not convert the slide: {exc}") from exc
+            # its message may quote the slide's metadata: the kind of failure only
+            raise SlideError(f"wsidicomizer could not convert the slide ({type(exc).__name__})") from exc
         folder = staging.path / pseudonym
         folder.mkdir()
         files = []

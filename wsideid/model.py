@@ -190,6 +190,11 @@ class Plan:
         return [f.new_value or f.value for f in self.fields
                 if f.action in ("keep", "date", "replace")]
 
+    def written_values(self) -> list[str]:
+        """Values the tool wrote itself (pseudonyms, dummies, transformed dates)."""
+        return [f.new_value for f in self.fields
+                if f.action in ("date", "replace") and f.new_value]
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for f in self.fields:

@@ -5,6 +5,7 @@ have), and OpenSlide's levels."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -194,13 +195,22 @@ def dciodvfy_errors(path: Path) -> set[str] | None:
     exe = shutil.which("dciodvfy")
     if exe is None:
         return None
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
-    lines = (proc.stdout + proc.stderr).splitlines()
+    proc = subprocess.run([exe, str(path)], capture_output=True, timeout=300)
+    # dciodvfy prints values in the file's own character set: read as bytes, never decoded
+    # as UTF-8 (a Latin-1 name would stop the check)
+    lines = (proc.stdout + proc.stderr).decode("latin-1").splitlines()
     return {_normalise(line) for line in lines if line.startswith("Error")}
 
 
+# dciodvfy quotes values (`LO [1] = <value>`, `enumerated value <value>`, `= 'c'`); messages
+# go to stderr and the report, so only the dictionary's words stay: element and module names
+VALUE_IN_ANGLES = re.compile(r"(?<!Element=)(?<!Module=)(?<!attribute )<[^<>]*>")
+VALUE_IN_QUOTES = re.compile(r"(?<== )'[^']*'")
+
+
 def _normalise(line: str) -> str:
-    return line.split(" - ", 1)[-1].strip()
+    line = line.split(" - ", 1)[-1].strip()
+    return VALUE_IN_QUOTES.sub("'…'", VALUE_IN_ANGLES.sub("<…>", line))
 
 
 def _check_dciodvfy(after: set[str] | None, before: Future, name: str,

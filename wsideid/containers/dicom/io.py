@@ -40,7 +40,8 @@ def read_header(path: Path) -> tuple[pydicom.Dataset, int]:
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
             return ds, fh.tell()
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        raise SlideError(f"not a readable DICOM file: {exc}") from exc
+        # pydicom's messages may quote the header's bytes (the slide's text): the kind only
+        raise SlideError(f"not a readable DICOM file ({type(exc).__name__})") from exc
 
 
 def locate_pixels(path: Path, start: int) -> PixelElement:
