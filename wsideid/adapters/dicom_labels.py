@@ -36,7 +36,9 @@ TILING = ("PerFrameFunctionalGroupsSequence", "LossyImageCompressionRatio",
 # area is blanked, NO is what is true (the rule; PS3.15 E.1.1 asks that a de-identified
 # image say whether identifying text is burned in). This one finding is expected, and the
 # verification tolerates it on such an instance only.
-DCIODVFY_BLANKED_OVERVIEW = "<SpecimenLabelInImage> = <NO>"
+# (dciodvfy output is normalised before it is compared: values, here <NO>, read <…>)
+DCIODVFY_BLANKED_OVERVIEW = ("required to be YES for OVERVIEW or LABEL image - attribute "
+                             "<SpecimenLabelInImage>")
 
 
 @dataclass

@@ -15,10 +15,13 @@ chains of all tiles at once with numpy and only flags streams that need a closer
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 
 import numpy as np
+
+from ..errors import SlideError
 
 JFIF_LENGTH = 16     # the segment's length field: "JFIF\0", version, units, densities, 0x0 thumbnail
 ADOBE_LENGTH = 14    # "Adobe", version, flags0, flags1, transform
@@ -401,10 +404,11 @@ WINDOW = 64 << 20
 
 
 def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, screen) -> np.ndarray:
-    """Apply a vectorised screen to byte runs of a file, one bounded mmap window at a time.
+    """Apply a vectorised screen to byte runs of a file, one bounded window at a time.
 
-    Windows keep the resident set small (a whole-file mapping would count every touched page
-    of a multi-GB slide as resident memory)."""
+    Windows keep memory small. They are read with pread, not mapped: a mapped file that
+    shrinks while it is read kills the process with SIGBUS, and a mapping cannot be closed
+    while a view of it waits for the garbage collector (Dask workers defer collection)."""
     flags = np.zeros(len(offs), dtype=bool)
     live = np.nonzero(cnts > 0)[0]
     if live.size == 0:
@@ -412,17 +416,36 @@ def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, scr
     order = live[np.argsort(offs[live], kind="stable")]
     start = 0
     while start < len(order):
-        base = int(offs[order[start]]) // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+        base = int(offs[order[start]])
         end_limit = base + WINDOW
         stop = start + 1
         while stop < len(order) and offs[order[stop]] + cnts[order[stop]] <= end_limit:
             stop += 1
         chunk = order[start:stop]
         hi = int((offs[chunk] + cnts[chunk]).max())
-        with mmap.mmap(fd, hi - base, offset=base, access=mmap.ACCESS_READ) as mm:
-            mm.madvise(mmap.MADV_WILLNEED)  # one large read-ahead instead of a fault per tile
-            view = np.frombuffer(mm, dtype=np.uint8)
-            flags[chunk] = screen(view, offs[chunk] - base, cnts[chunk])
-            del view
+        if hi - base > WINDOW:  # one run larger than a window (an NDPI level's single JPEG)
+            flags[chunk] = _screen_mapped(fd, base, hi, offs[chunk], cnts[chunk], screen)
+        else:
+            window = bytearray(hi - base)
+            if os.preadv(fd, [window], base) != len(window):
+                raise SlideError("image data ends before its stated length (was the file "
+                                 "truncated or changed while being read?)")
+            flags[chunk] = screen(np.frombuffer(window, dtype=np.uint8), offs[chunk] - base,
+                                  cnts[chunk])
         start = stop
     return flags
+
+
+def _screen_mapped(fd: int, lo: int, hi: int, offs: np.ndarray, cnts: np.ndarray, screen):
+    """Screen runs through a read-only mapping (a run too large to read into memory)."""
+    base = lo // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+    if os.fstat(fd).st_size < hi:
+        raise SlideError("image data ends before its stated length")
+    mm = mmap.mmap(fd, hi - base, offset=base, access=mmap.ACCESS_READ)
+    try:
+        return screen(np.frombuffer(mm, dtype=np.uint8), offs - base, cnts)
+    finally:
+        try:
+            mm.close()
+        except BufferError:  # a view still waits for collection; the mapping goes with it
+            pass
