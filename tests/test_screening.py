@@ -242,6 +242,51 @@ def test_the_lzw_walk_finds_eoi_as_the_decoders_do(source):
             lossless.clean_lzw(stream, (size - 3, size - 3))
 
 
+def _lzw(data: bytes, segment_codes: list[int]) -> tuple[bytes, int]:
+    """TIFF LZW written here, with a Clear after as many codes as `segment_codes` says for each
+    segment (encoders clear when the table is full; this one also earlier), and its length in
+    bits. The code widths are the decoder's (9 bits while it holds fewer than 511 entries ...);
+    imagecodecs decoding the result checks them independently."""
+    bits: list[tuple[int, int]] = []
+    plan = iter(segment_codes)
+
+    def width(k: int) -> int:
+        entries = 258 + max(k - 1, 0)
+        return 9 if entries < 511 else 10 if entries < 1023 else 11 if entries < 2047 else 12
+
+    table: dict[bytes, int] = {}
+    k, limit, word = 0, next(plan, 3838), data[:1]
+    bits.append((256, 9))
+    for byte in data[1:]:
+        grown = word + bytes([byte])
+        if grown in table:
+            word = grown
+            continue
+        bits.append((table.get(word, word[0]), width(k)))
+        k += 1
+        table[grown] = 258 + len(table)
+        word = bytes([byte])
+        if k == limit:
+            bits.append((256, width(k)))
+            table, k, limit = {}, 0, next(plan, 3838)
+    bits.append((table.get(word, word[0]), width(k)))
+    bits.append((257, width(k + 1)))
+    value = total = 0
+    for code, w in bits:
+        value, total = (value << w) | code, total + w
+    pad = -total % 8
+    return (value << pad).to_bytes((total + pad) // 8, "big"), total
+
+
+def test_the_lzw_walk_follows_clears_wherever_they_fall():
+    data = pattern(120, 160, 9).tobytes()
+    for plan in ([3838] * 20, [300, 3838, 3838, 41, 3838, 3838, 3838, 700], [5, 6, 7] * 40):
+        stream, length = _lzw(data, plan)
+        assert imagecodecs.lzw_decode(stream) == data
+        assert lossless.lzw_end(stream) == length
+        assert lossless.clean_lzw(stream + TEXT, (len(data),) * 2) == (stream, [("trailing data", TEXT)])
+
+
 def test_lzw_padding_bits_after_eoi_are_zeroed():
     for seed in range(20):
         stream = imagecodecs.lzw_encode(pattern(16, 16, seed).tobytes())
