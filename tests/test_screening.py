@@ -423,6 +423,39 @@ def test_a_fragment_padding_byte_that_is_not_zero_goes(tmp_path):
     assert _out_frames(out)[0] == original[0]
 
 
+def test_a_frame_in_several_fragments_is_checked_whole(tmp_path):
+    original: list[bytes] = []
+
+    def split(ds, frames):
+        original.extend(frames)
+        half = len(frames[0]) // 4 * 2
+        return [frames[0][:half], frames[0][half:]] + frames[1:], b""
+
+    out = deid(_series(tmp_path, GCP, split))
+    assert _out_frames(out) == original
+
+    def split_with_text(ds, frames):
+        fragments, bot = split(ds, frames)
+        fragments[1] = fragments[1].rstrip(b"\x00") + TEXT
+        return fragments, bot
+
+    proc = run("deid", _series(tmp_path / "text", GCP, split_with_text), "-o", tmp_path / "out2")
+    assert proc.returncode == 2 and "frame 0 spans 2 fragments and holds trailing data" in proc.stderr
+
+
+def test_frames_in_a_transfer_syntax_without_a_grammar_refuse_the_slide(tmp_path):
+    from pydicom.uid import RLELossless
+
+    folder = tmp_path / "in" / "rle"
+    folder.mkdir(parents=True)
+    ds = pydicom.dcmread(shared_slide("dicom/openslide-boxes/boxes_1.dcm"))
+    ds.compress(RLELossless)
+    ds.save_as(folder / "x.dcm", enforce_file_format=True)
+    proc = run("deid", folder, "-o", tmp_path / "out")
+    assert proc.returncode == 2
+    assert "frames in transfer syntax 1.2.840.10008.1.2.5 cannot be checked" in proc.stderr
+
+
 # ---- d. MIRAX camera positions ----------------------------------------------------------------
 
 def _mirax(tmp_path: Path, stitching: bool) -> Path:

@@ -328,7 +328,7 @@ def walk_segments(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tupl
 
 
 def _at(buf: np.ndarray, p: np.ndarray) -> np.ndarray:
-    return buf[np.clip(p, 0, len(buf) - 1)].astype(np.int64)
+    return buf.take(p, mode="clip").astype(np.int64)
 
 
 def _u16(buf: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -391,21 +391,27 @@ def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarr
     padded_end = (buf[e - 3] == 0xFF) & (buf[e - 2] == EOI) & (buf[e - 1] == 0)
     sof = np.zeros(len(idx), dtype=np.int64)
 
+    checks = {DQT: lambda q, n: _tables_misfit(buf, q, q + 2 + n, 4, False),
+              DHT: lambda q, n: _tables_misfit(buf, q, q + 2 + n, 8, True),
+              DRI: lambda q, n: n != 4,
+              APP0: lambda q, n: ~_jfif_plain(buf, q, n),
+              APP14: lambda q, n: ~_adobe_plain(buf, q, n)}
+    sof_markers = list(SEQUENTIAL | LOSSLESS)
+
     def odd(m: np.ndarray, p: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Each marker's check on the streams where it sits (one kind at a time: in a slide's
+        tiles the n-th segment is mostly the same kind everywhere)."""
         length = _u16(buf, p + 2)
-        end = p + 2 + length
-        is_sof = np.isin(m, list(SEQUENTIAL | LOSSLESS))
-        bad = ~(is_sof | np.isin(m, (DHT, DQT, DRI, APP0, APP14)))
-        bad |= is_sof & ((_at(buf, p + 9) == 0) | (length != 8 + 3 * _at(buf, p + 9)))
-        sof[s[is_sof]] = m[is_sof]
-        bad |= (m == DRI) & (length != 4)
-        bad |= (m == APP0) & ~_jfif_plain(buf, p, length)
-        bad |= (m == APP14) & ~_adobe_plain(buf, p, length)
-        dqt, dht = m == DQT, m == DHT
-        if dqt.any():
-            bad[dqt] |= _tables_misfit(buf, p[dqt], end[dqt], 4, False)
-        if dht.any():
-            bad[dht] |= _tables_misfit(buf, p[dht], end[dht], 8, True)
+        bad = np.ones(len(m), dtype=bool)
+        i = np.flatnonzero(np.isin(m, sof_markers))
+        if i.size:
+            nf = _at(buf, p[i] + 9)
+            bad[i] = (nf == 0) | (length[i] != 8 + 3 * nf)
+            sof[s[i]] = m[i]
+        for marker, check in checks.items():
+            i = np.flatnonzero(m == marker)
+            if i.size:
+                bad[i] = check(p[i], length[i])
         return bad
 
     walked, at, stop = walk_segments(buf, o + 2, e, (SOS, EOI), odd)
