@@ -532,6 +532,16 @@ def test_an_unparseable_mirax_tile_refuses_the_slide(tmp_path):
     assert "outside its codec's grammar (JPEG marker expected at byte 2)" in proc.stderr
 
 
+def test_mirax_levels_in_a_codec_without_a_grammar_refuse_the_slide(tmp_path):
+    from fixtures.mrxs import MrxsSpec, write_mrxs
+
+    mrxs = write_mrxs(tmp_path / "in" / "slide.mrxs", MrxsSpec(plant=False))
+    ini = mrxs.with_suffix("") / "Slidedat.ini"
+    ini.write_bytes(ini.read_bytes().replace(b"IMAGE_FORMAT = JPEG", b"IMAGE_FORMAT = BMP24", 1))
+    proc = run("deid", mrxs, "-o", tmp_path / "out")
+    assert proc.returncode == 2 and "BMP24 images cannot be checked for hidden text" in proc.stderr
+
+
 # ---- e. JFIF and Adobe segments: kept only with every byte defined, else canonical -----------
 
 @pytest.mark.parametrize("transform", [0, 1, 7])

@@ -103,18 +103,30 @@ def lzw_end(data: bytes) -> int:
         return int(rest[hits[0]]) + 12
 
 
+@lru_cache(maxsize=8)
+def _segment_tables(clear_at: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a segment of `clear_at` + 1 codes starting at bit alignment a (0-7): the byte of
+    each code relative to the segment's first byte, and the shift that brings the code to the
+    low bits of that byte's 32-bit window; and the codes' masks."""
+    offset, width, _ = _lzw_layout()
+    first = np.arange(8)[:, None] + offset[:clear_at + 1]
+    shift = 32 - (first & 7) - width[:clear_at + 1]
+    mask = (np.uint32(1) << width[:clear_at + 1].astype(np.uint32)) - np.uint32(1)
+    return (first >> 3).astype(np.int64), shift.astype(np.uint32), mask
+
+
 def _full_segments(windows: np.ndarray, start: int, total: int, clear_at: int) -> int:
     """Where the run of segments that each end in a Clear at code `clear_at` (and hold no
     other Clear or EOI) stops, read in batches from bit `start`."""
-    offset, width, ends = _lzw_layout()
-    period = int(ends[clear_at])
-    positions, widths = offset[:clear_at + 1], width[:clear_at + 1]
+    period = int(_lzw_layout()[2][clear_at])
+    rel, shift, mask = _segment_tables(clear_at)
     while True:
         count = min((total - start) // period, 256)
         if count < 2:
             return start
-        first = start + period * np.arange(count)[:, None] + positions
-        codes = _codes_at(windows, first.ravel(), np.tile(widths, count)).reshape(count, -1)
+        bits = start + period * np.arange(count)
+        align = bits & 7
+        codes = (windows[(bits >> 3)[:, None] + rel[align]] >> shift[align]) & mask
         odd = ((codes[:, :-1] | 1) == EOI).any(axis=1) | (codes[:, -1] != CLEAR)
         if odd.any():
             return start + period * int(np.argmax(odd))
