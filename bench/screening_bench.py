@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -41,7 +39,7 @@ from wsideid.keyring import Keyring
 from wsideid.pipeline import plan_job
 from wsideid.policy import Policy
 path = Path(sys.argv[1])
-[job] = batch.find_jobs([path]).jobs
+[job] = batch.find([path], repair=False).jobs
 t0 = time.perf_counter()
 plan_job(job, Policy(), Keyring(b"bench-key-0123456789"))
 print(time.perf_counter() - t0)

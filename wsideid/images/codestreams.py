@@ -101,8 +101,9 @@ def clean_runs(fd: int, size: int, offsets: np.ndarray, counts: np.ndarray, code
     else:
         candidates = np.nonzero(counts > 0)[0]
 
-    def one(index: int) -> Cleaned | Unparseable | None:
-        data = os.pread(fd, int(counts[index]), int(offsets[index]))
+    def one(index: int, data: bytes | None = None) -> Cleaned | Unparseable | None:
+        if data is None:
+            data = os.pread(fd, int(counts[index]), int(offsets[index]))
         if prepare is not None:
             data = prepare(data)
         wanted = (int(need[index]), int(alt[index])) if codec in SIZED else ()
@@ -116,11 +117,23 @@ def clean_runs(fd: int, size: int, offsets: np.ndarray, counts: np.ndarray, code
                  if data[:2] == b"\xff\xd8" else 0)
         return Cleaned(index, cleaned, removed, shift)
 
+    def batch(indices: list[int]) -> list[Cleaned | Unparseable | None]:
+        """Runs next to each other in the file, read with one pread when they lie close
+        together (a cold file read tile by tile from two threads is read out of order)."""
+        lo = int(offsets[indices].min())
+        hi = int((offsets[indices] + counts[indices]).max())
+        if hi - lo > 2 * int(counts[indices].sum()) + (1 << 20):
+            return [one(i) for i in indices]
+        block = os.pread(fd, hi - lo, lo)
+        return [one(i, block[int(offsets[i]) - lo:int(offsets[i] + counts[i]) - lo])
+                for i in indices]
+
     todo = candidates.tolist()
     if (codec in SIZED or codec == "png") and len(todo) > BATCH:   # every run decoded
+        todo.sort(key=lambda i: int(offsets[i]))
         batches = [todo[i:i + BATCH] for i in range(0, len(todo), BATCH)]
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            found = [f for batch in pool.map(lambda b: [one(i) for i in b], batches) for f in batch]
+            found = [f for part in pool.map(batch, batches) for f in part]
     else:
         found = [one(index) for index in todo]
     return [f for f in found if f is not None]
