@@ -1,11 +1,14 @@
 """What checking every byte of the kept image data costs (docs/benchmarks.md, "Screening").
 
     python bench/screening_bench.py real --baseline OTHER_CHECKOUT [--rounds 5]
+    python bench/screening_bench.py slides --baseline OTHER_CHECKOUT SLIDE...
     python bench/screening_bench.py tiles
 
 `real`: every slide of ../shared/slides, planned in a fresh process by this checkout and by
 the baseline, interleaved (the planning alone, imports excluded: that is where the screen
-runs), and the whole `deid -o` command; page cache warm (the slides are a few MB).
+runs; wall time and the CPU time of all its threads, which a busy machine disturbs less),
+and the whole `deid -o` command; page cache warm (the slides are a few MB). `slides`: the
+same for the slides given (the generated bench slides, say).
 `tiles`: per-tile costs on 256 x 256 tiles cut from the real CMU-1 slide: the lossless checks
 (LZW walk and decode, Deflate inflate, PackBits), the vectorised JPEG and J2K screens, and what
 finding slack before RSTn/EOI would cost: libjpeg-turbo decoding every tile's entropy-coded
@@ -40,9 +43,9 @@ from wsideid.pipeline import plan_job
 from wsideid.policy import Policy
 path = Path(sys.argv[1])
 [job] = batch.find([path], repair=False).jobs
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 plan_job(job, Policy(), Keyring(b"bench-key-0123456789"))
-print(time.perf_counter() - t0)
+print(time.perf_counter() - t0, time.process_time() - c0)
 """
 
 
@@ -51,27 +54,37 @@ def _python(checkout: Path) -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def bench_real(baseline: Path, rounds: int) -> list[str]:
-    lines = [f"[real slides] medians of {rounds}, page cache warm; planning in process (ms), "
-             "then the whole deid -o (s)"]
-    for rel in REAL:
-        src = SLIDES / rel
-        plan = {"this": [], "baseline": []}
-        command = {"this": [], "baseline": []}
+def _plan(checkout: Path, src: Path) -> tuple[float, float]:
+    """(wall, CPU of all threads) seconds of planning `src` in a fresh process."""
+    proc = subprocess.run([_python(checkout), "-c", PLAN, str(src)], cwd=checkout,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    wall, cpu = proc.stdout.split()[-2:]
+    return float(wall), float(cpu)
+
+
+def bench_real(baseline: Path, rounds: int, slides: list[Path]) -> list[str]:
+    lines = [f"[plan and deid] medians of {rounds}, page cache warm; planning in process (wall "
+             "and CPU of all threads), then the whole deid -o; baseline -> this"]
+    for src in slides:
+        plan: dict[str, list[tuple[float, float]]] = {"this": [], "baseline": []}
+        command: dict[str, list[float]] = {"this": [], "baseline": []}
         for _ in range(rounds):
             for label, checkout in (("this", ROOT), ("baseline", baseline)):
-                proc = subprocess.run([_python(checkout), "-c", PLAN, str(src)], cwd=checkout,
-                                      capture_output=True, text=True)
-                if proc.returncode:
-                    raise SystemExit(proc.stderr)
-                plan[label].append(float(proc.stdout.split()[-1]) * 1000)
-                with tempfile.TemporaryDirectory() as out:
+                plan[label].append(_plan(checkout, src))
+                with tempfile.TemporaryDirectory(dir=ROOT / "bench") as out:
                     t0 = time.perf_counter()
                     subprocess.run([_python(checkout), "-m", "wsideid", "deid", str(src), "-o", out],
                                    cwd=checkout, capture_output=True, check=True)
                     command[label].append(time.perf_counter() - t0)
         med = statistics.median
-        lines.append(f"  {rel}: plan {med(plan['baseline']):.0f} -> {med(plan['this']):.0f} ms; "
+
+        def ms(label: str, i: int) -> float:
+            return med(p[i] for p in plan[label]) * 1000
+
+        lines.append(f"  {src.relative_to(src.parents[1])}: plan {ms('baseline', 0):.0f} -> "
+                     f"{ms('this', 0):.0f} ms (CPU {ms('baseline', 1):.0f} -> {ms('this', 1):.0f}); "
                      f"deid {med(command['baseline']):.2f} -> {med(command['this']):.2f} s")
     return lines
 
@@ -160,14 +173,16 @@ def bench_tiles() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["real", "tiles"])
+    parser.add_argument("what", choices=["real", "slides", "tiles"])
     parser.add_argument("--baseline", type=Path)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("slides", nargs="*", type=Path, help="for `slides`: the slides to time")
     args = parser.parse_args()
-    if args.what == "real":
+    if args.what in ("real", "slides"):
         if args.baseline is None:
-            parser.error("real needs --baseline")
-        lines = bench_real(args.baseline, args.rounds)
+            parser.error(f"{args.what} needs --baseline")
+        slides = [SLIDES / rel for rel in REAL] if args.what == "real" else args.slides
+        lines = bench_real(args.baseline, args.rounds, slides)
     else:
         lines = bench_tiles()
     print("\n".join(lines))
