@@ -6,7 +6,8 @@
 Cases: `svs`, a ~2 GB tiled-JPEG Aperio SVS; `ndpi`, a 5 GB sparse NDPI (every offset above
 4 GB); `ome`, a ~1 GB pyramidal OME-TIFF with label and macro; `dicom`, a ~2 GB DICOM WSI
 series folder (compared with `cp -r`); `mrxs`, a ~1 GB MIRAX slide (slide.mrxs + slide/, compared
-with `cp -r` of both). For each: wall-time ratios
+with `cp -r` of both); `lzw` and `deflate`, ~1 GB Aperio SVS pyramids of LZW or Deflate tiles
+(every tile decoded to check its stream's end and size). For each: wall-time ratios
 (deid / cp and deid / cp+fsync; as root the page cache is emptied before every run), the
 in-place time (inside the process after imports, and for the whole command) and peak RSS.
 `startup`: `wsideid --version` (the interpreter and the command line, nothing of any format) and
@@ -120,6 +121,37 @@ def make_big_mrxs(path: Path, size_gb: float) -> Path:
     return path
 
 
+def make_big_lossless(path: Path, size_gb: float, compression: int) -> Path:
+    """Tiled Aperio SVS whose levels are LZW (5) or Deflate (8) tiles cut from the real CMU-1
+    slide's pixels (a stain's real compressibility: LZW about 0.5, Deflate about 0.35), a
+    handful repeated, at 1, 1/4 and 1/16."""
+    import openslide
+
+    with openslide.OpenSlide(str(ROOT.parent / "shared" / "slides" / "svs" / "CMU-1-Small-Region.svs")) as s:
+        pixels = np.asarray(s.read_region((0, 0), 0, (2048, 1024)))[..., :3]
+    tile = 256
+    encode = (lambda t: imagecodecs.lzw_encode(t.tobytes())) if compression == 5 else (
+        lambda t: imagecodecs.zlib_encode(t.tobytes(), level=6))
+    tiles = [encode(np.ascontiguousarray(pixels[y:y + tile, x:x + tile]))
+             for y in (0, 512) for x in range(0, 2048, 512)]
+    mean = sum(map(len, tiles)) / len(tiles)
+    per_side = int((size_gb * (1 << 30) / mean / 1.07) ** 0.5)
+    side = per_side * tile
+    name = "LZW" if compression == 5 else "Deflate"
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for down in (1, 4, 16):
+            w = side // down
+            n = ((w + tile - 1) // tile) ** 2
+            src = cycle(tiles)
+            desc = (f"Aperio Image Library v12.0.5\r\n{side}x{side} [0,0 {side}x{side}] ({tile}x{tile}) "
+                    f"{name}|AppMag = 40|MPP = 0.2520" if down == 1 else
+                    f"Aperio Image Library v12.0.5\r\n{side}x{side} -> {w}x{w}")
+            tw.write((next(src) for _ in range(n)), shape=(w, w, 3), dtype=np.uint8,
+                     tile=(tile, tile), compression=compression, photometric="rgb",
+                     description=desc, metadata=None, software=False)
+    return path
+
+
 MRXS_SLIDE = "slide.mrxs"
 CASES = {  # name: (generator, file name, default size in GB)
     "svs": (None, "big.svs", 2.0),
@@ -127,6 +159,8 @@ CASES = {  # name: (generator, file name, default size in GB)
     "ome": (make_big_ome, "big.ome.tif", 1.0),
     "dicom": (make_big_dicom, "big-dicom", 2.0),
     "mrxs": (make_big_mrxs, "big-mrxs", 1.0),
+    "lzw": (lambda p, gb: make_big_lossless(p, gb, 5), "big-lzw.svs", 1.0),
+    "deflate": (lambda p, gb: make_big_lossless(p, gb, 8), "big-deflate.svs", 1.0),
 }
 
 
@@ -314,7 +348,8 @@ def bench_case(name: str, size_gb: float | None, rounds: int, baseline: Path | N
         os.sync()
         drop_caches()
         t0 = time.perf_counter()
-        job = Job((target,), {"svs": "aperio-svs", "ndpi": "hamamatsu-ndpi", "ome": "ome-tiff"}[name])
+        job = Job((target,), {"svs": "aperio-svs", "ndpi": "hamamatsu-ndpi", "ome": "ome-tiff",
+                              "lzw": "aperio-svs", "deflate": "aperio-svs"}[name])
         result = run(job, Settings(Policy(), Keyring(b"bench-key-0123456789"), Target(None)))
         inplace_work.append(time.perf_counter() - t0)
         result.output.unlink()

@@ -415,25 +415,28 @@ def test_dicom_unlisted_uids_and_locations(tmp_path):
 
 # ---- never lose data or leave a slide half-done ---------------------------------------------
 
-def _tile_over_metadata(src: Path) -> None:
-    """A level-0 tile whose bytes are the ImageDescription: the plan changes that description,
-    so the tile cannot stay what it was and verification refuses the output."""
+def _tile_over_macro(src: Path) -> None:
+    """A level-0 tile whose bytes are the macro's first strip (a JPEG the screen accepts): the
+    macro is dropped and zeroed, so the tile cannot stay what it was and verification refuses
+    the output (a tile over bytes that are no JPEG at all is refused before anything is
+    written)."""
     from wsideid.containers.tiff.reader import TiffFile
 
     with TiffFile(src) as tiff:
-        desc = tiff.ifds[0].tags[270]
-        off_tag, cnt_tag, _, _ = tiff.ifds[0].data_regions(tiff.byteorder)
+        bo = tiff.byteorder
+        _, _, macro_offs, macro_cnts = tiff.ifds[3].data_regions(bo)
+        off_tag, cnt_tag, _, _ = tiff.ifds[0].data_regions(bo)
         offsets, counts = tiff.ifds[0].tags[off_tag], tiff.ifds[0].tags[cnt_tag]
     with open(src, "r+b") as fh:
         fh.seek(offsets.value_offset + 4)
-        fh.write(struct.pack("<I", desc.value_offset))
+        fh.write(struct.pack("<I", int(macro_offs[0])))
         fh.seek(counts.value_offset + 4)
-        fh.write(struct.pack("<I", desc.count))
+        fh.write(struct.pack("<I", int(macro_cnts[0])))
 
 
 def test_in_place_failure_restores_the_input_exactly(tmp_path):
     src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
-    _tile_over_metadata(src)
+    _tile_over_macro(src)
     before = sha256(src)
     proc = run("deid", src, "--in-place")
     assert proc.returncode == 1 and "restored" in proc.stderr, proc.stderr

@@ -720,7 +720,7 @@ def test_a_codec_without_a_redaction_path_fails_the_slide(tmp_path):
     tifffile.imwrite(src, pattern(256, 256, 1), tile=(128, 128), compression="webp",
                      photometric="rgb")
     out = tmp_path / "out"
-    proc = run("deid", src, "-o", out, "--region", "10,10,20,20")
+    proc = run("redact", src, "-o", out, "--region", "10,10,20,20")   # deid refuses webp sooner
     assert proc.returncode == 2
     assert "cannot redact: no redaction for compression webp" in proc.stderr
     assert [p.name for p in out.iterdir()] == ["wsideid-report.json"]

@@ -10,7 +10,7 @@ import tifffile
 
 from wsideid.adapters.svs import clean_header, split_description
 from wsideid.errors import SlideError
-from wsideid.images import segments
+from wsideid.images import codestreams, j2k, png, segments
 from wsideid.dates import transform_date
 from wsideid.keyring import Keyring
 from wsideid.containers.tiff.reader import TiffFile
@@ -58,18 +58,18 @@ def test_clean_j2k_removes_comment_and_fixes_psot():
     at = 4 + siz_len
     com = b"\xff\x64" + struct.pack(">H", 4 + 9) + b"\x00\x01" + b"Dr. Smith"
     dirty = base[:at] + com + base[at:]
-    cleaned, removed = segments.clean_j2k(dirty)
+    cleaned, removed = j2k.clean_j2k(dirty)
     assert cleaned == base and removed == [("COM", b"Dr. Smith")]
     buf = np.frombuffer(dirty + base, np.uint8)
-    flags = segments.screen_j2k(buf, np.array([0, len(dirty)]), np.array([len(dirty), len(base)]))
+    flags = j2k.screen_j2k(buf, np.array([0, len(dirty)]), np.array([len(dirty), len(base)]))
     assert flags.tolist() == [True, False]
 
 
 def test_kakadu_statistics_comment_is_kept_but_lookalikes_are_not():
     kdu = (b"Kdu-Layer-Info: log_2{Delta-D(MSE)/[2^16*Delta-L(bytes)]}, L(bytes)\n"
            b" -62.3, 1.4e+004\n")
-    assert any(p.fullmatch(kdu) for p in segments.SAFE_J2K_COMMENTS)
-    assert not any(p.fullmatch(kdu + b"Jane Doe") for p in segments.SAFE_J2K_COMMENTS)
+    assert any(p.fullmatch(kdu) for p in j2k.SAFE_COMMENTS)
+    assert not any(p.fullmatch(kdu + b"Jane Doe") for p in j2k.SAFE_COMMENTS)
 
 
 @pytest.mark.parametrize("value,mode,days,expected", [
@@ -219,12 +219,12 @@ def test_clean_png_keeps_pixels_and_rendering_chunks_only():
     img = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
     PilImage.fromarray(img).save(buf, format="PNG", pnginfo=info, dpi=(300, 300))
     data = buf.getvalue() + b"TRAILING-QUACK"
-    cleaned, removed = segments.clean_image(data)
+    cleaned, removed = codestreams.clean_image(data)
     assert sorted(kind for kind, _ in removed) == ["iTXt", "tEXt", "trailing data"]
     assert b"QUACK" not in cleaned and b"pHYs" in cleaned
     assert np.array_equal(np.asarray(PilImage.open(io.BytesIO(cleaned))), img)
     with pytest.raises(segments.MalformedStream):
-        segments.clean_png(data[:40])
+        png.clean_png(data[:40])
 
 
 def test_report_messages_do_not_quote_the_input_name():

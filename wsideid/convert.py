@@ -411,7 +411,8 @@ def _clean_frames(path: Path, fields: list[Field]) -> None:
     replaced = {}
     for result in found:
         if isinstance(result, codestreams.Unparseable):
-            continue
+            raise SlideError(f"converted {path.name} frame {result.index}: outside its codec's "
+                             f"grammar ({result.reason}); the slide is refused")
         replaced[result.index] = result.data
         for marker, payload in result.removed:
             fields.append(Field(f"codestream:{marker}", f"converted {path.name} frame {result.index}",

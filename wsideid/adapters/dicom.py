@@ -13,7 +13,7 @@ import copy
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,12 +23,12 @@ from ..containers.files import Staging
 from ..containers.output import Target, Written
 from ..dates import DICOM as DICOM_DATES
 from ..errors import SlideError
-from ..images import codestreams
 from ..keyring import Keyring
 from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy, decide
 from . import dicom_values
 from .base import Adapter, Probe
+from .dicom_frames import padded_frame
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -512,6 +512,8 @@ class InstanceOut:
     name: str = ""          # file name in the output folder
     pixels: PixelElement | None = None
     new_pixels: NewPixels | None = None   # a replaced label's own pixel data
+    rebuild: bool = False           # the pixel data element is rebuilt (its offset table)
+    header_changed: bool = False    # the header lost an offset table after it was planned
 
 
 class DicomSeries:
@@ -570,11 +572,6 @@ def instance_pixels(inst: Instance):
         part = tile[:min(rows, height - y), :min(cols, width - x)]
         canvas[y:y + part.shape[0], x:x + part.shape[1]] = part
     return canvas[..., 0] if canvas.ndim == 3 and canvas.shape[2] == 1 else canvas
-
-
-def padded_frame(data: bytes) -> bytes:
-    """A frame as stored, without the NUL that pads it to an even length (PS3.5 A.4)."""
-    return data.rstrip(b"\x00") if data.endswith(b"\xff\xd9\x00") else data
 
 
 class DicomAdapter(Adapter):
@@ -712,35 +709,46 @@ class DicomAdapter(Adapter):
 
 
 def locate_and_screen(out: InstanceOut, fields: list[Field], edits: list[ReplaceRun]) -> None:
-    """Find the instance's frames and remove text segments from them: the frames' runs go to
-    its image, the cleaned frames to `edits`, what was removed to `fields`."""
+    """Find the instance's frames and check every byte of them (dicom_frames): the frames'
+    runs go to its image, the cleaned frames to `edits`, what was removed to `fields`; an
+    offset table that does not describe the frames is rebuilt (`out.rebuild`) or removed."""
     from ..containers.dicom.io import locate_pixels
+    from . import dicom_frames
 
     inst, image = out.instance, out.image
     out.pixels = pixels = locate_pixels(inst.source, inst.pixel_start)
     syntax = str(inst.header.file_meta.TransferSyntaxUID)
     codec = "jpeg" if syntax in JPEG_SYNTAXES else "j2k" if syntax in J2K_SYNTAXES else "other"
-    image.runs = runs = Runs.in_file(inst.number, pixels.frame_offsets, pixels.frame_lengths, codec)
-    fd = os.open(inst.source, os.O_RDONLY)
-    try:
-        found = codestreams.clean_runs(fd, os.fstat(fd).st_size, runs.offsets, runs.counts,
-                                       runs.codec, prepare=padded_frame)
-    finally:
-        os.close(fd)
-    cleaned = False
-    for result in found:
-        if isinstance(result, codestreams.Unparseable):
-            continue  # a continuation fragment or foreign data: image bytes, left as they are
-        cleaned = True
-        edits.append(ReplaceRun(image.index, result.index, result.data))
-        for marker, payload in result.removed:
-            fields.append(Field(f"codestream:{marker}", f"{image.index} frame {result.index}",
+    image.runs = Runs.in_file(inst.number, pixels.frame_offsets, pixels.frame_lengths, codec)
+    if not len(pixels.frame_offsets):
+        dicom_frames.check_native(inst.header, inst.source, pixels, image.index)
+        return
+    found = dicom_frames.check_frames(inst.header, inst.source, pixels, codec, image.index)
+    for run, (data, removed) in sorted(found.cleaned.items()):
+        edits.append(ReplaceRun(image.index, run, data))
+        for marker, payload in removed:
+            fields.append(Field(f"codestream:{marker}", f"{image.index} frame {run}",
                                 payload.decode("latin-1").strip("\x00 "), "remove",
                                 why="text segment inside a frame"))
-    if cleaned:
-        for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table: offsets change
+    if found.rebuild:
+        out.rebuild = True
+        fields.append(Field("dicom:BasicOffsetTable", f"{image.index} pixel data", "", "remove",
+                            why=f"{found.rebuild}; rebuilt empty"))
+    if found.drop_eot or found.cleaned:   # the Extended Offset Table: offsets change
+        why = found.drop_eot or "frames cleaned: its offsets no longer hold"
+        if found.drop_eot:
+            fields.append(Field("dicom:ExtendedOffsetTable", image.index, "", "remove", why=why))
+        dropped = set()
+        for tag in (0x7FE00001, 0x7FE00002):
             if tag in out.header:
+                dropped.add(f"dicom:{out.header[tag].keyword}")
                 del out.header[tag]
+                out.header_changed = True
+        # the header plan kept these elements (values checked); they are gone now
+        where = f"instance {inst.number}/"
+        for i, f in enumerate(fields):
+            if f.name in dropped and f.action == "keep" and f.location.startswith(where):
+                fields[i] = replace(f, action="remove", why=why)
 
 
 class DicomWriter:
@@ -780,7 +788,7 @@ class DicomWriter:
                 found = [e for e in found if e.run not in painted]
                 plan.edits += found
                 pixels = out.pixels
-                if not found and not painted:
+                if not (found or painted or out.rebuild or out.header_changed):
                     with open(path, "r+b") as fh:
                         fh.truncate(header_end + pixels.end - pixels.start)
                         os.fsync(fh.fileno())
@@ -789,7 +797,7 @@ class DicomWriter:
             replaced = {e.run: e.data for e in plan.edits if isinstance(e, ReplaceRun)
                         and e.image == out.image.index}
             write_instance(out.header, out.instance.source, out.pixels, path, replaced,
-                           int(out.header.get("NumberOfFrames", 1) or 1))
+                           int(out.header.get("NumberOfFrames", 1) or 1), out.rebuild)
             written.append(path)
         name = self.naming.output_name
         return Written(tuple(written), lambda: self.staging.release([(name, name)]),

@@ -51,6 +51,7 @@ from ..model import (KEPT, Field, Geometry, Image, Job, Naming, Plan, RedactImag
                      ReplaceRun, Runs)
 from ..policy import Policy
 from ..sampling import digest, sample
+from . import mrxs_positions
 from .base import Adapter, Probe, is_regular_file
 from .mrxs_slidedat import SlidedatPlanner
 
@@ -475,6 +476,15 @@ class MiraxAdapter(Adapter):
                 runs = _runs(value.record, "image")
                 cleaned = self._clean(slide, value.key, runs, range(len(runs)), False,
                                       f"record {value.key}", files, fields, edits)
+            elif value.role == "geometry":
+                length, tail = mrxs_positions.kept_length(slide, value)
+                cleaned = {0: length}
+                if tail:
+                    fields += text_fields(tail, "mirax:record trailing data",
+                                          f"non-hierarchical record {value.key}")[:MAX_TEXT_FIELDS]
+                    fields.append(Field("mirax:record trailing data",
+                                        f"non-hierarchical record {value.key}", "", "remove",
+                                        why=f"{len(tail)} bytes after the camera positions"))
             pages, run = [], 0
             for page in value.record.pages:
                 items = []
@@ -498,6 +508,10 @@ class MiraxAdapter(Adapter):
                 files[fileno].keep.append((offset, offset + length))
         if not screen:
             return hier
+        for image in images[:n_levels]:
+            if image.runs.codec not in ("jpeg", "png") and len(image.runs):
+                raise SlideError(f"{image.index}: {image.compression} images cannot be checked "
+                                 "for hidden text; the slide is refused")
         new_lengths: dict[tuple[int, int], int] = {}
         # JPEG tiles are screened one data file at a time; PNG tiles are all walked
         for fileno in range(len(slide.data_paths)):
@@ -543,9 +557,9 @@ class MiraxAdapter(Adapter):
                 run = int(part[result.index])
                 offset = int(runs.offsets[run])
                 if isinstance(result, codestreams.Unparseable):
-                    slide.warnings.append(f"{where} in data file {fileno} at {offset}: "
-                                          f"unparseable image left as is ({result.reason})")
-                    continue
+                    raise SlideError(f"{image}: {where} {run} (data file {fileno} at {offset}) "
+                                     f"is outside its codec's grammar ({result.reason}); the "
+                                     "slide is refused")
                 edits.append(ReplaceRun(image, run, result.data))
                 lengths[(fileno, offset) if by_offset else run] = len(result.data)
                 for marker, payload in result.removed:

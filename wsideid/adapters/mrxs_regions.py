@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -36,13 +35,14 @@ from ..images.redact import decode_jpeg
 from ..images.regions import Regions, mask_for_tile
 from ..model import Plan, ReplaceRun
 from ..policy import Redaction
+from . import mrxs_positions
 from . import redaction as shared
 from .redaction import Target, Targets, jpeg_tolerance, painter
 
 if TYPE_CHECKING:
     from .mrxs import MiraxSlide
 
-POSITION_RECORD = 9
+POSITION_RECORD = mrxs_positions.POSITION_RECORD
 MAX_OFFSET = (1 << 31) - 1
 
 
@@ -157,21 +157,12 @@ def _positions(slide: MiraxSlide, divisions: int, concat0: int, image0_w: int, i
                overlap: tuple[float, float]) -> tuple[list[tuple[int, int]], bool]:
     """Camera positions in level-0 units, and whether the slide records them."""
     count = (slide.images_x // divisions) * (slide.images_y // divisions)
-    for layer in ("VIMSLIDE_POSITION_BUFFER", "StitchingIntensityLayer"):
+    for layer in mrxs_positions.LAYERS:
         value = next((v for v in slide.nonhier_values() if v.layer_name == layer), None)
         if value is None:
             continue
-        if value.record is None:
-            raise SlideError("Index.dat: the camera positions record cannot be read")
-        raw = b"".join(slide.read(fileno, offset, length)
-                       for *_, offset, length, fileno in value.record.items())
-        if layer == "StitchingIntensityLayer":
-            try:
-                raw = zlib.decompress(raw)
-            except zlib.error:
-                raise SlideError("the camera positions do not inflate") from None
-        if len(raw) != POSITION_RECORD * count:
-            raise SlideError("the camera positions record is not of the expected size")
+        raw, _ = mrxs_positions.read_positions(slide, value)
+        count = len(raw) // POSITION_RECORD
         values = struct.unpack("<" + "Bii" * count, raw)
         return [(values[3 * i + 1] * concat0, values[3 * i + 2] * concat0)
                 for i in range(count)], True

@@ -26,6 +26,7 @@ from ..containers.files import (
     undo_record_for,
 )
 from ..containers.output import Target, Written
+from ..containers.tiff.geometry import decoded_sizes
 from ..containers.tiff.names import codec_family, compression_name, tag_name
 from ..containers.tiff.reader import ASCII, Ifd, Tag, TiffFile
 from ..containers.tiff.writer import IfdOut, NewValue, ascii_value, write_tiff
@@ -71,6 +72,7 @@ class TiffPlanning:
     edits: list[ReplaceRun] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    rewritten: set[str] = field(default_factory=set)   # IFDs whose image is replaced whole
 
 
 class TiffAdapter(Adapter):
@@ -214,6 +216,8 @@ class TiffAdapter(Adapter):
         chain: list[IfdOut] = []
         for ifd, image in zip(slide.tiff.ifds, images):
             image.action = policy.image_action_for(image.index, image.role)
+            if image.action == "replace":
+                ctx.rewritten.add(ifd.label)
             if image.action in KEPT:
                 chain.append(self.plan_ifd(ctx, ifd, ctx.fields, kept=True))
                 continue
@@ -252,7 +256,7 @@ class TiffAdapter(Adapter):
         sub = ifd.tags.get(530)
         subsampling = tuple(int(v) for v in sub.values(bo)[:2]) if sub is not None else (2, 2)
         tables = ifd.tags[347].data if 347 in ifd.tags else None
-        ctx.edits[:] = [e for e in ctx.edits if e.image != ifd.label]
+        painted: list[ReplaceRun] = []
         for i in range(len(offs)):
             top = i * rows
             if top >= height:
@@ -275,7 +279,12 @@ class TiffAdapter(Adapter):
                 except redact.RedactError:
                     data = encode.encode(pixels[top:top + span], codec, colorspace, predictor,
                                          subsampling if colorspace == "ycbcr" else None)
-            ctx.edits.append(ReplaceRun(ifd.label, i, data))
+            painted.append(ReplaceRun(ifd.label, i, data))
+        # what screening planned for this IFD is superseded where the image is rewritten (all
+        # of it when replaced); strips a redaction leaves alone keep their cleaning
+        gone = {e.run for e in painted}
+        ctx.edits[:] = [e for e in ctx.edits if e.image != ifd.label or
+                        (isinstance(new, RedactImage) and e.run not in gone)] + painted
 
     def image_of(self, slide: TiffSlide, ifd: Ifd, role: str, action: str, base: Ifd) -> Image:
         bo = slide.bo
@@ -408,19 +417,37 @@ class TiffAdapter(Adapter):
 
     def _clean_codestreams(self, ctx: TiffPlanning, node: IfdOut, fields: list[Field],
                            kept: bool) -> None:
+        """Every run of the IFD's image data against its codec's grammar: text segments and
+        trailing bytes come out (the run is rewritten); a run the grammar cannot account for,
+        or a codec without a grammar here, refuses the slide when the image is kept as stored
+        (a dropped image is zeroed, a replaced one rewritten whole)."""
         ifd = node.source
         slide = ctx.slide
         regions = ifd.data_regions(slide.bo)
-        family = codec_family(ifd.int_value(259, slide.bo))
-        if regions is None or family == "other":
+        if regions is None:
             return
         _, _, offs, cnts = regions
+        code = ifd.int_value(259, slide.bo)
+        family = codec_family(code)
+        as_stored = kept and ifd.label not in ctx.rewritten
+        if not codestreams.screened(family):
+            if as_stored and (cnts > 0).any():
+                raise SlideError(f"{ifd.label}: {compression_name(code)} image data cannot be "
+                                 "checked for hidden text; the slide is refused")
+            return
+        sizes = None
+        if family in codestreams.SIZED:
+            if not as_stored:   # decoding it would only find what zeroing removes anyway
+                return
+            sizes = decoded_sizes(ifd, slide.bo, len(offs))
         seen: dict[tuple[str, str], int] = {}
         cleaned: list[ReplaceRun] = []
-        for found in codestreams.clean_runs(slide.tiff.fd, slide.tiff.size, offs, cnts, family):
+        for found in codestreams.clean_runs(slide.tiff.fd, slide.tiff.size, offs, cnts, family,
+                                            sizes=sizes):
             if isinstance(found, codestreams.Unparseable):
-                ctx.malformed.append(f"{ifd.label} run {found.index}: unparseable codestream "
-                                     f"left as is ({found.reason})")
+                if as_stored:
+                    raise SlideError(f"{ifd.label} run {found.index}: image data outside its "
+                                     f"codec's grammar ({found.reason}); the slide is refused")
                 continue
             cleaned.append(ReplaceRun(ifd.label, found.index, found.data, found.header_shift))
             for marker, payload in found.removed:

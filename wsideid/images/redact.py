@@ -35,10 +35,10 @@ import imagecodecs
 import numpy as np
 
 from . import jpeg_entropy as je
+from . import segments
 from . import turbo_coefs
 
 CODECS = ("jpeg", "jpeg2k", "lzw", "deflate", "zlib", "none", "png")
-KEEP_APP = {0xE0: b"JFIF\x00", 0xEE: b"Adobe"}   # colour facts a decoder needs (see segments.py)
 
 
 class RedactError(ValueError):
@@ -256,19 +256,18 @@ def _dht_segment(info: je.JpegInfo, tables: tuple[dict, dict]) -> bytes:
 
 def _assemble(data: bytes, info: je.JpegInfo, coded: list[bytes], dht: bytes) -> bytes:
     """SOI, the stream's header segments less APPn/COM (JFIF and Adobe, which say how to
-    convert colours, stay), the new Huffman tables if any, the scan, EOI."""
+    convert colours, stay in their canonical form: segments.app_segment), the new Huffman
+    tables if any, the scan (its unused spectral fields as a sequential scan has them), EOI."""
     head = [b"\xff\xd8"]
     for marker, start, end in info.segments:
         if marker == 0xFE or 0xE0 <= marker <= 0xEF:
-            sig = KEEP_APP.get(marker)
-            if sig is None or not data[start + 4:end].startswith(sig):
-                continue
+            kept = segments.app_segment(marker, data[start + 4:end], len(info.components))
+            if kept is not None:
+                head.append(kept)
+            continue
         if marker == 0xDA:
             head.append(dht)
-        if marker == 0xE0 and end - start > 18:
-            # a JFIF thumbnail (T.871 6.2: Xthumbnail, Ythumbnail, then RGB samples) is a
-            # small picture of the tile, region included: the segment goes without it
-            head.append(b"\xff\xe0\x00\x10" + data[start + 4:start + 16] + b"\x00\x00")
+            head.append(data[start:end - 3] + b"\x00\x3f\x00")
             continue
         head.append(data[start:end])
     body = bytearray()

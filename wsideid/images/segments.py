@@ -1,16 +1,22 @@
-"""Find and remove text-bearing segments inside JPEG and JPEG 2000 codestreams.
+"""JPEG codestreams with every byte outside the entropy-coded data accounted for, and the
+vectorised marker walk the screens share.
 
-JPEG (ITU T.81 B.1): after SOI, marker segments `FF xx LL LL ...` up to SOS, then entropy-coded
-data (where FF is followed by 00 or a restart marker), then EOI; markers may also stand between
-scans and after the last one. APPn (FFE0-FFEF) and COM (FFFE) can carry free text wherever they
-sit: they are removed, except an APP0 that is exactly a JFIF header without thumbnail (JFIF
-1.02: 16 bytes) and an APP14 that is exactly Adobe's colour-transform segment (Adobe TN 5116:
-14 bytes), which decoders need and which hold nothing else. Non-zero bytes after EOI go.
-JPEG 2000 (ITU T.800 A.4-A.9): COM (FF64) in the main header or in a tile-part header
-(between SOT and SOD).
+JPEG (ITU T.81 B.1): SOI, marker segments, SOS, entropy-coded data (where FF is followed by 00
+or a restart marker), more segments and scans, EOI. Every segment is checked against its
+syntax, so that no byte rides along: DQT and DHT must be exactly their tables, SOF, SOS, DRI
+and DNL exactly their fields; a marker outside baseline, extended, progressive and lossless
+JPEG (hierarchical, JPGn, reserved ones) makes the stream malformed, as do bytes between
+segments (libjpeg skips them with a warning) and fill bytes are dropped. APPn and COM can
+carry free text wherever they sit and are removed, with three exceptions that decoders need:
+an APP0 JFIF and an APP14 Adobe segment (colour space, Adobe TN 5116; libjpeg's
+`default_decompress_parms`) are kept when every byte has a value the specifications define,
+and otherwise rewritten to their canonical form with the same meaning; the NDP.scan product
+comment stays. In a sequential DCT scan the spectral-selection fields are unused (libjpeg
+only warns when they are not 0, 63, 0) and are rewritten to those values. Non-zero bytes after
+EOI go; zero padding stays.
 
-Scanning every tile of a large slide in Python would be slow, so `screen_*` walks the marker
-chains of all tiles at once with numpy and only flags streams that need a closer look.
+Scanning every tile of a large slide in Python would be slow, so `screen_jpeg` walks the
+marker chains of all tiles at once with numpy and only flags streams that need a closer look.
 """
 from __future__ import annotations
 
@@ -23,54 +29,41 @@ import numpy as np
 
 from ..errors import SlideError
 
-JFIF_LENGTH = 16     # the segment's length field: "JFIF\0", version, units, densities, 0x0 thumbnail
-ADOBE_LENGTH = 14    # "Adobe", version, flags0, flags1, transform
-# Encoder comments that are known to hold nothing but the encoder's name or its rate-control
-# statistics (Kakadu writes one per codestream in Aperio J2K slides). Matched whole, so nothing
-# else can ride along; every other comment is removed.
-SAFE_J2K_COMMENTS = (
-    re.compile(rb"Kdu-Layer-Info: log_2\{Delta-D\(MSE\)/\[2\^16\*Delta-L\(bytes\)\]\}, L\(bytes\)"
-               rb"(\n *-?[0-9.]+, *[0-9.]+(e[+-]?[0-9]+)?)+\n?\x00?"),
-    re.compile(rb"Kakadu-v[0-9.]+\x00?"),
-    re.compile(rb"Created by OpenJPEG version [0-9.]+\x00?"),
-    re.compile(rb"\x00*"),  # an empty comment carries nothing
-)
 # Product comment NDP.scan writes into every level JPEG (OpenSlide's NDPI sample slides).
 SAFE_JPEG_COMMENTS = (re.compile(rb"Hamamatsu NanoZoomer Digital Pathology\x00?"),)
 MAX_HEADER_SEGMENTS = 64
 
-
-def segment_name(marker: int) -> str:
-    if marker == 0xFE:
-        return "COM"
-    if 0xE0 <= marker <= 0xEF:
-        return f"APP{marker - 0xE0}"
-    if marker == 0x64:
-        return "COM"
-    return f"FF{marker:02X}"
-
-
-def _removable_jpeg(marker: int, payload: bytes) -> bool:
-    if marker == 0xFE:
-        return not any(p.fullmatch(payload) for p in SAFE_JPEG_COMMENTS)
-    if marker == 0xE0:
-        return not (len(payload) == JFIF_LENGTH - 2 and payload.startswith(b"JFIF\x00")
-                    and payload[12:14] == b"\x00\x00")
-    if marker == 0xEE:
-        return not (len(payload) == ADOBE_LENGTH - 2 and payload.startswith(b"Adobe"))
-    return 0xE1 <= marker <= 0xEF
+SOI, EOI, SOS, DHT, DQT, DRI, DNL, DAC, APP0, APP14, COM = (
+    0xD8, 0xD9, 0xDA, 0xC4, 0xDB, 0xDD, 0xDC, 0xCC, 0xE0, 0xEE, 0xFE)
+SEQUENTIAL = {0xC0, 0xC1, 0xC9}          # DCT scans whose Ss, Se, Ah/Al are fixed
+PROGRESSIVE = {0xC2, 0xCA}
+LOSSLESS = {0xC3, 0xCB}
+SOF_MARKERS = SEQUENTIAL | PROGRESSIVE | LOSSLESS
+# JFIF 1.02 APP0 without thumbnail: "JFIF\0", version, units, X and Y density, 0 x 0
+JFIF_BODY = 14
+# (units, X density, Y density) encoders write by default: square pixels without a size, or
+# the usual screen and print resolutions. Any other density is four free bytes: rewritten.
+JFIF_DENSITIES = {(0, 1, 1), (1, 72, 72), (1, 96, 96), (1, 150, 150), (1, 300, 300),
+                  (1, 600, 600)}
+CANONICAL_JFIF_TAIL = b"\x00\x00\x01\x00\x01\x00\x00"   # units 0, 1:1, no thumbnail
+ADOBE_BODY = 12      # "Adobe", version, flags0, flags1, transform (Adobe TN 5116, 18)
 
 
 class MalformedStream(ValueError):
     pass
 
 
+def segment_name(marker: int) -> str:
+    if marker == COM:
+        return "COM"
+    if 0xE0 <= marker <= 0xEF:
+        return f"APP{marker - 0xE0}"
+    return f"FF{marker:02X}"
+
+
 def payload_text(payload: bytes) -> str:
     """A removed segment's payload as text (for the plan and the residue search)."""
     return payload.decode("latin-1").strip("\x00 \r\n")
-
-
-SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -85,90 +78,171 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         if marker in SOF_MARKERS and pos + 9 <= len(data):
             height, width = struct.unpack_from(">HH", data, pos + 5)
             return width, height
-        if marker == 0xDA:
+        if marker == SOS:
             break
         pos += 2 + length
     return 0, 0
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Ancillary PNG chunks that only describe how to render the pixels (PNG 3rd ed. 11.3); every
-# other ancillary chunk (tEXt, zTXt, iTXt, eXIf, tIME, private ones) is removed. Critical
-# chunks (upper-case first letter) are always kept.
-PNG_RENDERING_CHUNKS = {b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"tRNS", b"bKGD",
-                        b"cICP", b"mDCV", b"cLLI", b"hIST", b"sPLT"}
+# ---- segment syntax ------------------------------------------------------------------------
+
+def _tables_fit(body: bytes, header: int, size) -> bool:
+    """A DQT or DHT body is a sequence of tables that ends exactly at the segment's end."""
+    pos = 0
+    while pos < len(body):
+        kind = body[pos]
+        if kind >> 4 > 1 or kind & 15 > 3 or pos + header > len(body):
+            return False
+        pos += size(body, pos)
+    return pos == len(body)
 
 
-def clean_png(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """Remove text-bearing ancillary chunks and anything after IEND."""
-    if not data.startswith(PNG_SIGNATURE):
-        raise MalformedStream("PNG stream does not start with the PNG signature")
-    out = bytearray(PNG_SIGNATURE)
-    removed: list[tuple[str, bytes]] = []
-    pos = len(PNG_SIGNATURE)
-    while True:
-        if pos + 12 > len(data):
-            raise MalformedStream("PNG chunk truncated")
-        length = struct.unpack_from(">I", data, pos)[0]
-        kind = data[pos + 4:pos + 8]
-        end = pos + 12 + length
-        if end > len(data):
-            raise MalformedStream("PNG chunk length out of range")
-        if kind[:1].islower() and kind not in PNG_RENDERING_CHUNKS:
-            removed.append((kind.decode("latin-1"), data[pos + 8:end - 4]))
-        else:
-            out += data[pos:end]
-        pos = end
-        if kind == b"IEND":
-            break
-    if data[pos:].strip(b"\x00"):
-        removed.append(("trailing data", data[pos:]))
-    return bytes(out), removed
+def _dqt_size(body: bytes, pos: int) -> int:
+    return 1 + 64 * (1 + (body[pos] >> 4))
 
 
-def clean_image(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """A JPEG or PNG image without its text segments (chosen by the image's own signature)."""
-    if data.startswith(PNG_SIGNATURE):
-        return clean_png(data)
-    return clean_jpeg(data)
+def _dht_size(body: bytes, pos: int) -> int:
+    codes = sum(body[pos + 1:pos + 17])
+    return 17 + codes if codes <= 256 else len(body) + 1
+
+
+def jfif_ok(body: bytes) -> bool:
+    if len(body) != JFIF_BODY or body[:5] != b"JFIF\x00" or body[5] != 1 or body[6] > 2:
+        return False
+    units, x, y = body[7], *struct.unpack_from(">HH", body, 8)
+    return (units, x, y) in JFIF_DENSITIES and body[12:14] == b"\x00\x00"
+
+
+def canonical_jfif(body: bytes) -> bytes:
+    """JFIF with the same meaning for a decoder (it says: YCbCr) and no free byte."""
+    minor = body[6] if body[5] == 1 and body[6] <= 2 else 1
+    return b"JFIF\x00\x01" + bytes([minor]) + CANONICAL_JFIF_TAIL
+
+
+def adobe_ok(body: bytes) -> bool:
+    if len(body) != ADOBE_BODY or body[:5] != b"Adobe":
+        return False
+    version, flags0, flags1, transform = struct.unpack_from(">HHHB", body, 5)
+    return version in (100, 101) and flags0 in (0, 0x8000) and flags1 == 0 and transform <= 2
+
+
+def canonical_adobe(body: bytes, components: int | None) -> bytes:
+    """libjpeg reads the transform byte only: 0 = no transform (RGB or CMYK); any other value
+    is YCbCr for three components and YCCK for four (jdapimin.c, default_decompress_parms)."""
+    transform = body[11]
+    if transform > 2:
+        transform = 2 if components == 4 else 1
+    return b"Adobe" + struct.pack(">HHHB", 100, 0, 0, transform)
+
+
+def _app_action(marker: int, body: bytes, components: int | None) -> tuple[str, bytes]:
+    """("keep" | "remove" | "rewrite", new body). Text can ride in any APPn or COM; JFIF and
+    Adobe are recognised as libjpeg does (examine_app0/examine_app14: the identifier and at
+    least the fixed fields) and kept or rewritten."""
+    if marker == COM:
+        return ("keep" if any(p.fullmatch(body) for p in SAFE_JPEG_COMMENTS) else "remove"), body
+    if marker == APP0 and len(body) >= JFIF_BODY and body[:5] == b"JFIF\x00":
+        return ("keep", body) if jfif_ok(body) else ("rewrite", canonical_jfif(body))
+    if marker == APP14 and len(body) >= ADOBE_BODY and body[:5] == b"Adobe":
+        if adobe_ok(body):
+            return "keep", body
+        return "rewrite", canonical_adobe(body, components)
+    return "remove", b""
+
+
+def app_segment(marker: int, body: bytes, components: int | None) -> bytes | None:
+    """An APPn or COM segment as it may be written: itself, its canonical form, or None."""
+    action, new = _app_action(marker, body, components)
+    if action == "remove":
+        return None
+    return bytes([0xFF, marker]) + struct.pack(">H", len(new) + 2) + new
+
+
+def _check_segment(marker: int, body: bytes, sof: int | None) -> None:
+    """Raise MalformedStream unless the segment's length is exactly what its fields say."""
+    n = len(body)
+    if marker == DQT:
+        ok = _tables_fit(body, 1, _dqt_size)
+    elif marker == DHT:
+        ok = _tables_fit(body, 17, _dht_size)
+    elif marker in SOF_MARKERS:
+        ok = n >= 6 and body[5] >= 1 and n == 6 + 3 * body[5]
+    elif marker == SOS:
+        ok = n >= 1 and 1 <= body[0] <= 4 and n == 4 + 2 * body[0] and sof is not None
+        if ok and sof in LOSSLESS:
+            ss, se, ahal = body[-3:]
+            ok = 1 <= ss <= 7 and se == 0 and ahal >> 4 == 0
+        elif ok and sof in PROGRESSIVE:
+            ss, se, ahal = body[-3:]
+            ok = ss <= se <= 63 and ahal >> 4 <= 13 and ahal & 15 <= 13
+    elif marker in (DRI, DNL):
+        ok = n == 2
+    elif marker == DAC:
+        ok = n % 2 == 0
+    else:
+        raise MalformedStream(f"JPEG marker FF{marker:02X} is not one this tool can screen")
+    if not ok:
+        raise MalformedStream(f"JPEG {segment_name(marker)} segment does not match its syntax")
 
 
 def clean_jpeg(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """Remove APPn/COM segments wherever they sit (before, between and after the scans) and
-    non-zero bytes after EOI."""
+    """The stream without APPn/COM segments (wherever they sit), with canonical JFIF/Adobe
+    segments and sequential scan headers, without fill bytes and without non-zero bytes after
+    EOI; raises MalformedStream for any other byte outside the syntax."""
     if data[:2] != b"\xff\xd8":
         raise MalformedStream("JPEG stream does not start with SOI")
     out = bytearray(b"\xff\xd8")
     removed: list[tuple[str, bytes]] = []
-    pos = 2
-    n = len(data)
+    pos, n = 2, len(data)
+    sof: int | None = None
+    components: int | None = None
+    adobe_at: list[tuple[int, bytes]] = []   # rewritten Adobe segments, settled after SOF
     while True:
+        fill = pos
         while pos + 1 < n and data[pos] == 0xFF and data[pos + 1] == 0xFF:
-            pos += 1  # fill bytes (T.81 B.1.1.2)
+            pos += 1  # fill bytes (T.81 B.1.1.2): nothing a decoder needs
+        if pos > fill:
+            removed.append(("fill bytes", b""))
         if pos + 2 > n or data[pos] != 0xFF:
             raise MalformedStream(f"JPEG marker expected at byte {pos}")
         marker = data[pos + 1]
-        if marker == 0xD9:  # EOI
+        if marker == EOI:
             out += data[pos:pos + 2]
             pos += 2
             break
         if pos + 4 > n:
             raise MalformedStream("JPEG segment truncated")
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        length = struct.unpack_from(">H", data, pos + 2)[0]
         if length < 2 or pos + 2 + length > n:
             raise MalformedStream("JPEG segment length out of range")
-        segment = data[pos:pos + 2 + length]
-        if _removable_jpeg(marker, segment[4:]):
-            removed.append((segment_name(marker), segment[4:]))
+        body = data[pos + 4:pos + 2 + length]
+        if 0xE0 <= marker <= 0xEF or marker == COM:
+            action, new = _app_action(marker, body, components)
+            if action == "keep":
+                out += data[pos:pos + 2 + length]
+            else:
+                removed.append((segment_name(marker), body))
+                if action == "rewrite":
+                    if marker == APP14:
+                        adobe_at.append((len(out), body))
+                    out += bytes([0xFF, marker]) + struct.pack(">H", len(new) + 2) + new
         else:
-            out += segment
+            _check_segment(marker, body, sof)
+            if marker in SOF_MARKERS:
+                sof, components = marker, body[5]
+            if marker == SOS and sof in SEQUENTIAL and body[-3:] != b"\x00\x3f\x00":
+                removed.append(("SOS spectral fields", b""))
+                body = body[:-3] + b"\x00\x3f\x00"
+            out += data[pos:pos + 4] + body
         pos += 2 + length
-        if marker == 0xDA:  # SOS: entropy-coded data follows up to the next marker
+        if marker == SOS:  # entropy-coded data follows up to the next marker
             end = _entropy_end(data, pos)
             out += data[pos:end]
             pos = end
             if pos >= n:
                 break   # no EOI: the stream ends with its data
+    for at, body in adobe_at:    # the transform's meaning depends on the component count
+        out[at + 4:at + 4 + ADOBE_BODY] = canonical_adobe(body, components)
     tail = data[pos:]
     if any(tail):
         removed.append(("trailing data", tail))
@@ -203,76 +277,23 @@ def scan_start(data: bytes) -> int:
             pos += 1
             continue
         length = struct.unpack_from(">H", data, pos + 2)[0]
-        if marker == 0xDA:
+        if marker == SOS:
             return pos + 2 + length
         pos += 2 + length
     return 0
 
 
-def clean_j2k(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """Remove COM segments from the main and tile-part headers of a J2K codestream."""
-    if data[:2] != b"\xff\x4f":
-        raise MalformedStream("JPEG 2000 codestream does not start with SOC")
-    out = bytearray(b"\xff\x4f")
-    removed: list[tuple[str, bytes]] = []
-    pos = 2
-    n = len(data)
+# ---- the vectorised walk -------------------------------------------------------------------
 
-    def header_segments(pos: int, stop: int, sink: bytearray) -> int:
-        while True:
-            if pos + 4 > n or data[pos] != 0xFF:
-                raise MalformedStream(f"JPEG 2000 marker expected at byte {pos}")
-            marker = data[pos + 1]
-            if marker == stop:
-                return pos
-            length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-            if length < 2 or pos + 2 + length > n:
-                raise MalformedStream("JPEG 2000 segment length out of range")
-            comment = data[pos + 6:pos + 2 + length]
-            if marker == 0x64 and not any(p.fullmatch(comment) for p in SAFE_J2K_COMMENTS):
-                removed.append(("COM", comment))
-            else:
-                sink += data[pos:pos + 2 + length]
-            pos += 2 + length
-
-    pos = header_segments(pos, 0x90, out)
-    while pos + 2 <= n and data[pos:pos + 2] == b"\xff\x90":
-        if pos + 12 > n:
-            raise MalformedStream("JPEG 2000 SOT truncated")
-        sot = bytearray(data[pos:pos + 12])
-        psot = struct.unpack(">I", sot[6:10])[0]
-        part_end = pos + psot if psot else n
-        if part_end > n:
-            raise MalformedStream("JPEG 2000 tile-part runs past the stream")
-        headers = bytearray()
-        sod = header_segments(pos + 12, 0x93, headers)
-        rest = data[sod:part_end] if psot else data[sod:]
-        if psot:
-            new_len = 12 + len(headers) + len(rest)
-            sot[6:10] = struct.pack(">I", new_len)
-        out += sot + headers + rest
-        pos = part_end
-        if not psot:
-            break
-    if pos < n:
-        tail = data[pos:]
-        if tail[:2] == b"\xff\xd9":
-            out += tail[:2]
-            if any(tail[2:]):
-                removed.append(("trailing data", tail[2:]))
-        elif any(tail):
-            raise MalformedStream("unexpected bytes after the last JPEG 2000 tile-part")
-    return bytes(out), removed
-
-
-def _walk(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tuple[int, ...],
-          flag_marker, record: int | None = None,
-          found: list[tuple[np.ndarray, np.ndarray]] | None = None,
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def walk_segments(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tuple[int, ...],
+                  flag_marker, record: int | None = None,
+                  found: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Walk marker segments of many streams at once.
 
-    Returns (flagged, stopped_at, stop_marker) per stream; segments with marker `record` are
-    appended to `found` as (stream indices, segment positions)."""
+    `flag_marker(markers, positions, streams)` says which segments flag their stream (the
+    streams are indices into `pos`). Returns (flagged, stopped_at, stop_marker) per stream;
+    segments with marker `record` are appended to `found` as (stream indices, positions)."""
     n = len(pos)
     flagged = np.zeros(n, dtype=bool)
     stop_marker = np.zeros(n, dtype=np.int64)
@@ -295,9 +316,10 @@ def _walk(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tuple[int, .
         idx, p, m1 = idx[~bad], p[~bad], m1[~bad]
         stop = np.isin(m1, stops)
         stop_marker[idx[stop]] = m1[stop]
+        pos[idx[stop]] = p[stop]
         active[idx[stop]] = False
         idx, p, m1 = idx[~stop], p[~stop], m1[~stop]
-        flagged[idx[flag_marker(m1, p)]] = True
+        flagged[idx[flag_marker(m1, p, idx)]] = True
         if record is not None and found is not None:
             hit = m1 == record
             if hit.any():
@@ -308,45 +330,108 @@ def _walk(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, stops: tuple[int, .
     return flagged, pos, stop_marker
 
 
+def _at(buf: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return buf.take(p, mode="clip").astype(np.int64)
+
+
+def _u16(buf: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return (_at(buf, p) << 8) | _at(buf, p + 1)
+
+
 def _starts_with(buf: np.ndarray, pos: np.ndarray, sig: bytes) -> np.ndarray:
     ok = np.ones(len(pos), dtype=bool)
     for i, byte in enumerate(sig):
-        ok &= buf[np.minimum(pos + i, len(buf) - 1)] == byte
+        ok &= _at(buf, pos + i) == byte
     return ok
 
 
+def _tables_misfit(buf: np.ndarray, p: np.ndarray, end: np.ndarray, most: int,
+                   dht: bool) -> np.ndarray:
+    """Vectorised _tables_fit over segments at `p` ending at `end`."""
+    bad = np.zeros(len(p), dtype=bool)
+    q = p + 4
+    for _ in range(most):
+        more = q < end
+        kind = _at(buf, q)
+        bad |= more & (((kind >> 4) > 1) | ((kind & 15) > 3))
+        if dht:
+            counts = _at(buf, q[:, None] + np.arange(1, 17)).sum(axis=1)
+            bad |= more & (counts > 256)
+            step = 17 + counts
+        else:
+            step = 1 + 64 * (1 + (kind >> 4))
+        q = np.where(more, q + step, q)
+    return bad | (q != end)
+
+
+def _jfif_plain(buf: np.ndarray, p: np.ndarray, length: np.ndarray) -> np.ndarray:
+    density = (_at(buf, p + 11) << 32) | (_u16(buf, p + 12) << 16) | _u16(buf, p + 14)
+    allowed = np.array([(u << 32) | (x << 16) | y for u, x, y in JFIF_DENSITIES])
+    return ((length == JFIF_BODY + 2) & _starts_with(buf, p + 4, b"JFIF\x00")
+            & (_at(buf, p + 9) == 1) & (_at(buf, p + 10) <= 2) & np.isin(density, allowed)
+            & (_at(buf, p + 16) == 0) & (_at(buf, p + 17) == 0))
+
+
+def _adobe_plain(buf: np.ndarray, p: np.ndarray, length: np.ndarray) -> np.ndarray:
+    return ((length == ADOBE_BODY + 2) & _starts_with(buf, p + 4, b"Adobe")
+            & np.isin(_u16(buf, p + 9), (100, 101)) & np.isin(_u16(buf, p + 11), (0, 0x8000))
+            & (_u16(buf, p + 13) == 0) & (_at(buf, p + 15) <= 2))
+
+
 def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:
-    """True for every JPEG stream that may hold APPn/COM segments (anywhere: in the headers,
-    between scans, after the entropy-coded data) or trailing data."""
-    flags = np.zeros(len(offs), dtype=bool)
-    ok = cnts >= 4
-    idx = np.nonzero(ok)[0]
+    """True for every JPEG stream that is not plain: a single sequential or lossless scan
+    after header segments that all match their syntax (no APPn but exact JFIF and Adobe, no
+    COM, no fill byte), only restart markers in the scan data, and EOI at the end (or EOI and
+    one padding NUL). The flagged ones get the full parse."""
+    flags = np.ones(len(offs), dtype=bool)
+    idx = np.nonzero(cnts >= 4)[0]
     if idx.size == 0:
         return flags
     o, e = offs[idx], offs[idx] + cnts[idx]
-    soi = (buf[o] == 0xFF) & (buf[o + 1] == 0xD8)
+    soi = (buf[o] == 0xFF) & (buf[o + 1] == SOI)
     # a stream may end with one padding NUL (DICOM items have even lengths)
-    plain_end = (buf[e - 2] == 0xFF) & (buf[e - 1] == 0xD9)
-    padded_end = (buf[e - 3] == 0xFF) & (buf[e - 2] == 0xD9) & (buf[e - 1] == 0)
-    tail = plain_end | padded_end
+    plain_end = (buf[e - 2] == 0xFF) & (buf[e - 1] == EOI)
+    padded_end = (buf[e - 3] == 0xFF) & (buf[e - 2] == EOI) & (buf[e - 1] == 0)
+    sof = np.zeros(len(idx), dtype=np.int64)
 
-    def suspicious(m: np.ndarray, p: np.ndarray) -> np.ndarray:
-        app = ((m >= 0xE1) & (m <= 0xED)) | (m == 0xEF) | (m == 0xFE)
-        length = (buf[np.minimum(p + 2, len(buf) - 1)].astype(np.int64) << 8) | buf[np.minimum(p + 3, len(buf) - 1)]
-        jfif = (_starts_with(buf, p + 4, b"JFIF\x00") & (length == JFIF_LENGTH)
-                & (buf[np.minimum(p + 16, len(buf) - 1)] == 0) & (buf[np.minimum(p + 17, len(buf) - 1)] == 0))
-        adobe = _starts_with(buf, p + 4, b"Adobe") & (length == ADOBE_LENGTH)
-        app |= (m == 0xE0) & ~jfif
-        app |= (m == 0xEE) & ~adobe
-        return app
+    checks = {DQT: lambda q, n: _tables_misfit(buf, q, q + 2 + n, 4, False),
+              DHT: lambda q, n: _tables_misfit(buf, q, q + 2 + n, 8, True),
+              DRI: lambda q, n: n != 4,
+              APP0: lambda q, n: ~_jfif_plain(buf, q, n),
+              APP14: lambda q, n: ~_adobe_plain(buf, q, n)}
+    sof_markers = list(SEQUENTIAL | LOSSLESS)
 
-    walked, stops, _ = _walk(buf, o + 2, e, (0xDA, 0xD9), suspicious)
+    def odd(m: np.ndarray, p: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Each marker's check on the streams where it sits (one kind at a time: in a slide's
+        tiles the n-th segment is mostly the same kind everywhere)."""
+        length = _u16(buf, p + 2)
+        bad = np.ones(len(m), dtype=bool)
+        i = np.flatnonzero(np.isin(m, sof_markers))
+        if i.size:
+            nf = _at(buf, p[i] + 9)
+            bad[i] = (nf == 0) | (length[i] != 8 + 3 * nf)
+            sof[s[i]] = m[i]
+        for marker, check in checks.items():
+            i = np.flatnonzero(m == marker)
+            if i.size:
+                bad[i] = check(p[i], length[i])
+        return bad
+
+    walked, at, stop = walk_segments(buf, o + 2, e, (SOS, EOI), odd)
+    ns = _at(buf, at + 4)
+    sos_length = _u16(buf, at + 2)
+    spectral = at + 5 + 2 * ns
+    ss, se, ahal = _at(buf, spectral), _at(buf, spectral + 1), _at(buf, spectral + 2)
+    sequential = np.isin(sof, list(SEQUENTIAL)) & (ss == 0) & (se == 63) & (ahal == 0)
+    lossless = (np.isin(sof, list(LOSSLESS)) & (ss >= 1) & (ss <= 7) & (se == 0)
+                & ((ahal >> 4) == 0))
+    sos_ok = ((stop == SOS) & (ns >= 1) & (ns <= 4) & (sos_length == 6 + 2 * ns)
+              & (sequential | lossless))
     # after SOS: any marker other than a restart marker before the final EOI
-    sos_length = ((buf[np.minimum(stops + 2, len(buf) - 1)].astype(np.int64) << 8)
-                  | buf[np.minimum(stops + 3, len(buf) - 1)])
-    data_start = np.minimum(stops + 2 + sos_length, e)
+    data_start = np.minimum(at + 2 + sos_length, e)
     data_end = np.where(padded_end & ~plain_end, e - 3, e - 2)
-    flags[idx] = ~soi | ~tail | walked | _markers_between(buf, data_start, data_end)
+    flags[idx] = (~soi | ~(plain_end | padded_end) | walked | ~sos_ok
+                  | _markers_between(buf, data_start, data_end))
     return flags
 
 
@@ -361,43 +446,6 @@ def _markers_between(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> n
     marker = (following != 0x00) & (following != 0xFF) & ((following < 0xD0) | (following > 0xD7))
     found = ff[marker]
     return np.searchsorted(found, ends, side="left") > np.searchsorted(found, starts, side="left")
-
-
-def screen_j2k(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:
-    """True for every J2K codestream that may hold a COM segment that is not a known-safe
-    encoder comment (main header or first tile-part header)."""
-    flags = np.zeros(len(offs), dtype=bool)
-    ok = cnts >= 16
-    idx = np.nonzero(ok)[0]
-    if idx.size == 0:
-        return flags
-    o, e = offs[idx], offs[idx] + cnts[idx]
-    soc = (buf[o] == 0xFF) & (buf[o + 1] == 0x4F)
-    comments: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def never(m: np.ndarray, p: np.ndarray) -> np.ndarray:
-        return np.zeros(len(m), dtype=bool)
-
-    main_flag, sot_pos, _ = _walk(buf, o + 2, e, (0x90,), never, 0x64, comments)
-    sot_pos = np.minimum(sot_pos, e - 12)
-    psot = ((buf[sot_pos + 6].astype(np.int64) << 24) | (buf[sot_pos + 7].astype(np.int64) << 16)
-            | (buf[sot_pos + 8].astype(np.int64) << 8) | buf[sot_pos + 9])
-    # A stream of more than one tile-part gets the full Python walk.
-    single = (psot == 0) | (sot_pos + psot >= e - 2)
-    tp_flag, _, _ = _walk(buf, sot_pos + 12, e, (0x93,), never, 0x64, comments)
-    flags[idx] = ~soc | main_flag | tp_flag | ~single
-    # Comments: only those that are not a known encoder comment flag their stream.
-    safe_cache: dict[bytes, bool] = {}
-    for streams, positions in comments:
-        for stream, pos in zip(streams.tolist(), positions.tolist()):
-            length = (int(buf[pos + 2]) << 8) | int(buf[pos + 3])
-            payload = buf[pos + 6:pos + 2 + length].tobytes()
-            safe = safe_cache.get(payload)
-            if safe is None:
-                safe = safe_cache[payload] = any(p.fullmatch(payload) for p in SAFE_J2K_COMMENTS)
-            if not safe:
-                flags[idx[stream]] = True
-    return flags
 
 
 WINDOW = 64 << 20

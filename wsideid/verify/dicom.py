@@ -19,12 +19,14 @@ from ..adapters.dicom import (
     DicomAdapter,
     DicomSeries,
     InstanceOut,
+    padded_frame,
 )
 from ..adapters.dicom_labels import DCIODVFY_BLANKED_OVERVIEW
 from ..background import checks_in_background
 from ..containers.dicom.io import PixelElement, locate_pixels, read_header
 from ..containers.output import Written
 from ..errors import SlideError
+from ..images import codestreams
 from ..model import Job, Naming, Plan
 from ..policy import Policy
 from . import checks
@@ -59,11 +61,15 @@ def verify(adapter: DicomAdapter, source: DicomSeries, plan: Plan, written: Writ
                 problems += _check_new_pixels(out, locate_pixels(out, start), planned.new_pixels)
                 continue
             edited = plan.run_edits(f"instance {planned.instance.number}")
-            pixels = (locate_pixels(out, start) if edited or not len(planned.pixels.frame_offsets)
+            pixels = (locate_pixels(out, start)
+                      if edited or planned.rebuild or not len(planned.pixels.frame_offsets)
                       else _expected_pixels(planned.pixels, start))
         except SlideError as exc:
             problems.append(f"{out.name}: cannot be read back: {exc}")
             continue
+        if planned.rebuild and pixels.bot_length:
+            problems.append(f"{out.name}: the Basic Offset Table was not rebuilt")
+        problems += _check_rewritten(planned, out, edited)
         problems += _check_frames(planned, out, pixels, {k: e.data for k, e in edited.items()})
     blanked = {e.image for e in plan.label_areas()}
     for (planned, out), result, source_result in zip(pairs, after, inputs):
@@ -71,6 +77,16 @@ def verify(adapter: DicomAdapter, source: DicomSeries, plan: Plan, written: Writ
         problems += _check_dciodvfy(result.result(), source_result, out.name, expected)
     problems += _check_openslide(pairs)
     return problems
+
+
+def _check_rewritten(planned: InstanceOut, out: Path, edited: dict) -> list[str]:
+    """Every rewritten frame is checked against its codec's grammar again."""
+    codec = planned.image.runs.codec if planned.image.runs is not None else "other"
+    for run, edit in edited.items():
+        why = codestreams.check_run(padded_frame(edit.data), codec)
+        if why is not None:
+            return [f"{out.name}: frame {run} is not clean ({why})"]
+    return []
 
 
 def _expected_pixels(src: PixelElement, start: int) -> PixelElement:

@@ -14,7 +14,7 @@ from ..containers.mirax.data import MiraxOutput
 from ..containers.mirax.slidedat import INDEX_NAME
 from ..containers.output import Written
 from ..errors import SlideError
-from ..images import segments
+from ..images import codestreams
 from ..model import Job, Naming, Plan, ReplaceRun
 from ..needles import find_in, find_in_file
 from ..policy import Policy
@@ -54,9 +54,10 @@ def _check_rewritten(plan: Plan) -> list[str]:
     for edit in plan.edits:
         if not isinstance(edit, ReplaceRun):
             continue
-        if segments.clean_image(edit.data)[1]:
-            problems.append(f"{edit.image}: an image rewritten in run {edit.run} still has "
-                            "text segments")
+        why = codestreams.check_run(edit.data, "image")
+        if why is not None:
+            problems.append(f"{edit.image}: an image rewritten in run {edit.run} is not clean "
+                            f"({why})")
     return problems
 
 

@@ -18,7 +18,7 @@ from ..adapters.tiff import TiffAdapter, TiffSlide
 from ..containers.files import data_extents, uncovered
 from ..containers.output import Written
 from ..containers.tiff.writer import IfdOut
-from ..images import segments
+from ..images import codestreams
 from ..model import KEPT, Job, Naming, Plan
 from ..policy import Policy
 from ..sampling import digest
@@ -157,16 +157,20 @@ def _patched(data: bytes, patches) -> bytes:
 
 def _rescan_edits(out: TiffSlide, ifd, offs: np.ndarray, cnts: np.ndarray,
                   edits: dict[int, bytes]) -> list[str]:
+    """Every rewritten run is checked against its codec's grammar again."""
+    from ..containers.tiff.geometry import decoded_sizes
     from ..containers.tiff.names import codec_family
 
     family = codec_family(ifd.int_value(259, out.bo))
-    if family not in ("jpeg", "j2k"):
+    if not edits or not codestreams.screened(family):
         return []
-    clean = segments.clean_jpeg if family == "jpeg" else segments.clean_j2k
+    need, alt = decoded_sizes(ifd, out.bo, len(offs))
     for index in edits:
         data = os.pread(out.tiff.fd, int(cnts[index]), int(offs[index]))
-        if clean(data)[1]:
-            return [f"{ifd.label}: image data run {index} still holds a text segment"]
+        sizes = (int(need[index]), int(alt[index])) if family in codestreams.SIZED else ()
+        why = codestreams.check_run(data, family, sizes)
+        if why is not None:
+            return [f"{ifd.label}: image data run {index} is not clean ({why})"]
     return []
 
 

@@ -29,8 +29,10 @@ WINDOW = 64 << 20
 class PixelElement:
     start: int                 # offset of the (7FE0,0010) tag
     end: int                   # offset just past the element
-    frame_offsets: np.ndarray  # file offsets of each frame's bytes (encapsulated only)
+    frame_offsets: np.ndarray  # file offsets of each fragment's bytes (encapsulated only)
     frame_lengths: np.ndarray
+    bot_offset: int = 0        # file offset and length of the Basic Offset Table item's value
+    bot_length: int = 0
 
 
 def read_header(path: Path) -> tuple[pydicom.Dataset, int]:
@@ -65,8 +67,10 @@ def locate_pixels(path: Path, start: int) -> PixelElement:
             return PixelElement(start, end, np.zeros(0, np.int64), np.zeros(0, np.int64))
         offsets, lengths, end = _walk_items(fh, start + 12, size)
         # the first item is the Basic Offset Table
+        if not offsets:
+            raise SlideError("encapsulated pixel data without its Basic Offset Table item")
         return PixelElement(start, end, np.asarray(offsets[1:], np.int64),
-                            np.asarray(lengths[1:], np.int64))
+                            np.asarray(lengths[1:], np.int64), offsets[0], lengths[0])
 
 
 def _walk_items(fh, pos: int, size: int) -> tuple[list[int], list[int], int]:

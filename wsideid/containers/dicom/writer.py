@@ -25,15 +25,16 @@ def copy_pixels_after_header(header: Dataset, source: Path, pixel_start: int, ou
 
 
 def write_instance(header: Dataset, source: Path, pixels: PixelElement, out: Path,
-                   replaced: dict[int, bytes], frames: int = 1) -> None:
+                   replaced: dict[int, bytes], frames: int = 1, rebuild: bool = False) -> None:
     """`header` without pixel data, then the source's pixel data element: copied verbatim, or
-    rebuilt with the `replaced` fragments (by frame index), each padded to an even length.
+    rebuilt (with an empty Basic Offset Table) with the `replaced` fragments (by fragment
+    index), each padded to an even length; `rebuild` rebuilds it with none replaced.
     Native (not encapsulated) pixel data is copied and the replaced frames, of their old
     length, written over their old place."""
     header.save_as(out, enforce_file_format=True)
     with open(source, "rb") as src, open(out, "r+b") as dst:
         at = dst.seek(0, 2)
-        if not replaced or not len(pixels.frame_offsets):
+        if not (replaced or rebuild) or not len(pixels.frame_offsets):
             copy_range(src.fileno(), dst.fileno(), pixels.start, pixels.end, at)
             if replaced:
                 size = (pixels.end - pixels.start - 12) // max(1, frames)

@@ -20,6 +20,8 @@ COMPRESSION = {
 }
 JPEG_CODES = {6, 7}            # 6: old-style JPEG (JPEGInterchangeFormat streams)
 J2K_CODES = {33003, 33004, 33005, 34712}
+# Lossless codecs whose streams are checked against the size they must decode to.
+LOSSLESS_CODES = {1: "none", 5: "lzw", 8: "deflate", 32946: "deflate", 32773: "packbits"}
 
 
 def compression_name(code: int | None) -> str:
@@ -29,12 +31,13 @@ def compression_name(code: int | None) -> str:
 
 
 def codec_family(code: int | None) -> str:
-    """How text segments are looked for in this compression's streams."""
+    """Which grammar this compression's streams are checked against (images/codestreams.py);
+    "other" for the ones without (kept images in them are refused)."""
     if code in JPEG_CODES:
         return "jpeg"
     if code in J2K_CODES:
         return "j2k"
-    return "other"
+    return LOSSLESS_CODES.get(1 if code is None else code, "other")
 
 
 def tag_name(code: int) -> str:
