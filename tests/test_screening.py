@@ -403,7 +403,8 @@ def test_an_extended_offset_table_that_does_not_fit_is_removed(tmp_path):
 def test_native_pixel_data_longer_than_its_frames_refuses_the_slide(tmp_path):
     folder = tmp_path / "in" / "native"
     folder.mkdir(parents=True)
-    ds = pydicom.dcmread(shared_slide("dicom/openslide-boxes/boxes_1.dcm"))
+    shutil.copy(shared_slide("dicom/openslide-boxes/boxes_0.dcm"), folder)   # the volume
+    ds = pydicom.dcmread(shared_slide("dicom/openslide-boxes/boxes_1.dcm"))  # its thumbnail
     ds.PixelData = bytes(ds.PixelData) + TEXT + b"\x00"
     ds.save_as(folder / "x.dcm", enforce_file_format=True)
     proc = run("deid", folder, "-o", tmp_path / "out")
@@ -448,7 +449,8 @@ def test_frames_in_a_transfer_syntax_without_a_grammar_refuse_the_slide(tmp_path
 
     folder = tmp_path / "in" / "rle"
     folder.mkdir(parents=True)
-    ds = pydicom.dcmread(shared_slide("dicom/openslide-boxes/boxes_1.dcm"))
+    ds = pydicom.dcmread(shared_slide("dicom/openslide-boxes/boxes_0.dcm"))  # the volume
+    ds.decompress()
     ds.compress(RLELossless)
     ds.save_as(folder / "x.dcm", enforce_file_format=True)
     proc = run("deid", folder, "-o", tmp_path / "out")

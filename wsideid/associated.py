@@ -13,7 +13,7 @@ redacted gets its label area blanked.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import SlideError
@@ -46,6 +46,7 @@ class SlideChecks:
     images: list[ImageCheck]
     label_values: list[str]
     ocr_ran: bool
+    undecodable: list[Image] = field(default_factory=list)   # could not be looked at
 
     def of(self, index: str) -> ImageCheck | None:
         return next((c for c in self.images if c.image.index == index), None)
@@ -57,18 +58,21 @@ def examine(adapter: Any, slide: Any, policy: Policy) -> SlideChecks:
 
     read_text = policy.ocr and ocr.available()
     checks = []
+    undecodable = []
     for image in adapter.images(slide):
         if image.role not in CHECKED_ROLES:
             continue
         pixels = adapter.pixels(slide, image)
         if pixels is None:
+            undecodable.append(image)
             continue
         # text is read where it decides something: on an image that is to be kept
         texts = None
         if read_text and image.role in TEXT_ROLES and policy.image_action(image.role) != "drop":
             texts = [line for line in ocr.read_text(pixels) or [] if WORDLIKE.search(line)]
         checks.append(ImageCheck(image, pixels, decode_all(pixels), texts))
-    return SlideChecks(checks, [v for v in adapter.label_values(slide) if v.strip()], read_text)
+    return SlideChecks(checks, [v for v in adapter.label_values(slide) if v.strip()], read_text,
+                       undecodable)
 
 
 def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
@@ -81,6 +85,12 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
     warnings: list[str] = []
     forbidden = {v.strip().lower() for v in checks.label_values if len(v.strip()) >= MIN_FORBIDDEN}
     overrides: dict[str, str] = {}
+    reference = SlideReference(adapter, slide)
+    for image in checks.undecodable:
+        if policy.image_action(image.role) != "drop":
+            overrides[image.index] = "drop"
+            warnings.append(f"the {image.role} image ({image.index}) could not be decoded to be "
+                            "checked: dropped")
     for check in checks.images:
         image = check.image
         for code in check.barcodes:
@@ -93,6 +103,10 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
                                 why=f"text read on the {image.role} image"))
             forbidden |= {w.lower() for w in line.split() if len(w) >= MIN_FORBIDDEN}
         wanted = policy.image_action(image.role)
+        if image.role == "thumbnail" and wanted != "drop" and not reference.shows(check):
+            overrides[image.index] = "drop"
+            warnings.append(f"the thumbnail image ({image.index}) {reference.why}: dropped")
+            continue
         if not check.shows_something or wanted in ("drop", "replace", "redact"):
             continue
         what = _what(check)
@@ -128,6 +142,31 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
                 edits.append(edit)
     slide_policy = replace(slide_policy, image_overrides=tuple(overrides.items()))
     return slide_policy, fields, warnings, edits
+
+
+class SlideReference:
+    """The slide's smallest level, decoded once when a thumbnail is to be compared with it."""
+
+    def __init__(self, adapter: Any, slide: Any):
+        self.adapter, self.slide = adapter, slide
+        self.picture: Any = None
+        self.loaded = False
+        self.why = ""
+
+    def shows(self, check: ImageCheck) -> bool:
+        """The checked image shows the slide (else `why` says what is wrong)."""
+        from .images.likeness import resembles
+
+        if not self.loaded:
+            self.picture, self.loaded = self.adapter.smallest_level(self.slide), True
+        if self.picture is None:
+            self.why = "could not be compared with the slide's smallest level"
+            return False
+        if not resembles(check.pixels, self.picture):
+            self.why = ("does not show the slide (its pixels do not match the smallest level: "
+                        "a label or macro photograph?)")
+            return False
+        return True
 
 
 def _new_label(check: ImageCheck, naming: Naming) -> ReplaceImage:

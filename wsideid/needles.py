@@ -44,10 +44,28 @@ def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE, written=()) -> list
             continue
         low = value.lower()
         if (low in kept or low in PLACEHOLDERS or any(low in w for w in own)
-                or (BARE_NUMBER.fullmatch(value) and value in kept_numbers)):
+                or (BARE_NUMBER.fullmatch(value) and _same_number(value, kept_numbers))):
             continue
         out.add(value)
     return sorted(out)
+
+
+def _same_number(value: str, kept_numbers: set[str]) -> bool:
+    """A kept number with the same value (0.499 removed, 0.4990 kept: the kept one is found)."""
+    if value in kept_numbers:
+        return True
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return any(_float(k) == number for k in kept_numbers)
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def find_in(data: bytes, needles: list[str]) -> list[str]:

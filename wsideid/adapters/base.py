@@ -126,6 +126,13 @@ class Adapter:
         when they cannot be decoded here."""
         return None
 
+    def smallest_level(self, slide: Any) -> Any:
+        """The slide's smallest pyramid level decoded (numpy array), the picture a thumbnail
+        must resemble, or None when it cannot be decoded here. By default OpenSlide reads it
+        from `reader_path`."""
+        path = self.reader_path(slide)
+        return None if path is None else openslide_smallest_level(path)
+
     def label_values(self, slide: Any) -> list[str]:
         """Identifiers the format's label metadata holds (a barcode, the label's text): removed
         wherever else they appear."""
@@ -145,3 +152,22 @@ def is_regular_file(path: Path) -> bool:
         return os.path.isfile(path)
     except OSError:
         return False
+
+
+def openslide_smallest_level(path: Any) -> Any:
+    """OpenSlide's smallest level of the slide at `path` as RGB, or None (OpenSlide cannot open
+    it, or the level is too large to decode for a comparison)."""
+    from ..images.likeness import MAX_REFERENCE_PIXELS
+
+    try:
+        import numpy as np
+        import openslide
+
+        with openslide.OpenSlide(str(path)) as osr:
+            level = osr.level_count - 1
+            w, h = osr.level_dimensions[level]
+            if w * h > MAX_REFERENCE_PIXELS:
+                return None
+            return np.asarray(osr.read_region((0, 0), level, (w, h)).convert("RGB"))
+    except Exception:  # noqa: BLE001 - any reader failure: no picture, the caller decides
+        return None

@@ -23,6 +23,7 @@ from ..containers.files import Staging
 from ..containers.output import Target, Written
 from ..dates import DICOM as DICOM_DATES
 from ..errors import SlideError
+from ..images.shape import reduced_copy
 from ..keyring import Keyring
 from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy, decide
@@ -452,8 +453,25 @@ def role_of(ds: Dataset) -> str:
     return ROLE_BY_TYPE.get(value, "unknown")
 
 
-def image_of(ds: Dataset, index: str, action: str) -> Image:
-    return Image(index, role_of(ds), int(ds.get("TotalPixelMatrixColumns", ds.get("Columns", 0)) or 0),
+def _matrix(ds: Dataset) -> tuple[int, int]:
+    return (int(ds.get("TotalPixelMatrixColumns", ds.get("Columns", 0)) or 0),
+            int(ds.get("TotalPixelMatrixRows", ds.get("Rows", 0)) or 0))
+
+
+def _shaped(instances: list[Instance]) -> list[Instance]:
+    """ImageType says what an instance is; a VOLUME or THUMBNAIL that is not shaped like the
+    largest VOLUME (a label photograph typed as a thumbnail) is of unknown role: dropped."""
+    volumes = [inst for inst in instances if inst.role == "level"]
+    if not volumes:
+        return instances
+    base = max(volumes, key=lambda inst: _matrix(inst.header)[0] * _matrix(inst.header)[1])
+    return [replace(inst, role="unknown") if inst.role in ("level", "thumbnail")
+            and not reduced_copy(_matrix(inst.header), _matrix(base.header)) else inst
+            for inst in instances]
+
+
+def image_of(ds: Dataset, index: str, action: str, role: str | None = None) -> Image:
+    return Image(index, role or role_of(ds), int(ds.get("TotalPixelMatrixColumns", ds.get("Columns", 0)) or 0),
                  int(ds.get("TotalPixelMatrixRows", ds.get("Rows", 0)) or 0),
                  str(ds.file_meta.get("TransferSyntaxUID", "")), action)
 
@@ -612,7 +630,7 @@ class DicomAdapter(Adapter):
             instances.append(Instance(number, path, ds, pixel_start, role))
         if len(series) > 1:
             raise SlideError("instances of more than one series were given as one slide")
-        return DicomSeries(instances)
+        return DicomSeries(_shaped(instances))
 
     def fingerprint(self, slide: DicomSeries) -> bytes:
         return hashlib.sha256(slide.series_uid.encode()).digest()
@@ -622,7 +640,14 @@ class DicomAdapter(Adapter):
         return Naming(pseudonym, pseudonym, keyring=keyring)
 
     def images(self, slide: DicomSeries) -> list[Image]:
-        return [image_of(inst.header, f"instance {inst.number}", "keep") for inst in slide.instances]
+        return [image_of(inst.header, f"instance {inst.number}", "keep", inst.role)
+                for inst in slide.instances]
+
+    def smallest_level(self, slide: DicomSeries):
+        from .base import openslide_smallest_level
+
+        volume = next((inst for inst in slide.instances if inst.role == "level"), None)
+        return None if volume is None else openslide_smallest_level(volume.source)
 
     def pixels(self, slide: DicomSeries, image: Image):
         number = int(image.index.split()[1])
@@ -660,7 +685,7 @@ class DicomAdapter(Adapter):
         for inst in slide.instances:
             where = f"instance {inst.number}"
             action = policy.image_action_for(where, inst.role)
-            image = image_of(inst.header, where, action)
+            image = image_of(inst.header, where, action, inst.role)
             images.append(image)
             if action not in KEPT:
                 for elem in inst.header.iterall():
@@ -695,6 +720,10 @@ class DicomAdapter(Adapter):
                 dicom_labels.apply(by_index[new.image], new, naming.pseudonym, fields, edits)
         plan = Plan(self.format_name, images, fields, edits=edits + list(new_images),
                     output=outputs)
+        misshaped = [f"instance {inst.number}" for inst in slide.instances if inst.role == "unknown"]
+        if misshaped:
+            plan.warnings.append(f"{', '.join(misshaped)}: typed VOLUME or THUMBNAIL but not "
+                                 "shaped like the slide (a label or macro photograph?): dropped")
         if policy.redaction is not None and outputs:
             from . import dicom_regions
 

@@ -224,9 +224,18 @@ class OmeTiffAdapter(TiffAdapter):
         if not kept or kept[0] != 0:
             raise SlideError("the first IFD (which holds the OME-XML) would be dropped")
         ctx.extra["ifd_map"] = {old: new for new, old in enumerate(kept)}
-        ctx.extra["dropped_images"] = {image_id for image_id, role, ifds in slide.extra["image_ifds"]
-                                       if not any(policy.image_action_for(f"IFD {i}", role) in KEPT
-                                                  for i in ifds)}
+        # roles per IFD (slide.roles) have been checked against each IFD's own shape; an
+        # Image is kept or dropped whole
+        dropped = set()
+        for image_id, _, ifds in slide.extra["image_ifds"]:
+            kept_planes = {policy.image_action_for(f"IFD {i}", slide.roles[i]) in KEPT
+                           for i in ifds}
+            if kept_planes == {True, False}:
+                raise SlideError("an OME Image's planes differ in shape (one of them is not the "
+                                 "slide's): the slide is refused rather than released in part")
+            if kept_planes != {True}:
+                dropped.add(image_id)
+        ctx.extra["dropped_images"] = dropped
 
     def text_tag(self, ctx: TiffPlanning, ifd: Ifd, code: int, text: str):
         if code == 270 and ifd is ctx.slide.tiff.ifds[0]:

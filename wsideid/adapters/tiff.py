@@ -128,7 +128,7 @@ class TiffAdapter(Adapter):
         try:
             slide = TiffSlide(job.path, tiff, [])
             self.load(slide)
-            slide.roles = self.classify(slide)
+            slide.roles = shaped_roles(slide, self.classify(slide))
             return slide
         except BaseException:
             tiff.close()
@@ -170,6 +170,30 @@ class TiffAdapter(Adapter):
                 return tf.pages[number].asarray()
         except Exception:  # noqa: BLE001 - a codec tifffile lacks: the caller decides
             return None
+
+    def smallest_level(self, slide: TiffSlide):
+        """The smallest stored level (main chain or SubIFD) decoded by tifffile; OpenSlide's
+        smallest level when tifffile cannot decode it."""
+        import tifffile
+
+        from ..images.likeness import MAX_REFERENCE_PIXELS
+        from .base import openslide_smallest_level
+
+        levels = [ifd for ifd, role in zip(slide.tiff.ifds, slide.roles) if role == "level"]
+        levels += [kid for ifd in list(levels) for kid in ifd.children.get(SUBIFDS, [])
+                   if _sub_level(slide.bo, ifd, kid)]
+        if not levels:
+            return None
+        smallest = min(levels, key=lambda ifd: _ifd_size(slide, ifd)[0] * _ifd_size(slide, ifd)[1])
+        w, h = _ifd_size(slide, smallest)
+        if w * h > MAX_REFERENCE_PIXELS:
+            return openslide_smallest_level(slide.path)
+        try:
+            with tifffile.TiffFile(slide.path) as tf:
+                tf.filehandle.seek(smallest.offset)
+                return tifffile.TiffPage(tf, index=0).asarray()
+        except Exception:  # noqa: BLE001 - a codec tifffile lacks: try OpenSlide
+            return openslide_smallest_level(slide.path)
 
     def stored_levels(self, slide: TiffSlide) -> list[Image]:
         """Every pyramid image as stored: the levels of the main chain and the reduced copies
@@ -231,7 +255,8 @@ class TiffAdapter(Adapter):
             raise SlideError("no pyramid level would remain")
         for new in new_images:
             self._new_image(ctx, new)
-        return Plan(self.format_name, images, ctx.fields, self.warnings(slide) + ctx.malformed,
+        return Plan(self.format_name, images, ctx.fields,
+                    self.warnings(slide) + shape_warnings(slide) + ctx.malformed,
                     edits=list(ctx.edits) + list(new_images), output=chain)
 
     def _new_image(self, ctx: TiffPlanning, new) -> None:
@@ -464,6 +489,35 @@ class TiffAdapter(Adapter):
 TYPE_NAMES = {1: "BYTE", 2: "ASCII", 3: "SHORT", 4: "LONG", 5: "RATIONAL", 6: "SBYTE",
               7: "UNDEFINED", 8: "SSHORT", 9: "SLONG", 10: "SRATIONAL", 11: "FLOAT", 12: "DOUBLE",
               13: "IFD", 16: "LONG8", 17: "SLONG8", 18: "IFD8"}
+
+
+def shaped_roles(slide: TiffSlide, roles: list[str]) -> list[str]:
+    """Whatever a format's own signals say (a lens tag, an OME Image's declared size, a
+    description), an IFD kept as a level or a thumbnail must have the shape of the first
+    level, measured from its own ImageWidth and ImageLength: a label or macro photograph
+    tagged as a level has its own shape and becomes of unknown role (dropped)."""
+    ifds = slide.tiff.ifds
+    base = next((i for i, role in enumerate(roles) if role == "level"), None)
+    if base is None:
+        return roles
+    base_size = _ifd_size(slide, ifds[base])
+    out = list(roles)
+    for i, role in enumerate(roles):
+        if role in ("level", "thumbnail") and i != base \
+                and not reduced_copy(_ifd_size(slide, ifds[i]), base_size):
+            out[i] = "unknown"
+            slide.extra.setdefault("misshaped", []).append(f"{ifds[i].label} ({role})")
+    return out
+
+
+def shape_warnings(slide: TiffSlide) -> list[str]:
+    misshaped = slide.extra.get("misshaped", [])
+    return [f"{', '.join(misshaped)}: said to be a reduced copy of the slide but not shaped like "
+            "it (a label or macro photograph?): dropped"] if misshaped else []
+
+
+def _ifd_size(slide: TiffSlide, ifd: Ifd) -> tuple[int, int]:
+    return ifd.int_value(256, slide.bo, 0) or 0, ifd.int_value(257, slide.bo, 0) or 0
 
 
 def _sub_level(bo: str, parent: Ifd, kid: Ifd) -> bool:
