@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
@@ -67,36 +68,45 @@ class Found:
 
 def find(inputs: list[Path], repair: bool = True) -> Found:
     """Every slide among the inputs: files as given, folders walked (a walked file that no
-    format claims is not a slide: listed in `others`, not copied). With `repair`, slides an
+    format claims is not a slide: listed in `others`, not copied). A named input or a walked
+    file that cannot be read (no permission, a FIFO or device, a folder that cannot be
+    listed) is a problem of its own, never silently skipped. With `repair`, slides an
     interrupted in-place run left half-changed are restored first."""
+    from .errors import NotASlide
+
     found = Found()
     if repair:
-        found.restored = restore_interrupted(inputs)
+        found.restored = restore_interrupted(inputs, found.problems)
     files: list[tuple[Path, adapters.Adapter, Path | None]] = []
-    seen: set[Path] = set()
+    seen: set[Path] = {p.resolve() for p, _ in found.problems}   # an undo record not usable
     for item in inputs:
-        if item.is_dir():
-            for path, root, why in _walk(item):
+        why = unusable(item)
+        if why is not None:
+            found.problems.append((item, why))
+        elif item.is_dir():
+            for path, root, why in _walk(item, found.problems):
                 if why is not None:
                     found.others.append((path, root, why))
                     continue
                 if path.resolve() in seen:
                     continue
                 seen.add(path.resolve())
+                why = unusable(path)
+                if why is not None:     # a file that cannot be read may well be a slide
+                    found.problems.append((path, why))
+                    continue
                 adapter = adapters.detect(path)
                 if adapter is None:
                     found.others.append((path, root, not_a_slide(path)))
                 else:
                     files.append((path, adapter, root))
-        elif item.is_file():
+        else:
             adapter = adapters.detect(item)
             if adapter is None:
                 found.problems.append((item, not_a_slide(item)))
             elif item.resolve() not in seen:
                 seen.add(item.resolve())
                 files.append((item, adapter, None))
-        else:
-            found.problems.append((item, "no such file or folder"))
     groups: dict[tuple[str, str], list[tuple[Path, Path | None]]] = {}
     for path, adapter, root in files:
         if not adapter.multi_file:
@@ -104,6 +114,11 @@ def find(inputs: list[Path], repair: bool = True) -> Found:
             continue
         try:
             groups.setdefault((adapter.name, adapter.group_key(path)), []).append((path, root))
+        except NotASlide as exc:    # a DICOMDIR: an index of the export, not a slide
+            if root is None:
+                found.problems.append((path, f"not a slide: {exc}"))
+            else:
+                found.others.append((path, root, f"{exc}, not a slide"))
         except SlideError as exc:
             if root is None:
                 found.problems.append((path, str(exc)))
@@ -119,30 +134,79 @@ def find(inputs: list[Path], repair: bool = True) -> Found:
     return found
 
 
-def restore_interrupted(inputs: list[Path]) -> list[Path]:
+FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def unusable(path: Path) -> str | None:
+    """Why a named or walked input cannot be used (None: a readable file or a listable
+    folder). Nothing is opened that could block (a FIFO) or never end (a device)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file or folder" if not os.path.islink(path) else \
+            "a symbolic link to nothing (no such file or folder)"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            return "the folder cannot be read: Permission denied"
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file ({FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}): not a slide"
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def restore_interrupted(inputs: list[Path], problems: list | None = None) -> list[Path]:
     """Slides an in-place run was killed while changing are put back first, from the undo
-    records beside them (before anything looks at their content)."""
+    records beside them (before anything looks at their content). A record that cannot be
+    used is a problem of its slide (nothing is changed)."""
     from .containers.files import UNDO_SUFFIX, restore
 
     records = []
     for item in inputs:
-        if item.is_dir():
-            records += sorted(item.rglob(f".*{UNDO_SUFFIX}"))
-        else:
-            record = item.with_name(f".{item.name}{UNDO_SUFFIX}")
-            if record.exists():
-                records.append(record)
-    return [record.with_name(record.name[1:-len(UNDO_SUFFIX)]) for record in records
-            if restore(record)]
+        try:
+            if item.is_dir():
+                records += sorted(item.rglob(f".*{UNDO_SUFFIX}"))
+            else:
+                record = item.with_name(f".{item.name}{UNDO_SUFFIX}")
+                if os.path.lexists(record):
+                    records.append(record)
+        except OSError:
+            continue     # reported when the input is walked
+    restored = []
+    for record in records:
+        slide = record.with_name(record.name[1:-len(UNDO_SUFFIX)])
+        try:
+            if restore(record):
+                restored.append(slide)
+        except (SlideError, OSError) as exc:
+            if problems is None:
+                raise
+            why = str(exc) if isinstance(exc, SlideError) else \
+                f"cannot restore it from its undo record: {exc.strerror or exc}"
+            problems.append((slide, why))
+    return restored
 
 
-def _walk(folder: Path):
+def _walk(folder: Path, problems: list | None = None):
     """(file, input folder, None) for every file below `folder` in name order, and (path,
-    input folder, why) for what is not followed (symbolic links). The folder of a MIRAX slide
-    (NAME/ beside NAME.mrxs) is the slide's, not a folder of the tree: it is not walked."""
+    input folder, why) for what is not followed or not taken (symbolic links, FIFOs and
+    devices, temporary files an interrupted run left). The folder of a MIRAX slide (NAME/
+    beside NAME.mrxs) is the slide's, not a folder of the tree: it is not walked. A folder
+    that cannot be listed goes to `problems`."""
     from .containers.files import UNDO_SUFFIX
 
-    for here, dirs, names in os.walk(folder):
+    def unreadable(exc: OSError) -> None:
+        if problems is not None:
+            where = Path(exc.filename) if exc.filename else folder
+            problems.append((where, f"the folder cannot be read: {exc.strerror or exc}"))
+
+    for here, dirs, names in os.walk(folder, onerror=unreadable):
         dirs.sort()
         base = Path(here)
         mirax = {n[: -len(".mrxs")] for n in names if n.lower().endswith(".mrxs")}
@@ -152,14 +216,34 @@ def _walk(folder: Path):
             elif (base / d).is_symlink():
                 dirs.remove(d)
                 yield base / d, folder, "a symbolic link to a folder: not followed"
+            elif temporary(d):
+                dirs.remove(d)
+                yield base / d, folder, TEMPORARY_WHY
             elif d in mirax:
                 dirs.remove(d)
         for name in sorted(names):
             path = base / name
             if path.is_symlink():
                 yield path, folder, "a symbolic link: not followed"
+            elif temporary(name):
+                yield path, folder, TEMPORARY_WHY
             elif path.is_file():
                 yield path, folder, None
+            elif not path.is_dir():
+                yield path, folder, unusable(path) or "not a regular file: not a slide"
+
+
+TEMPORARY_WHY = ("a temporary file an interrupted wsideid run left (it may hold the "
+                 "identifiers of a slide): not copied; delete it")
+
+
+def temporary(name: str) -> bool:
+    """A hidden name the file layer gives what it is still writing (`.NAME.xxxx.partial`,
+    `.n.xxxx.renaming`, probes): never a slide of its own."""
+    from .journal import TEMPORARY_PREFIXES, TEMPORARY_SUFFIXES
+
+    return name.startswith(".") and (name.endswith(TEMPORARY_SUFFIXES)
+                                     or name.startswith(TEMPORARY_PREFIXES))
 
 
 def slide_files(path: Path) -> list[Path]:
@@ -543,8 +627,8 @@ class Exporter:
         slides = [Slide(n, item) for n, item in enumerate(items)]
         for slide in slides:
             paths = "\0".join(sorted(str(p.resolve()) for p in slide.item.job.paths))
-            slide.job_id = keyring.digest("job", paths.encode())
-            slide.state = keyring.digest("state", _state(slide.item.files).encode())
+            slide.job_id = keyring.digest("job", os.fsencode(paths))
+            slide.state = keyring.digest("state", os.fsencode(_state(slide.item.files)))
             record = self.journal.done(slide.job_id, slide.state) if self.journal else None
             if record is not None:
                 slide.survey = record.survey
