@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -47,9 +48,31 @@ EXIT_FINDINGS = 1
 EXIT_INPUT = 2
 
 
+def one_line(text: str) -> str:
+    """Text as one line of a terminal: control characters (a newline in a file name) are
+    escaped, and bytes that are not UTF-8 (kept by Python as surrogates) are shown as \\xNN."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch, f"\\x{code:02x}"))
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def error_line(message: str) -> None:
     """One line on stderr, never wrapped: scripts grep for it."""
-    sys.stderr.write(f"wsideid: error: {message}\n".replace("\r", " "))
+    sys.stderr.write(f"wsideid: error: {one_line(str(message))}\n")
+    sys.stderr.flush()
+
+
+def warning_line(message: str) -> None:
+    sys.stderr.write(f"wsideid: warning: {one_line(str(message))}\n")
     sys.stderr.flush()
 
 
@@ -130,11 +153,56 @@ def job_of(file: Path) -> Job:
 
 
 def make_keyring(key_file: Path | None) -> Keyring:
+    """The run's keyring; a key that cannot be read, created or used is one error line
+    naming the key file (or WSIDEID_KEY)."""
     try:
         return Keyring(load_key(key_file))
-    except (OSError, ValueError) as exc:
-        fail(f"key: {exc}")
+    except ValueError as exc:
+        fail(str(exc))
         raise
+    except OSError as exc:
+        fail(f"{key_file}: cannot read or create the key file: {exc.strerror or exc}")
+        raise
+
+
+def check_paths(inputs: list[Path], outdir: Path | None, in_place: bool, *,
+                key_file: Path | None = None, map_file: Path | None = None,
+                report_file: Path | None = None) -> None:
+    """Refuse, before anything is read or written, files the run would write (or a key it
+    would create) where they do not belong: the key or the map inside the released folder
+    (they would be handed over with the slides), any of them in place of an input slide or
+    of one another, and (written into an input folder) changing the input outside
+    --in-place; in place, the input folders are the release: the key and the map stay out."""
+    def real(path: Path) -> Path:
+        return Path(os.path.realpath(path))
+
+    folders = [item for item in inputs if item.is_dir()]
+    files = {real(item) for item in inputs if not item.is_dir()}
+    written = [(report_file, "--report", "the audit report"), (map_file, "--map", "the map")]
+    if key_file is not None:
+        written.append((key_file, "--key-file", "the key"))
+    seen: dict[Path, str] = {}
+    for path, option, what in written:
+        if path is None:
+            continue
+        where = real(path)
+        if where in files:
+            fail(f"{path}: {option} names an input slide; {what} would overwrite it")
+        if where in seen:
+            fail(f"{path}: {option} and {seen[where]} name the same file")
+        seen[where] = option
+        if outdir is not None and option != "--report" and batch.inside(path, outdir):
+            fail(f"{path}: {what} must be kept outside the released folder {outdir}")
+        creates = option != "--key-file" or not path.exists()
+        for folder in folders:
+            if not batch.inside(path, folder):
+                continue
+            if in_place and option != "--report":
+                fail(f"{path}: {what} must be kept outside {folder}: in place, the input "
+                     "folder is what is released")
+            if not in_place and creates:
+                fail(f"{path}: {what} would be written into the input folder {folder}: "
+                     "keep it outside the inputs")
 
 
 DatesOpt = typer.Option("remove", "--dates", help=f"Dates: {' | '.join(DATE_MODES)}.")
@@ -144,18 +212,18 @@ MacroOpt = typer.Option("drop", "--macro", help="Macro (overview) image: drop | 
 StrictOpt = typer.Option(False, "--strict", help="A label or overview to be kept that shows a barcode or text fails the slide (instead of being dropped or redacted).")
 MacroRegionOpt = typer.Option(None, "--macro-region", help="Where the label is in the overview: x0,y0,x1,y1 as fractions of the image (overrides detection).")
 OcrOpt = typer.Option(True, "--ocr/--no-ocr", help="Read text on labels and overviews that are to be kept (needs the ocr extra and tesseract-ocr).")
-MapOpt = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR).")
-RegionsOpt = typer.Option(None, "--regions", help="Redact the regions of this GeoJSON file (QuPath export; level-0 pixels) on every level.")
+MapOpt = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR).", readable=False)
+RegionsOpt = typer.Option(None, "--regions", help="Redact the regions of this GeoJSON file (QuPath export; level-0 pixels) on every level.", readable=False)
 RegionOpt = typer.Option(None, "--region", help="Redact the rectangle x,y,w,h (level-0 pixels) on every level; repeatable.")
 RegionLevelOpt = typer.Option(0, "--region-level", help="The regions are given in the pixels of this pyramid level.")
 FillOpt = typer.Option(0, "--fill", help="Grey value painted over the regions (0 black .. 255 white).")
-KeyOpt = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts (created if missing).")
+KeyOpt = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts (created if missing).", readable=False)
 
 
 @app.command()
 def deid(
-    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (a folder's tree is mirrored under OUTDIR with pseudonymous names)."),
-    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder."),
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (a folder's tree is mirrored under OUTDIR with pseudonymous names).", readable=False),
+    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder.", readable=False),
     in_place: bool = typer.Option(False, "--in-place", help="Edit the inputs themselves."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (source, destination, fields, images); write nothing."),
     dates: str = DatesOpt,
@@ -167,14 +235,14 @@ def deid(
     ocr: bool = OcrOpt,
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
-    mapping_file: Optional[Path] = typer.Option(None, "--mapping", help="CSV original,pseudonym: the lab's names for folders and slides (matched by folder name, file stem, barcode or accession number)."),
+    mapping_file: Optional[Path] = typer.Option(None, "--mapping", help="CSV original,pseudonym: the lab's names for folders and slides (matched by folder name, file stem, barcode or accession number).", readable=False),
     jobs: int = typer.Option(0, "--jobs", "-j", show_default=False, help="Slides de-identified in parallel processes (default: the number of CPUs)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a Dask distributed scheduler to run the slides on (needs the dask extra of wsideid)."),
     retain_uids: bool = typer.Option(False, "--retain-uids", help="DICOM: PS3.15 Retain UIDs Option."),
     retain_institution: bool = typer.Option(False, "--retain-institution", help="DICOM: Retain Institution Identity Option."),
     retain_patient_characteristics: bool = typer.Option(False, "--retain-patient-characteristics", help="DICOM: Retain Patient Characteristics Option."),
     clean_descriptors: bool = typer.Option(False, "--clean-descriptors", help="DICOM: Clean Descriptors Option (descriptions that cannot be cleaned are removed)."),
-    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide).", readable=False),
     regions_file: Optional[Path] = RegionsOpt,
     region: Optional[List[str]] = RegionOpt,
     region_level: int = RegionLevelOpt,
@@ -193,6 +261,12 @@ def deid(
     if scheduler:   # the workers may start elsewhere: every path they are given is absolute
         inputs = [p.absolute() for p in inputs]
         outdir = outdir.absolute() if outdir is not None else None
+    if outdir is not None:
+        for item in inputs:
+            if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
+                fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
+    check_paths(inputs, outdir, in_place, key_file=key_file, map_file=map_file,
+                report_file=report_file)
     keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
                          retain_institution=retain_institution,
@@ -206,26 +280,21 @@ def deid(
             mapping = read_mapping(mapping_file)
         except (OSError, MappingError) as exc:
             fail(f"{mapping_file}: the mapping cannot be used: {getattr(exc, 'strerror', None) or exc}")
-    if outdir is not None:
-        if map_file is not None and batch.inside(map_file, outdir):
-            fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
-        for item in inputs:
-            if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
-                fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
     # the workers start (and import what slides need) while the inputs are walked
     executor, window, client = (None, 1, None) if dry_run else _executor(jobs, scheduler, inputs)
     journal = None
+    created: list = []     # the map and the folders this run made: removed on an early exit
     try:
         found = batch.find(inputs, repair=not dry_run)
         for path in found.restored:
-            sys.stderr.write(f"wsideid: warning: {path}: an interrupted in-place run had left "
-                             "it half-changed: restored from its undo record\n")
+            warning_line(f"{path}: an interrupted in-place run had left it half-changed: "
+                         "restored from its undo record")
         for path, why in found.problems:
             error_line(f"{path}: {why}")
-        if not found.items and not found.problems and not found.broken:
-            if found.others:
-                fail(f"no slides found in the given inputs ({len(found.others)} files that are not slides)")
-            fail("no slides found in the given inputs")
+        if not found.items and not found.broken:
+            if found.problems:    # each already said on its own line
+                raise typer.Exit(EXIT_INPUT)
+            no_slides(inputs, found)
         options = {**policy.options(), "in_place": in_place, "mapping": bool(mapping)}
         settings = Settings(policy, keyring, Target(None if in_place else outdir))
         namer = Namer(keyring, mapping)
@@ -233,8 +302,23 @@ def deid(
         if dry_run:
             _dry_run(found, settings, namer, outdir)
 
+        if report_file is None and in_place and found.items:
+            # in place: beside the (renamed) slides of the first input
+            report_file = found.items[0].job.path.parent / "wsideid-report.json"
+            probe_folder(report_file.parent / "x", "", "the folder of the slides cannot be "
+                         "written (in place, the slides are changed and renamed there)")
+        report_path = report_file or (outdir / "wsideid-report.json" if outdir is not None else None)
+        if report_path is not None and not (outdir is not None and batch.inside(report_path, outdir)):
+            probe_folder(report_path, "cannot write the audit report")
+        mapfile = None
+        if map_file is not None:
+            try:
+                mapfile = MapFile(map_file)
+            except OSError as exc:
+                fail(f"{map_file}: cannot write the map: {exc.strerror or exc}")
+            created.append(mapfile)
         if outdir is not None:
-            prepare_outdir(outdir)
+            created += prepare_outdir(outdir)
         if outdir is not None:
             journal = Journal(outdir)
             settings_digest = keyring.digest("settings", json.dumps(
@@ -249,13 +333,6 @@ def deid(
             except OSError as exc:
                 journal.close()
                 fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
-        mapfile = None
-        if map_file is not None:
-            try:
-                mapfile = MapFile(map_file)
-            except OSError as exc:
-                fail(f"{map_file}: cannot write the map: {exc.strerror or exc}")
-        report_path = report_file or (outdir / "wsideid-report.json" if outdir is not None else None)
         run = RunView(outdir, report_path, options, keyring, namer, found, mapfile)
         exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
                                   batch.Sink(planned=run.planned, finished=run.finished))
@@ -265,6 +342,7 @@ def deid(
         # are waited for, so that none of them dies noisily after this process
         if journal is not None:
             journal.close()
+        undo_created(created)
         if client is not None:
             client.close()
         elif executor is not None:
@@ -286,10 +364,12 @@ def deid(
             client.close()     # its executor goes with it (pending tasks are released)
         else:
             executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
-    if report_path is None:   # in place: beside the (renamed) slides of the first input
-        report_path = found.items[0].job.path.parent / "wsideid-report.json" if found.items else Path("wsideid-report.json")
-        run.report_path = report_path
-    written = run.write_report(final=True) and run.map_ok
+    written = run.write_report(final=True)
+    if not written:
+        for s in run.slides:   # say plainly what was released without its audit report
+            if s.outcome is not None and s.outcome.status == "ok" and s.outcome.output is not None:
+                warning_line(f"{s.outcome.output}: released, but not listed in an audit report")
+    written = written and run.map_ok
     if journal is not None:
         journal.close()
     _summarise(run)
@@ -340,14 +420,14 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
             code = EXIT_INPUT
             continue
         dest = base.joinpath(*slide.dest, naming.output_name)
-        sys.stdout.write(f"{slide.source} -> {dest}\n")
+        sys.stdout.write(one_line(f"{slide.source} -> {dest}") + "\n")
         sys.stdout.flush()
         print_plan(slide.source, plan, show_values=False)
     for item, why in found.broken:
         error_line(f"{item.job.path}: {why}")
         code = EXIT_INPUT
     for path, _, why in found.others:
-        sys.stdout.write(f"{path}: {why}: not copied\n")
+        sys.stdout.write(one_line(f"{path}: {why}: not copied") + "\n")
     raise typer.Exit(code)
 
 
@@ -362,17 +442,21 @@ class MapFile:
         self.path = path
         self.rows: set[tuple[str, ...]] = set()
         self.columns = self.COLUMNS
+        self.created = not path.exists()
         if path.exists():
             data = path.read_bytes()
             end = data.rfind(b"\n") + 1
             if end != len(data):          # a row cut short by a kill: never acknowledged
                 with open(path, "r+b") as fh:
                     fh.truncate(end)
-            lines = data[:end].decode("utf-8", "replace").splitlines()
-            if lines:
-                self.columns = next(csv.reader([lines[0]]))
-                self.rows = {tuple(r) for r in csv.reader(lines[1:])}
-        self.fh = open(path, "a", newline="", encoding="utf-8")
+            # names that are not UTF-8 are kept byte for byte (surrogateescape), quoted
+            # newlines inside names stay inside their row
+            rows = list(csv.reader(io.StringIO(data[:end].decode("utf-8", "surrogateescape"),
+                                               newline="")))
+            if rows:
+                self.columns = rows[0]
+                self.rows = {tuple(r) for r in rows[1:]}
+        self.fh = open(path, "a", newline="", encoding="utf-8", errors="surrogateescape")
         if not self.rows and self.path.stat().st_size == 0:
             self._write(self.COLUMNS)
 
@@ -390,6 +474,12 @@ class MapFile:
 
     def close(self) -> None:
         self.fh.close()
+
+    def discard_if_empty(self) -> None:
+        """The run stopped before any row: a map this run created goes again."""
+        self.close()
+        if self.created and not self.rows:
+            self.path.unlink(missing_ok=True)
 
 
 class RunView:
@@ -427,13 +517,13 @@ class RunView:
         self.total = len(slides) + len(self.found.broken)
         self.total_bytes = sum(s.item.size for s in slides if s.outcome is None or not s.outcome.earlier)
         for path, root, why in self.found.others:
-            sys.stderr.write(f"wsideid: warning: {path}: {why}: not copied\n")
+            warning_line(f"{path}: {why}" + ("" if "not copied" in why else ": not copied"))
             self._map(path, self._other_path(path, root), "", "not copied", "not a slide")
         for slide in slides:
             for extra in slide.extra if slide.outcome is None else []:
                 folder = slide.item.job.path.with_name(slide.item.job.path.name[: -len(".mrxs")])
-                sys.stderr.write(f"wsideid: warning: {folder / extra}: in a MIRAX slide's folder "
-                                 "but not part of the slide: not copied\n")
+                warning_line(f"{folder / extra}: in a MIRAX slide's folder but not part of the "
+                             "slide: not copied")
         for item, why in self.found.broken:
             error_line(f"{item.job.path}: {why}")
         if len(slides) > 1 and sys.stderr.isatty():
@@ -455,7 +545,7 @@ class RunView:
         if outcome.status != "ok":
             error_line(f"{outcome.failed or slide.source}: {outcome.message}")
         for warning in outcome.warnings:
-            sys.stderr.write(f"wsideid: warning: {slide.source}: {warning}\n")
+            warning_line(f"{slide.source}: {warning}")
         if outcome.status == "ok" and outcome.output is not None:
             self._map_folders(slide)
         self._map(slide.source, outcome.pseudonym, outcome.output or "", outcome.status
@@ -606,7 +696,7 @@ def _summarise(run: RunView) -> None:
             counts = o.brief.get("actions") or {}
             dropped = o.brief.get("dropped", 0)
             where = o.brief.get("path") or (o.output.name if o.output else "-")
-            table.add_row(s.source.name, where,
+            table.add_row(one_line(s.source.name), where,
                           str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                           str(counts.get("date", 0)), str(dropped),
                           o.status + (" (earlier run)" if o.earlier else ""))
@@ -644,23 +734,62 @@ def print_result(result: Result) -> None:
     if result.status == "ok" and result.message:
         warnings.append(result.message)
     for warning in warnings:
-        sys.stderr.write(f"wsideid: warning: {result.source}: {warning}\n")
+        warning_line(f"{result.source}: {warning}")
 
 
-def prepare_outdir(outdir: Path) -> None:
+def prepare_outdir(outdir: Path) -> list[Path]:
     """Create the output folder and make sure files can be created in it, before any slide
-    is read: a read-only or missing-permission folder is one error naming the folder."""
+    is read: a read-only or missing-permission folder is one error naming the folder (and
+    the folders made for it are removed again). Returns the folders it made."""
+    made = [p for p in [outdir, *outdir.absolute().parents] if not os.path.lexists(p)][::-1]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        undo_created(made)
         fail(f"{outdir}: cannot create output folder: {exc.strerror or exc}")
     try:
-        probe = outdir / f".wsideid-probe-{os.getpid()}"
+        probe_folder(outdir / "x", "")
+    except typer.Exit:
+        undo_created(made)
+        raise
+    return made
+
+
+def probe_folder(path: Path, what: str, folder_problem: str = "cannot write to the output folder") -> None:
+    """Fail (one line naming `path`, or its folder when `what` is empty) unless a file can
+    be created beside `path`."""
+    probe = path.parent / f".wsideid-probe-{os.getpid()}"
+    try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
         probe.unlink()
     except OSError as exc:
-        fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
+        if what:
+            fail(f"{path}: {what}: {exc.strerror or exc}")
+        fail(f"{path.parent}: {folder_problem}: {exc.strerror or exc}")
+
+
+def undo_created(created: list) -> None:
+    """An early exit: remove the map (when it holds no row yet) and the folders this run
+    made (when nothing is in them), newest first."""
+    for item in reversed(created):
+        try:
+            if isinstance(item, MapFile):
+                item.discard_if_empty()
+            else:
+                item.rmdir()
+        except OSError:
+            pass
+    created.clear()
+
+
+def no_slides(inputs: list[Path], found) -> None:
+    """Fail: nothing among the inputs is a slide (naming the input when there is one)."""
+    what = f"{inputs[0]}: " if len(inputs) == 1 else ""
+    where = "" if len(inputs) == 1 else " in the given inputs"
+    others = len(found.others)
+    fail(f"{what}no slides found{where}" + (f" ({others} file{'s' if others != 1 else ''} "
+                                             "that are not slides)" if others else ""))
 
 
 def _write_records(map_file: Path | None, results: list[Result], report_path: Path,
@@ -692,14 +821,14 @@ def _summarise_results(results: list[Result], title: str) -> None:
     for r in results:
         counts = r.plan.counts() if r.plan else {}
         dropped = sum(1 for i in r.plan.images if i.action == "drop") if r.plan else 0
-        table.add_row(r.source.name, r.output.name if r.output else "-",
+        table.add_row(one_line(r.source.name), r.output.name if r.output else "-",
                       str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                       str(counts.get("date", 0)), str(dropped), r.status)
     out.print(table)
 
 
 def print_plan(path: Path, plan, show_values: bool) -> None:
-    table = Table(title=f"{path.name} ({plan.format})")
+    table = Table(title=one_line(f"{path.name} ({plan.format})"))
     for col in ("image", "role", "size", "codec", "action"):
         table.add_column(col)
     for img in plan.images:
@@ -748,9 +877,9 @@ def _short(text: str, limit: int = 120) -> str:
 
 @app.command()
 def convert(
-    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (SVS, NDPI, OME-TIFF; MRXS with --allow-transcode)."),
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (SVS, NDPI, OME-TIFF; MRXS with --allow-transcode).", readable=False),
     to: str = typer.Option("dicom", "--to", help="Target format (dicom)."),
-    outdir: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+    outdir: Path = typer.Option(..., "-o", "--output", help="Output folder.", readable=False),
     dates: str = DatesOpt,
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
@@ -758,17 +887,20 @@ def convert(
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
     allow_transcode: bool = typer.Option(False, "--allow-transcode", help="Accept re-encoded tiles when the lossless path is unavailable."),
-    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json).", readable=False),
 ) -> None:
     """Convert slides to de-identified DICOM WSI (tiles copied, not re-encoded)."""
     from .convert import convert as convert_slide
 
     if to != "dicom":
         fail("--to: only dicom is supported")
+    for item in inputs:
+        if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
+            fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
+    check_paths(inputs, outdir, False, key_file=key_file, map_file=map_file,
+                report_file=report_file)
     keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring)
-    if map_file is not None and batch.inside(map_file, outdir):
-        fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
     prepare_outdir(outdir)
     found = batch.find(inputs)
     for path, why in found.problems:
@@ -792,7 +924,7 @@ def convert(
 
 @app.command()
 def inspect(
-    file: Path = typer.Argument(..., help="A slide file."),
+    file: Path = typer.Argument(..., help="A slide file.", readable=False),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dates: str = DatesOpt,
     keep_device_id: bool = DeviceOpt,
@@ -810,7 +942,7 @@ def inspect(
     policy = make_policy(dates, keep_device_id, label, macro, macro_region=parse_region(macro_region),
                          ocr=ocr, redaction=make_redaction(regions_file, region, region_level, fill))
     try:
-        _, plan = plan_job(job_of(file), policy, Keyring(load_key(None)))
+        _, plan = plan_job(job_of(file), policy, make_keyring(None))
     except SlideError as exc:
         fail(f"{file}: {exc}")
     if as_json:
@@ -828,15 +960,15 @@ def inspect(
 
 @app.command()
 def redact(
-    inputs: List[Path] = typer.Argument(..., help="Slide files or folders."),
-    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder."),
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders.", readable=False),
+    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder.", readable=False),
     in_place: bool = typer.Option(False, "--in-place", help="Edit the inputs themselves."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
     region: Optional[List[str]] = RegionOpt,
     regions_file: Optional[Path] = RegionsOpt,
     region_level: int = RegionLevelOpt,
     fill: int = FillOpt,
-    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide).", readable=False),
 ) -> None:
     """Paint regions over every pyramid level, changing nothing else (no de-identification);
     the output keeps the input's name and goes through the same verification."""
@@ -845,12 +977,13 @@ def redact(
     if not dry_run and not in_place and outdir is None:
         fail("missing -o OUTDIR (or --in-place)")
     redaction = make_redaction(regions_file, region, region_level, fill, required=True)
+    check_paths(inputs, outdir, in_place, report_file=report_file)
     policy = Policy(label="keep", macro="keep", redaction=redaction, deidentify=False)
     found = batch.find(inputs)
     for path, why in found.problems:
         error_line(f"{path}: {why}")
     if not found.jobs and not found.problems:
-        fail("no slides found in the given inputs")
+        no_slides(inputs, found)
     if outdir is not None and not dry_run:
         names = [job.path.name if not adapters.by_name(job.format).multi_file
                  else f"{job.path.parent.name}-{job.path.stem}" for job in found.jobs]
@@ -861,7 +994,7 @@ def redact(
         if len(set(names)) != len(names):
             fail("two inputs have the same name: their outputs would collide")
         prepare_outdir(outdir)
-    keyring = Keyring(load_key(None))
+    keyring = make_keyring(None)
     if dry_run:
         code = EXIT_INPUT if found.problems else 0
         for job in found.jobs:
@@ -891,8 +1024,8 @@ def redact(
 
 @app.command()
 def scan(
-    paths: List[Path] = typer.Argument(..., help="Slide files or folders."),
-    needles_file: Optional[Path] = typer.Option(None, "--needles", help="File with one identifier string per line to search for."),
+    paths: List[Path] = typer.Argument(..., help="Slide files or folders.", readable=False),
+    needles_file: Optional[Path] = typer.Option(None, "--needles", help="File with one identifier string per line to search for.", readable=False),
 ) -> None:
     """Residual check: unsafe fields, associated images, given identifiers in the raw bytes."""
     targets: list[str] = []
@@ -906,7 +1039,7 @@ def scan(
         error_line(f"{path}: {why}")
     findings = 0
     unreadable = bool(found.problems)
-    keyring = Keyring(load_key(None))
+    keyring = make_keyring(None)
     # every file on its own (a DICOM instance too): what each file holds is what is scanned
     files = [(path, job.format) for job in found.jobs for path in job.paths]
     for path, format_name in files:
@@ -924,9 +1057,9 @@ def scan(
             lines += [f"identifier {n!r} found in the raw bytes of {part.name}"
                       for n in needle_search.find_in_file(part, targets)]
         for line in lines:
-            out.print(f"{path}: {line}", markup=False, highlight=False)
+            out.print(one_line(f"{path}: {line}"), markup=False, highlight=False)
         if not lines:
-            out.print(f"{path}: clean", markup=False, highlight=False)
+            out.print(one_line(f"{path}: clean"), markup=False, highlight=False)
         findings += len(lines)
     if unreadable and not findings:
         raise typer.Exit(EXIT_INPUT)
@@ -936,11 +1069,11 @@ def scan(
 
 @app.command("report")
 def report_command(
-    outdir: Path = typer.Argument(..., help="A released folder (with its wsideid-report.json)."),
-    html_file: Path = typer.Option(..., "--html", help="Write the QC page (one row per slide, images embedded) here."),
-    before: Optional[Path] = typer.Option(None, "--before", help="Also write the IDENTIFYING page of the inputs' labels and overviews here: keep it with the map, never under OUTDIR (needs --map)."),
-    map_file: Optional[Path] = typer.Option(None, "--map", help="The run's map (links released slides to their inputs, for --before)."),
-    report_file: Optional[Path] = typer.Option(None, "--report", help="The audit report (default OUTDIR/wsideid-report.json)."),
+    outdir: Path = typer.Argument(..., help="A released folder (with its wsideid-report.json).", readable=False),
+    html_file: Path = typer.Option(..., "--html", help="Write the QC page (one row per slide, images embedded) here.", readable=False),
+    before: Optional[Path] = typer.Option(None, "--before", help="Also write the IDENTIFYING page of the inputs' labels and overviews here: keep it with the map, never under OUTDIR (needs --map).", readable=False),
+    map_file: Optional[Path] = typer.Option(None, "--map", help="The run's map (links released slides to their inputs, for --before).", readable=False),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="The audit report (default OUTDIR/wsideid-report.json).", readable=False),
 ) -> None:
     """Write the QC page of a released folder, for a reviewer to open in a browser."""
     from .report import html as qc
