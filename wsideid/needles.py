@@ -19,30 +19,48 @@ def needle_forms(needle: str) -> set[bytes]:
     return forms
 
 
+MAX_NEEDLE = 1024   # longer values are searched for by three slices of SLICE characters
+SLICE = 256
+
+
+def pieces(value: str) -> list[str]:
+    """What to search for one value: itself, or, past MAX_NEEDLE characters, its start,
+    middle and end (any survival of the whole value contains all three, and memory stays
+    bounded: the encoded forms of a 50 MB value would take a gigabyte)."""
+    if len(value) <= MAX_NEEDLE:
+        return [value]
+    mid = len(value) // 2
+    return [value[:SLICE], value[mid - SLICE // 2: mid + SLICE // 2], value[-SLICE:]]
+
+
 def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE) -> list[str]:
     """Needles worth searching: long enough to mean something, and not part of what is kept."""
     kept = [k.lower() for k in kept_texts if k]
     out = set()
-    for value in values:
-        value = value.strip().strip("\x00")
-        if len(value) < min_len:
-            continue
-        if any(value.lower() in k for k in kept):
-            continue
-        out.add(value)
+    for whole in values:
+        for value in pieces(whole.strip().strip("\x00")):
+            if len(value) < min_len:
+                continue
+            if any(value.lower() in k for k in kept):
+                continue
+            out.add(value)
     return sorted(out)
+
+
+def _forms(needle: str) -> set[bytes]:
+    return {f for piece in pieces(needle) for f in needle_forms(piece)}
 
 
 def find_in(data: bytes, needles: list[str]) -> list[str]:
     low = data.lower()
-    return [n for n in needles if any(form in low for form in needle_forms(n))]
+    return [n for n in needles if any(form in low for form in _forms(n))]
 
 
 def find_in_file(path: Path, needles: list[str]) -> list[str]:
     """Search a whole file, in chunks that overlap by the longest needle form."""
     if not needles:
         return []
-    forms = {n: needle_forms(n) for n in needles}
+    forms = {n: _forms(n) for n in needles}
     overlap = max(len(f) for fs in forms.values() for f in fs)
     found: set[str] = set()
     with open(path, "rb") as fh:

@@ -79,9 +79,9 @@ def run(job: Job, settings: Settings) -> Result:
             naming = adapter.stored_naming(slide)
         # what OpenSlide shows of the input: read beside the copy, or before patching in place
         seen = adapter.reader_path(slide)
-        before = Background(lambda: openslide_view(seen) if seen is not None else None)
+        before = Background(lambda: openslide_view(seen, decode=True) if seen is not None else None)
         if settings.target.in_place:
-            before.join()
+            _decodes(before.join())
         writer = adapter.writer(slide, naming, settings.target)
         try:
             # while the bulk copy runs: what the associated images show, then the plan
@@ -99,6 +99,7 @@ def run(job: Job, settings: Settings) -> Result:
                 writer.abort()
                 result.pseudonym, result.message = "", plan.empty
                 return result
+            _decodes(before.join())
             written = writer.finish(plan)
         except BaseException:
             writer.abort()
@@ -128,6 +129,13 @@ def run(job: Job, settings: Settings) -> Result:
         return result
     finally:
         slide.close()
+
+
+def _decodes(view) -> None:
+    """An input OpenSlide opens but cannot decode (a corrupt tile) is not a readable slide:
+    refused before anything is written, as any other unreadable input."""
+    if view is not None and view.decode_error is not None:
+        raise SlideError(f"OpenSlide cannot decode it: {view.decode_error}")
 
 
 def recover(job: Job) -> bool:

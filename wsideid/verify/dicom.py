@@ -157,7 +157,9 @@ def dciodvfy_errors(path: Path) -> set[str] | None:
     exe = shutil.which("dciodvfy")
     if exe is None:
         return None
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
+    # dciodvfy quotes element values as stored (Latin-1, or any bytes): never decoded strictly
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=300)
     lines = (proc.stdout + proc.stderr).splitlines()
     return {_normalise(line) for line in lines if line.startswith("Error")}
 
