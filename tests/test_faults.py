@@ -204,7 +204,7 @@ def _in_place(folder: Path) -> None:
 def test_in_place_pipeline_killed(tmp_path, kind):
     """`deid --in-place` of an SVS (a patched file renamed) and a MIRAX slide (data files
     patched, Slidedat.ini and Index.dat replaced, folder and file renamed), killed before
-    a spread of its file-system changes (and each of the last ten; every one of them with
+    a spread of its file-system changes (and each of the last six; every one of them with
     WSIDEID_FAULTS_ALL=1): the next run's recovery leaves exactly the old
     slide or the new one, and a run after it completes to the new one."""
     template = tmp_path / "template"
@@ -219,8 +219,8 @@ def test_in_place_pipeline_killed(tmp_path, kind):
     if os.environ.get("WSIDEID_FAULTS_ALL"):    # the long run: every change (docs/robustness.md)
         points = list(range(1, total + 1))
     else:    # a spread, and the last changes (rename, release, forgetting the record) all
-        points = sorted(set(range(1, total + 1, max(1, total // 8)))
-                        | set(range(max(1, total - 9), total + 1)))
+        points = sorted(set(range(1, total + 1, max(1, total // 6)))
+                        | set(range(max(1, total - 5), total + 1)))
     outcomes = {"old": 0, "new": 0}
     trial = tmp_path / "trial"
     for n in points:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -64,6 +65,7 @@ class Found:
     others: list[tuple[Path, Path, str]] = field(default_factory=list)   # (file, input folder, why): walked files that are not slides, not copied
     broken: list[tuple[Item, str]] = field(default_factory=list)   # walked slides that cannot even be grouped
     restored: list[Path] = field(default_factory=list)   # inputs an interrupted in-place run had changed
+    released: list[Path] = field(default_factory=list)   # in place: slides wsideid released earlier, left as they are
 
 
 def find(inputs: list[Path], repair: bool = True) -> Found:
@@ -213,6 +215,7 @@ def _walk(folder: Path, problems: list | None = None):
         for d in list(dirs):
             if d.endswith(UNDO_SUFFIX):   # an in-place run's undo record, not part of the tree
                 dirs.remove(d)
+                yield base / d, folder, UNDO_WHY
             elif (base / d).is_symlink():
                 dirs.remove(d)
                 yield base / d, folder, "a symbolic link to a folder: not followed"
@@ -233,6 +236,8 @@ def _walk(folder: Path, problems: list | None = None):
                 yield path, folder, unusable(path) or "not a regular file: not a slide"
 
 
+UNDO_WHY = ("the undo record of an interrupted in-place run (the slide beside it is "
+            "half-changed until a run restores it): not copied")
 TEMPORARY_WHY = ("a temporary file an interrupted wsideid run left (it may hold the "
                  "identifiers of a slide): not copied; delete it")
 
@@ -244,6 +249,32 @@ def temporary(name: str) -> bool:
 
     return name.startswith(".") and (name.endswith(TEMPORARY_SUFFIXES)
                                      or name.startswith(TEMPORARY_PREFIXES))
+
+
+RELEASED_NAME = re.compile(r"wsi-[a-z2-7]{16}")
+
+
+def released_already(item: Item, policy, keyring: Keyring) -> bool:
+    """Whether a slide found for an in-place run is one wsideid released (an earlier run on
+    the same folder, killed or not): its name is a released name (`wsi-` and 16 letters; a
+    DICOM series: its folder's) and its metadata, planned as this run would, leaves nothing
+    to remove, clean or drop. Such a slide is left as it is: de-identifying it again would
+    give it a new pseudonym and lose the link the map holds."""
+    job = item.job
+    adapter = adapters.by_name(job.format)
+    name = job.path.parent.name if adapter.multi_file and adapter.container == "dicom" \
+        else job.path.name.split(".", 1)[0]
+    if not RELEASED_NAME.fullmatch(name):
+        return False
+    try:
+        _, plan = plan_job(job, policy, keyring, screen=False)
+    except (SlideError, OSError):
+        return False
+    if plan.empty is not None:
+        return False
+    if any(f.action not in ("keep", "replace", "date") for f in plan.fields):
+        return False
+    return all(img.action == "keep" for img in plan.images)
 
 
 def slide_files(path: Path) -> list[Path]:
@@ -395,6 +426,7 @@ class Outcome:
     seconds: float = 0.0
     earlier: bool = False           # released by an earlier run (found in the journal)
     brief: dict = field(default_factory=dict)   # what the summary needs of the entry
+    undo: str = ""                  # in place: the undo record to forget once the map has its row
 
     def __post_init__(self) -> None:
         if not self.brief and self.entry:
@@ -431,6 +463,8 @@ def _run(task: Task, start: float) -> Outcome:
         outcome.dropped = sum(1 for i in result.plan.images if i.action == "drop")
     if result.status == "ok" and result.message:
         outcome.warnings.append(result.message)
+    if result.undo is not None:
+        outcome.undo = str(result.undo)
     if result.status == "ok" and result.output is not None and task.outdir is not None:
         outcome.outputs = stat_outputs(task.outdir, released_files(result.output))
     outcome.brief = brief_of(outcome.entry)
@@ -735,7 +769,10 @@ class Exporter:
             target = Target(None)
         else:
             target = Target(self.outdir.joinpath(*slide.dest))
-        settings = replace(self.settings, policy=policy, target=target, name=slide.name)
+        # in place, a slide's undo record is forgotten only after its map row is written
+        # (here, in _finished): a crash in between puts the old slide back, never loses the link
+        settings = replace(self.settings, policy=policy, target=target, name=slide.name,
+                           keep_undo=self.outdir is None)
         return Task(slide.index, slide.item.job, settings, self.outdir, slide.dest,
                     self.journal.run_id if self.journal else "",
                     slide.subject if policy.dates == "shift" else "")
@@ -753,6 +790,10 @@ class Exporter:
             value.entry = None          # the journal holds it from now on
             self._remove_stale(stale)
         self.sink.finished(slide)
+        if value.undo:
+            from .containers.files import forget
+
+            forget(Path(value.undo))
 
     def entry(self, slide: Slide) -> dict:
         """A finished slide's report entry (from the journal once it is recorded there)."""

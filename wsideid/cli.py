@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,7 +19,7 @@ from . import adapters, batch
 from . import needles as needle_search
 from .containers.output import Target
 from .errors import InstallError, SlideError
-from .journal import Busy, Journal, JournalError, Mismatch
+from .journal import Busy, Journal, JournalError, Mismatch, exclusive
 from .keyring import Keyring, load_key
 from .model import Job, Result
 from .names import Mapping, MappingError, Namer, read_mapping
@@ -291,9 +292,18 @@ def deid(
                          "restored from its undo record")
         for path, why in found.problems:
             error_line(f"{path}: {why}")
+        if in_place:    # a folder an earlier in-place run (killed or not) released slides in
+            for item in [i for i in found.items if batch.released_already(i, policy, keyring)]:
+                warning_line(f"{item.job.path}: released by wsideid already (a released name, "
+                             "nothing left to remove): left as it is")
+                found.released.append(item.job.path)
+                found.items.remove(item)
+            found.jobs = [i.job for i in found.items]
         if not found.items and not found.broken:
             if found.problems:    # each already said on its own line
                 raise typer.Exit(EXIT_INPUT)
+            if found.released:
+                raise typer.Exit(0)
             no_slides(inputs, found)
         options = {**policy.options(), "in_place": in_place, "mapping": bool(mapping)}
         settings = Settings(policy, keyring, Target(None if in_place else outdir))
@@ -783,6 +793,26 @@ def undo_created(created: list) -> None:
     created.clear()
 
 
+@contextmanager
+def holding(outdir: Path | None):
+    """A command without a journal (convert, redact) holds OUTDIR's lock while it writes
+    there, after removing what an interrupted run left half-written."""
+    if outdir is None:
+        yield
+        return
+    hold = exclusive(outdir)
+    try:
+        hold.__enter__()
+    except Busy as exc:
+        fail(f"{outdir}: {exc}")
+    except OSError as exc:
+        fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
+    try:
+        yield
+    finally:
+        hold.__exit__(None, None, None)
+
+
 def no_slides(inputs: list[Path], found) -> None:
     """Fail: nothing among the inputs is a slide (naming the input when there is one)."""
     what = f"{inputs[0]}: " if len(inputs) == 1 else ""
@@ -907,11 +937,12 @@ def convert(
         error_line(f"{path}: {why}")
     results = [Result(path, status="error", message=why) for path, why in found.problems
                if path.exists()]
-    for job in found.jobs:
-        result = batch.guarded(job.path, lambda: convert_slide(job, policy, keyring, outdir,
-                                                               allow_transcode), outdir)
-        print_result(result)
-        results.append(result)
+    with holding(outdir):
+        for job in found.jobs:
+            result = batch.guarded(job.path, lambda: convert_slide(job, policy, keyring, outdir,
+                                                                   allow_transcode), outdir)
+            print_result(result)
+            results.append(result)
     _summarise_results(results, "wsideid convert --to dicom")
     written = _write_records(map_file, results, report_file or outdir / "wsideid-report.json",
                              {**policy.options(), "convert": "dicom",
@@ -1009,9 +1040,10 @@ def redact(
     settings = Settings(policy, keyring, Target(None if in_place else outdir))
     results = [Result(path, status="error", message=why) for path, why in found.problems
                if path.exists()]
-    for job in found.jobs:   # one at a time, in this process: a region edit is small
-        results.append(batch.attempt(job, settings))
-        print_result(results[-1])
+    with holding(outdir):
+        for job in found.jobs:   # one at a time, in this process: a region edit is small
+            results.append(batch.attempt(job, settings))
+            print_result(results[-1])
     _summarise_results(results, "wsideid redact")
     first = found.jobs[0].path.parent if found.jobs else Path(".")
     written = _write_records(None, results, report_file or (outdir or first) / "wsideid-report.json",
@@ -1039,6 +1071,10 @@ def scan(
         error_line(f"{path}: {why}")
     findings = 0
     unreadable = bool(found.problems)
+    for path, _, why in found.others:   # left by an interrupted run: may hold identifiers
+        if why in (batch.TEMPORARY_WHY, batch.UNDO_WHY):
+            out.print(one_line(f"{path}: {why}"), markup=False, highlight=False)
+            findings += 1
     keyring = make_keyring(None)
     # every file on its own (a DICOM instance too): what each file holds is what is scanned
     files = [(path, job.format) for job in found.jobs for path in job.paths]

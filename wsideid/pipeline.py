@@ -20,6 +20,7 @@ class Settings:
     keyring: Keyring
     target: Target = Target()
     name: str = ""      # the slide's released name instead of its keyed pseudonym (a mapping's)
+    keep_undo: bool = False   # in place: the caller forgets the undo record (after its map row)
 
 
 def naming_of(adapter, slide, keyring: Keyring, name: str = "") -> Naming:
@@ -125,6 +126,13 @@ def run(job: Job, settings: Settings) -> Result:
         except BaseException:
             written.discard()
             raise
+        if written.undo is not None:
+            if settings.keep_undo:
+                result.undo = written.undo
+            else:
+                from .containers.files import forget
+
+                forget(written.undo)
         result.zeroed_bytes = written.zeroed_bytes
         return result
     finally:

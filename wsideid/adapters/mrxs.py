@@ -709,11 +709,10 @@ class MiraxWriter:
             raise
 
         def release() -> Path:
-            undo.discard()
             return self.final
 
         return Written((self.final,), release, undo.restore, zeroed,
-                       {"input_intact": False, "digests": digests})
+                       {"input_intact": False, "digests": digests}, undo=undo.record)
 
     def _close(self) -> None:
         for fd in self.fds:

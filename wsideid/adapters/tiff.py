@@ -592,11 +592,10 @@ class TiffWriter:
         def release() -> Path:
             os.replace(path, self.final)
             fsync_dir(self.final.parent)
-            undo.discard()
             return self.final
 
         return Written((path,), release, undo.restore, result.zeroed_bytes,
-                       {"input_intact": False, "digests": digests})
+                       {"input_intact": False, "digests": digests}, undo=undo.record)
 
     def abort(self) -> None:
         if self.staging is not None:
