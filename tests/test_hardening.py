@@ -190,3 +190,18 @@ def test_in_place_killed_after_a_release_keeps_the_link(tmp_path, svs):
     assert "released by wsideid already" in again.stderr
     assert sorted(p.name for p in folder.iterdir() if p.suffix == ".svs") == [released.name]
     assert len([r for r in csv.DictReader(map_file.open()) if r["kind"] == "slide"]) == 1
+
+
+def test_report_covers_every_release_in_outdir(tmp_path, svs):
+    """A second run with the same key and options into OUTDIR, on other inputs: the report
+    lists the slides of both runs (it used to hold the last run's only)."""
+    from fixtures.ndpi import write_ndpi
+    import json
+
+    ndpi = write_ndpi(tmp_path / "b.ndpi")
+    out, key = tmp_path / "out", tmp_path / "k"
+    run("deid", svs, "-o", out, "--key-file", key, check=0)
+    run("deid", ndpi, "-o", out, "--key-file", key, check=0)
+    report = json.loads((out / "wsideid-report.json").read_text())
+    assert sorted(Path(s["output"]).suffix for s in report["slides"]) == [".ndpi", ".svs"]
+    assert report["summary"]["ok"] == 2

@@ -19,7 +19,7 @@ from . import adapters, batch
 from . import needles as needle_search
 from .containers.output import Target
 from .errors import InstallError, SlideError
-from .journal import Busy, Journal, JournalError, Mismatch, exclusive
+from .journal import Busy, Journal, JournalError, Mismatch, Record, exclusive
 from .keyring import Keyring, load_key
 from .model import Job, Result
 from .names import Mapping, MappingError, Namer, read_mapping
@@ -520,6 +520,7 @@ class RunView:
         self.report_failed = False
         self.report_cost = 0.0
         self.exporter = None
+        self._earlier = None
 
     # ---- events ----------------------------------------------------------------------------
     def planned(self, slides) -> None:
@@ -638,16 +639,34 @@ class RunView:
         keyed = [((s.outcome.brief.get("path") is None, s.outcome.brief.get("path") or "",
                    s.outcome.brief.get("message") or ""), s) for s in done]
         keyed += [((True, "", e["message"]), e) for e in broken]
+        earlier = self.earlier()
+        keyed += [((False, r.brief.get("path") or "", ""), r) for r in earlier]
         keyed.sort(key=lambda pair: pair[0])
-        briefs = [s.outcome.brief for s in done] + broken
+        briefs = [s.outcome.brief for s in done] + broken + [r.brief for r in earlier]
         summary = {"ok": sum(b.get("status") == "ok" for b in briefs),
                    "failed": sum(b.get("status") != "ok" for b in briefs)}
         catalogs = sorted({c for b in briefs for c in b.get("catalogs") or []})
 
         def each():
             for _, item in keyed:
-                yield item if isinstance(item, dict) else self.exporter.entry(item)
+                if isinstance(item, dict):
+                    yield item
+                elif isinstance(item, Record):
+                    yield self.exporter.journal.entry(item.job)
+                else:
+                    yield self.exporter.entry(item)
         return summary, catalogs, each()
+
+    def earlier(self) -> list:
+        """Slides earlier runs released into OUTDIR that this run does not touch (other
+        inputs), still there as written: the report covers everything released in OUTDIR."""
+        if self._earlier is None:
+            journal = self.exporter.journal if self.exporter is not None else None
+            mine = {s.job_id for s in self.slides}
+            self._earlier = [] if journal is None else [
+                r for job, r in journal.records.items()
+                if job not in mine and r.intact(self.outdir)]
+        return self._earlier
 
     def write_report(self, final: bool = False) -> bool:
         start = self.last_report = time.monotonic()
