@@ -13,7 +13,7 @@ PACKAGE = ROOT / "wsideid"
 # Lowest first: a module may import its own layer and the layers below it.
 LAYERS = [
     ("core", ["errors", "model", "policy", "keyring", "catalog", "dates", "needles", "background",
-              "sampling", "formats"]),
+              "sampling", "formats", "icc", "library_warnings"]),
     ("images", ["images"]),
     ("containers", ["containers"]),
     ("adapters", ["adapters"]),

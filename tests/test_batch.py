@@ -143,7 +143,7 @@ def tree_digest(out: Path) -> dict[str, str]:
 
 def test_tree_is_mirrored_under_pseudonyms(released, tree):
     work, key, out, proc = released
-    assert proc.returncode == 2, proc.stderr      # one corrupt slide: exit 2, the rest released
+    assert proc.returncode == 1, proc.stderr      # one corrupt slide: exit 1, the rest released
     errors = [line for line in proc.stderr.splitlines() if line.startswith("wsideid: error:")]
     assert any("CORRUPT-ACC-404.svs" in line for line in errors)
     assert "1 of 14 slides failed" in proc.stderr and "Traceback" not in proc.stderr
@@ -214,7 +214,7 @@ def test_second_run_writes_nothing(released, tree):
     digest = tree_digest(out)
     again = run("deid", tree, "-o", out, "--key-file", key, "--map", work / "map.csv",
                 "--dates", "shift", "--jobs", "2")
-    assert again.returncode == 2      # the corrupt slide is tried again, and fails again
+    assert again.returncode == 1      # the corrupt slide is tried again, and fails again
     after = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*")
              if p.is_file() and ".wsideid" not in p.parts and p.name != "wsideid-report.json"}
     assert after == before
@@ -253,7 +253,7 @@ def test_killed_runs_resume_to_the_same_tree(released, tree, tmp_path):
     print("released before each kill:", released_so_far)
     assert released_so_far[-1] < SLIDES_OK, released_so_far
     final = run("deid", tree, "-o", target, "--key-file", key, "--dates", "shift", "--jobs", "2")
-    assert final.returncode == 2, final.stderr
+    assert final.returncode == 1, final.stderr
     assert tree_digest(target) == reference
 
 
@@ -279,7 +279,7 @@ def test_second_run_on_a_busy_folder_is_refused(released, tree, tmp_path):
 def test_dry_run_shows_the_whole_plan(tree, tmp_path):
     out = tmp_path / "out"
     proc = run("deid", tree, "-o", out, "--dry-run", "--key-file", tmp_path / "k.key")
-    assert proc.returncode == 2       # the corrupt slide
+    assert proc.returncode == 1       # the corrupt slide
     assert not out.exists()
     arrows = [line for line in proc.stdout.splitlines() if " -> " in line]
     assert len(arrows) == SLIDES_OK
@@ -296,7 +296,7 @@ def test_mapping_names_folders_and_slides(tree, tmp_path):
                        "S19-1_A_1_1,SUBJ-003-ACC\n")          # DICOM AccessionNumber
     out = tmp_path / "out"
     proc = run("deid", tree, "-o", out, "--mapping", mapping, "--key-file", tmp_path / "k.key")
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     report = json.loads((out / "wsideid-report.json").read_text())
     paths = [s["path"] for s in report["slides"] if s["status"] == "ok"]
     assert any(p.startswith("SUBJ-001/") for p in paths)
@@ -323,7 +323,7 @@ def test_dask_cluster_gives_the_same_tree(released, tree, tmp_path):
         target = tmp_path / "out"
         done = run("deid", tree, "-o", target, "--key-file", key, "--dates", "shift",
                    "--scheduler", cluster.scheduler_address)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 1, done.stderr
     assert tree_digest(target) == tree_digest(out)
 
 

@@ -170,7 +170,7 @@ def test_truncated_dicom_is_an_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
     proc = run("deid", folder, "-o", out)
-    assert proc.returncode == 2 and str(path) in proc.stderr   # found in a folder: bad input
+    assert proc.returncode == 2 and str(path) in proc.stderr   # the run's only slide: bad input
     assert not list(out.glob("wsi-*")) and not list(out.glob(".*partial"))
 
 

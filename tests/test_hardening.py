@@ -205,3 +205,46 @@ def test_report_covers_every_release_in_outdir(tmp_path, svs):
     report = json.loads((out / "wsideid-report.json").read_text())
     assert sorted(Path(s["output"]).suffix for s in report["slides"]) == [".ndpi", ".svs"]
     assert report["summary"]["ok"] == 2
+
+
+# ---- a DICOM header reads alike in every process ---------------------------------------------
+
+def test_dicom_header_reads_alike_whatever_pydicom_was_set_to(tmp_path, monkeypatch):
+    """wsidicomizer, imported by convert (and wsidicom by verification), sets pydicom to raise
+    on invalid values for the whole process: a header with text that is not UTF-8 was then
+    'damaged' in such a process and readable in a fresh one. It reads alike in both, and the
+    setting is left as it was."""
+    import pydicom
+
+    import hostile_inputs as H
+    from wsideid.containers.dicom.io import read_header
+
+    if not H.DICOM_SOURCE.exists():
+        pytest.skip("no shared DICOM slides")
+    [path] = (H.ALL_CASES["dicom-non-utf8-SH-LO-ST-LT-PN-UC-UT"](tmp_path).inputs[0]).glob("*.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh, start = read_header(path)
+        monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
+                            pydicom.config.RAISE)
+        strict, strict_start = read_header(path)
+    assert pydicom.config.settings.reading_validation_mode == pydicom.config.RAISE
+    assert strict_start == start
+    assert [(e.tag, e.value) for e in strict.iterall()] == [(e.tag, e.value) for e in fresh.iterall()]
+
+
+def test_workers_print_no_library_warning_text(tmp_path):
+    """DICOM text that is not UTF-8, de-identified by the pool: pydicom's warnings (they quote
+    the values) are neither printed raw by a worker while the slides are surveyed nor shown
+    with their text anywhere; at most one line naming the library."""
+    import hostile_inputs as H
+
+    if not H.DICOM_SOURCE.exists():
+        pytest.skip("no shared DICOM slides")
+    hostile = H.ALL_CASES["dicom-non-utf8-SH-LO-ST-LT-PN-UC-UT"](tmp_path / "in")
+    proc = run("deid", tmp_path / "in", "-o", tmp_path / "out", "--key-file", tmp_path / "k",
+               "--jobs", "2")
+    assert "Traceback" not in proc.stderr
+    raw = [line for line in proc.stderr.splitlines() if "Warning:" in line or "site-packages" in line]
+    assert raw == [], raw[:3]
+    assert not [n for n in hostile.needles if n.startswith("BAD") and n in proc.stderr]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import imagecodecs
@@ -17,7 +19,7 @@ import pydicom
 import pytest
 import tifffile
 
-from conftest import all_files, found_needles, run, sha256, shared_slide
+from conftest import ROOT, all_files, found_needles, run, sha256, shared_slide
 from tiffpatch import drop_ifd_from_chain, read_run, replace_run, set_tag, set_text
 
 
@@ -431,14 +433,34 @@ def _tile_over_metadata(src: Path) -> None:
         fh.write(struct.pack("<I", desc.count))
 
 
+FAIL_VERIFICATION = """
+import sys
+import wsideid.pipeline as pipeline
+pipeline.verify = lambda *a, **k: ["level 0 tile 7 changed (injected)"]
+from wsideid.cli import main
+sys.argv = ["wsideid", *sys.argv[1:]]
+main()
+"""
+
+
 def test_in_place_failure_restores_the_input_exactly(tmp_path):
+    """Verification fails after the slide was patched in place: the input is put back byte for
+    byte, exit 1. The failure is injected: the corrupt input this test used (a tile over the
+    ImageDescription) is refused before anything is changed since issue 14 (asserted too)."""
     src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
-    _tile_over_metadata(src)
     before = sha256(src)
-    proc = run("deid", src, "--in-place")
+    proc = subprocess.run([sys.executable, "-c", FAIL_VERIFICATION, "deid", str(src),
+                           "--in-place"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "restored" in proc.stderr, proc.stderr
+    assert "tile 7 changed (injected)" in proc.stderr
     assert sha256(src) == before
     assert sorted(p.name for p in src.parent.iterdir()) == [src.name, "wsideid-report.json"]
+    _tile_over_metadata(src)
+    corrupt = sha256(src)
+    proc = run("deid", src, "--in-place")
+    assert proc.returncode == 2 and "overlaps the file's directories" in proc.stderr, proc.stderr
+    assert sha256(src) == corrupt
+    assert not [p for p in src.parent.iterdir() if p.name.startswith((".", "wsi-"))]
 
 
 def test_in_place_refuses_a_symbolic_link(tmp_path):

@@ -52,6 +52,63 @@ def test_screen_flags_exactly_the_dirty_streams():
     assert segments.screen_jpeg(buf, offs, cnts).tolist() == [False, True, False, True, True]
 
 
+def _big_jpeg() -> bytes:
+    """A JPEG of a few hundred KB (an NDPI level's single JPEG, small): noise, so that its
+    entropy-coded data holds many stuffed FF bytes."""
+    rng = np.random.default_rng(7)
+    return imagecodecs.jpeg8_encode(rng.integers(0, 255, (256, 512, 3), np.uint8), level=95)
+
+
+@pytest.mark.parametrize("case", ["clean", "header-com", "marker-in-data", "marker-at-window",
+                                  "no-eoi", "padded", "tail-text", "small-beside"])
+def test_screen_of_a_run_larger_than_a_window(tmp_path, monkeypatch, case):
+    """A run larger than a window is screened through pread windows (no memory map: a file
+    that shrinks would kill the process with SIGBUS): the same flags as the whole-buffer
+    screen, also for a marker just before a window's end."""
+    base = _big_jpeg()
+    monkeypatch.setattr(segments, "WINDOW", 16384)
+    stream, offs = base, [0]
+    start = segments.scan_start(base)
+    if case == "header-com":
+        stream = _with_segment(base, 0xFE, b"Jane Doe")
+    elif case == "marker-in-data":
+        stream = base[:start + 50000] + b"\xff\xfe" + base[start + 50000:]
+    elif case == "marker-at-window":   # the FF ends a window, its marker byte opens the next
+        at = 3 * 16384 - 1        # windows start where the entropy-coded data does
+        stream = base[:start + at] + b"\xff\xe1" + base[start + at:]
+    elif case == "no-eoi":
+        stream = base[:-2]
+    elif case == "padded":
+        stream = base + b"\x00"
+    elif case == "tail-text":
+        stream = base + b"ACC-1"
+    data = stream + (base[:3000] if case == "small-beside" else b"")
+    cnts = [len(stream)] + ([3000] if case == "small-beside" else [])
+    offs += [len(stream)] if case == "small-beside" else []
+    path = tmp_path / "runs.bin"
+    path.write_bytes(data)
+    offs_a, cnts_a = np.array(offs, np.int64), np.array(cnts, np.int64)
+    whole = segments.screen_jpeg(np.frombuffer(data, np.uint8), offs_a, cnts_a).tolist()
+    with open(path, "rb") as fh:
+        windowed = segments.screen_runs(fh.fileno(), len(data), offs_a, cnts_a,
+                                        segments.screen_jpeg).tolist()
+    assert windowed == whole
+    expected = {"clean": False, "padded": False, "small-beside": False}.get(case, True)
+    assert windowed[0] is expected
+    if case == "small-beside":
+        assert windowed[1] is True      # a JPEG cut short
+
+
+def test_screen_of_a_large_run_in_a_shrunk_file_is_an_input_error(tmp_path, monkeypatch):
+    base = _big_jpeg()
+    monkeypatch.setattr(segments, "WINDOW", 16384)
+    path = tmp_path / "cut.bin"
+    path.write_bytes(base[: len(base) // 2])      # the file shrank after it was planned
+    with open(path, "rb") as fh, pytest.raises(SlideError, match="ends before"):
+        segments.screen_runs(fh.fileno(), len(base), np.array([0]), np.array([len(base)]),
+                             segments.screen_jpeg)
+
+
 def test_clean_j2k_removes_comment_and_fixes_psot():
     base = imagecodecs.jpeg2k_encode(np.full((32, 32, 3), 50, np.uint8), level=30, codecformat="J2K")
     siz_len = struct.unpack(">H", base[4:6])[0]
@@ -281,9 +338,13 @@ def test_decide_device_identity_and_fragments():
     from wsideid.catalog import Entry
     from wsideid.policy import Policy, decide
 
-    serial = Entry("ScanScope ID", "device", "scanner serial")
+    serial = Entry("ScanScope ID", "device", "scanner serial", "serial")
     assert decide(serial, "SS1234", Policy(), name="s", where="w").action == "remove"
     assert decide(serial, "SS1234", Policy(keep_device_id=True), name="s", where="w").action == "keep"
+    # kept with --keep-device-id only in a serial's shape; free text never
+    assert decide(serial, "Jane Roe", Policy(keep_device_id=True), name="s", where="w").action == "remove"
+    untyped = Entry("Notes", "keep", "no type")
+    assert decide(untyped, "anything", Policy(), name="n", where="w").action == "remove"
     fragment = decide(Entry("AppMag", "keep", "", "number"), None, Policy(), name="a:DOE JANE", where="w")
     assert (fragment.action, fragment.value, fragment.known) == ("remove", "DOE JANE", False)
     marker = decide(Entry(";NDP Shading Data", "keep", "heading", "marker"), None, Policy(),
@@ -425,3 +486,41 @@ def test_removing_a_header_segment_reports_how_far_the_scan_data_moved():
         found = codestreams.clean_runs(fh.fileno(), len(data), np.array([0, len(dirty)]),
                                        np.array([len(dirty), len(tail)]), "jpeg")
     assert [(f.index, f.header_shift) for f in found] == [(0, 34), (1, 0)]
+
+
+def test_first_difference_finds_the_piece_that_differs(tmp_path):
+    """Kept pieces are compared in large blocks: the first differing piece is still named,
+    whether pieces are back to back, apart, moved, or cut short by the end of a file."""
+    import random
+
+    from wsideid.verify.compare import BLOCK, first_difference
+
+    rng = random.Random(7)
+    data = bytes(rng.getrandbits(8) for _ in range(1 << 16)) * (3 * BLOCK // (1 << 16))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(data)
+    pieces, pos = [], 0
+    while pos < len(data) - 100_000:
+        size = rng.randrange(1, 300_000)
+        pieces.append((len(pieces), pos, pos, min(size, len(data) - pos)))
+        pos += size + (rng.randrange(0, 50) if rng.random() < 0.3 else 0)
+    with open(a, "rb") as fa:
+        b.write_bytes(data)
+        with open(b, "rb") as fb:
+            assert first_difference(fa.fileno(), fb.fileno(), pieces) is None
+        for victim in (0, len(pieces) // 2, len(pieces) - 1):
+            _, start, _, size = pieces[victim]
+            changed = bytearray(data)
+            changed[start + size - 1] ^= 0xFF       # the last byte of the piece
+            b.write_bytes(bytes(changed))
+            with open(b, "rb") as fb:
+                assert first_difference(fa.fileno(), fb.fileno(), pieces) == victim
+        b.write_bytes(data[:pieces[-1][1] + 10])   # the output cut short inside the last piece
+        with open(b, "rb") as fb:
+            assert first_difference(fa.fileno(), fb.fileno(), pieces) == len(pieces) - 1
+        moved = data[:1000] + b"\0" * 7 + data[1000:]   # one piece moved by 7 bytes
+        b.write_bytes(moved)
+        with open(b, "rb") as fb:
+            assert first_difference(fa.fileno(), fb.fileno(), [(0, 1000, 1007, 5000)]) is None
+            assert first_difference(fa.fileno(), fb.fileno(), [(0, 1000, 1000, 5000)]) == 0
+

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import SlideError
-from .model import Field, Image, Naming, Plan, RedactImage, ReplaceImage
+from .model import LABEL_AREA, Field, Image, Naming, Plan, RedactImage, ReplaceImage
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -103,6 +103,10 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
         overrides[image.index] = instead
         warnings.append(f"the {image.role} image ({image.index}) shows {what}: "
                         f"{'redacted' if instead == 'redact' else 'dropped'} instead of kept")
+    if policy.label != "drop" and not any(c.image.role == "label" for c in checks.images) \
+            and not any(img.role == "label" for img in adapter.images(slide)):
+        warnings.append(f"--label {policy.label}: nothing to {policy.label}: "
+                        f"{getattr(adapter, 'no_label', 'the slide has no label image')}")
     if policy.ocr and not checks.ocr_ran and any(c.image.role in TEXT_ROLES
                                                  and policy.image_action(c.image.role) != "drop"
                                                  for c in checks.images):
@@ -155,8 +159,17 @@ def _blanked(adapter: Any, slide: Any, check: ImageCheck,
     if not boxes:
         return None, (f"the {image.role} image ({image.index}): {reason}: dropped (give "
                       "--macro-region to say where its label is)")
-    return (RedactImage(image.index, (boxes, pixels)),
+    return (label_area(image, boxes, pixels, reason),
             f"the {image.role} image ({image.index}) redacted: {reason}")
+
+
+def label_area(image: Image, boxes: list, pixels: np.ndarray, reason: str) -> RedactImage:
+    """A RedactImage of an overview's label area: the boxes blanked (pixels, for reports and
+    verification), the picture with them blanked (`_pixels`, for the container)."""
+    height, width = pixels.shape[:2]
+    return RedactImage(image.index, {
+        "kind": LABEL_AREA, "role": image.role, "boxes": [list(map(int, b)) for b in boxes],
+        "size": [width, height], "why": reason, "_pixels": pixels})
 
 
 def _what(check: ImageCheck) -> str:
@@ -166,3 +179,28 @@ def _what(check: ImageCheck) -> str:
     if check.texts:
         parts.append("text")
     return " and ".join(parts)
+
+
+def report_entries(plan: Plan) -> list[dict]:
+    """Per label, macro/overview and thumbnail: what became of it, the symbologies decoded on
+    it and how many lines of text OCR read there (never the values), and for a redacted
+    overview the boxes blanked (pixels of the image)."""
+    areas = {e.image: e.regions for e in plan.label_areas()}
+    replaced = {e.image for e in plan.edits if isinstance(e, ReplaceImage)}
+    out = []
+    for image in plan.images:
+        if image.role not in ("label", "macro", "overview", "thumbnail"):
+            continue
+        found = [f for f in plan.fields if f.location == image.index]
+        entry = {"image": image.index, "role": image.role, "action": image.action,
+                 "barcodes": sorted(f.name.split(":", 1)[1] for f in found
+                                    if f.name.startswith("barcode:")),
+                 "text_lines": sum(f.name == "ocr:text" for f in found)}
+        if image.index in replaced:
+            entry["new"] = "synthesized label: the pseudonym as text and as a Data Matrix"
+        if image.index in areas:
+            entry["blanked"] = {"boxes": areas[image.index]["boxes"],
+                                "size": areas[image.index]["size"],
+                                "why": areas[image.index]["why"]}
+        out.append(entry)
+    return out

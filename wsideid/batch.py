@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from . import adapters, catalog
+from . import adapters, associated, catalog
 from .containers.output import Target
 from .errors import InstallError, OutputError, SlideError, VerificationError
 from .journal import Journal, Record, Superseded, brief_of, stat_outputs, task_lease
@@ -60,12 +60,22 @@ class Item:
 @dataclass
 class Found:
     jobs: list[Job] = field(default_factory=list)
-    problems: list[tuple[Path, str]] = field(default_factory=list)   # (what, why) for each named input that is not a slide
+    problems: list[tuple[Path, str]] = field(default_factory=list)   # (what, why): a named input that is not a slide, or what cannot be read
     items: list[Item] = field(default_factory=list)
     others: list[tuple[Path, Path, str]] = field(default_factory=list)   # (file, input folder, why): walked files that are not slides, not copied
     broken: list[tuple[Item, str]] = field(default_factory=list)   # walked slides that cannot even be grouped
     restored: list[Path] = field(default_factory=list)   # inputs an interrupted in-place run had changed
     released: list[Path] = field(default_factory=list)   # in place: slides wsideid released earlier, left as they are
+    named: set[Path] = field(default_factory=set)   # the inputs as given on the command line
+
+    def walked_problems(self) -> list[tuple[Path, str]]:
+        """Problems found inside a named folder (a file or folder that cannot be read, an
+        undo record that cannot be used): the batch goes on without them."""
+        return [(path, why) for path, why in self.problems if path not in self.named]
+
+    def named_problems(self) -> list[tuple[Path, str]]:
+        """Problems of the inputs named on the command line."""
+        return [(path, why) for path, why in self.problems if path in self.named]
 
 
 def find(inputs: list[Path], repair: bool = True) -> Found:
@@ -76,7 +86,7 @@ def find(inputs: list[Path], repair: bool = True) -> Found:
     interrupted in-place run left half-changed are restored first."""
     from .errors import NotASlide
 
-    found = Found()
+    found = Found(named=set(inputs))
     if repair:
         found.restored = restore_interrupted(inputs, found.problems)
     files: list[tuple[Path, adapters.Adapter, Path | None]] = []
@@ -384,6 +394,9 @@ def entry_of(result: Result, outdir: Path | None, subject: str = "") -> dict:
         if plan.regions:
             entry["regions"] = plan.regions
             entry["redacted"] = [e.public() for e in plan.redactions()]
+        pictures = associated.report_entries(plan)
+        if pictures:
+            entry["associated"] = pictures
     if result.status == "ok" and result.plan is not None and result.plan.empty is None:
         entry["verification"] = {"result": "passed"}
     elif result.status == "failed":
@@ -498,7 +511,11 @@ class SurveyTask:
 def survey_task(task: SurveyTask) -> dict:
     """How a slide will be named, before anything is written: its keyed pseudonym and output
     name, the identifiers a mapping may match (read from its metadata only), and the files
-    in its folder that it does not use. {"error": ...} when it cannot be read."""
+    in its folder that it does not use. {"error": ...} when it cannot be read. Libraries'
+    warnings are withheld (a DICOM header is decoded whole when read: pydicom quotes the
+    values it cannot decode); the slide's own run counts them in its plan."""
+    from .library_warnings import withheld
+
     holder: dict = {}
 
     def work() -> Result:
@@ -517,7 +534,8 @@ def survey_task(task: SurveyTask) -> dict:
             slide.close()
         return Result(task.job.path)
 
-    result = guarded(task.job.path, work, None)
+    with withheld():
+        result = guarded(task.job.path, work, None)
     if result.status != "ok":
         return {"index": task.index, "error": result.message, "status": result.status}
     return {"index": task.index, **holder}
@@ -544,7 +562,11 @@ class InlineExecutor:
 
 def _worker_started(parent: int) -> None:
     """In each pool process: die with the parent (a `kill -9` of the run must not leave
-    slides being written behind it)."""
+    slides being written behind it). A warning outside a slide's run is one line without its
+    text, as in the command line's own process."""
+    from .library_warnings import withhold_everywhere
+
+    withhold_everywhere()
     try:
         import ctypes
         import signal

@@ -13,33 +13,53 @@ from pathlib import Path
 
 from .errors import InstallError
 
-# What a kept value may look like, by the type a catalog gives it (a number cannot carry a name).
+# What a kept value may look like, by the type a catalog gives it (a number cannot carry a
+# name). There is no free text: a kept value has a type with a grammar, from this table or
+# from formats/types.toml (vocabularies of real products, versions, filter names, ...).
+_NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
 TYPES = {
-    "number": re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
-    "numbers": re.compile(r"[-+0-9.,:%eE /_]*"),      # lists, ranges and ratios of numbers
+    "number": re.compile(_NUMBER),
+    # one number, or a comma-separated list of numbers of one shape (no slashes, dashes or
+    # spaces between them: those make dates and record numbers)
+    "numbers": re.compile(rf"{_NUMBER}(,{_NUMBER}){{0,63}}"),
     "time": re.compile(r"\d{1,2}:\d{2}(:\d{2})?(\.\d+)?"),
     "codec": re.compile(r"JPEG|PNG|BMP24|JPEG2000|JPEGXR|RAW"),   # MIRAX image formats
     "boolean": re.compile(r"true|false|0|1"),
-    "enum": re.compile(r"[A-Za-z0-9_+\-:]{1,64}"),          # a word from a fixed vocabulary
-    "unit": re.compile(r"[^\s<>&\"']{1,16}"),                # um, nm, degrees C, ...
-    "lsid": re.compile(r"[^\s<>&\"']{1,200}:[^\s<>&\"']{1,200}"),  # OME IDs (Type:n, urn:lsid:...)
+    # OME IDs once made canonical (adapters/ometiff.py): the element's type and small indices
+    "lsid": re.compile(r"[A-Z][A-Za-z]{1,31}(:Resolution)?(:\d{1,4}){1,4}"),
+    # a binary TIFF tag's value is checked by its field type, count and its own rule
+    # (adapters/tiff.py); as text it is nothing
+    "binary": re.compile(r""),
 }
 TYPE_WORDS = {"number": "a number", "numbers": "numeric", "time": "a time", "codec": "a codec",
               "boolean": "a boolean", "enum": "a word of the format's vocabulary",
-              "unit": "a unit", "lsid": "an identifier"}
+              "unit": "a unit", "lsid": "an identifier", "text": "known (free text is not kept)"}
 NUMBER = TYPES["number"]
 TIME = TYPES["time"]
-
-
+# Types whose values are checked elsewhere against a vocabulary (the OME schema's
+# enumerations): the catalog entry names the vocabulary, the adapter applies it.
+VOCABULARY_TYPES = ("enum", "unit")
 # "marker": a line without a value that a format uses as a heading (kept as it is).
+# "date": a calendar date, transformed by the date policy (dates.py), never kept as it is.
+STRUCTURAL_TYPES = ("marker", "date")
+
+
+@lru_cache(maxsize=1)
+def shared_grammars() -> dict[str, re.Pattern]:
+    """Every grammar a catalog may name: the built-in TYPES and formats/types.toml."""
+    table = {name: re.compile(rx) for name, rx in read_toml("types.toml").get("types", {}).items()}
+    return {**table, **TYPES}
+
+
+def grammar_of(kind: str) -> re.Pattern | None:
+    return shared_grammars().get(kind)
 
 
 def has_type(value: str, kind: str) -> bool:
-    """Whether a value to be kept looks like what its catalog says it is."""
-    pattern = TYPES.get(kind)
-    if pattern is not None:
-        return bool(pattern.fullmatch(value))
-    return "\x00" not in value
+    """Whether a value to be kept looks like what its catalog says it is. A type without a
+    grammar (`text`, the default) accepts nothing: free text is never kept."""
+    pattern = grammar_of(kind)
+    return pattern is not None and bool(pattern.fullmatch(value))
 
 
 def type_word(kind: str) -> str:
@@ -93,22 +113,33 @@ def entry_accepts(entry: Entry, value: str) -> bool:
     return has_type(value, entry.type)
 
 
+def has_grammar(entry: Entry) -> bool:
+    """Whether a kept entry says what its values look like (a grammar, a vocabulary checked by
+    its adapter, or a structural type)."""
+    return (entry.grammar is not None or grammar_of(entry.type) is not None
+            or entry.type in VOCABULARY_TYPES + STRUCTURAL_TYPES)
+
+
 UNKNOWN = Entry("?", "remove", "not in the catalog: only fields known to be safe are kept")
 
 
-KEY_PART = re.compile(r"[A-Za-z0-9_.\[\]/ ]*")
+KEY_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")   # camel case and capitals
+KEY_SEPARATOR = re.compile(r"[_./ ]")
 
 
 class Catalog:
     """A key the catalog lists exactly, or one matched by a pattern whose wildcard part is made
-    of the format's own words (`key_words` in the catalog): a key name is the slide's text too,
-    so a pattern cannot let a made-up name through."""
+    of the format's own words (`key_words` in the catalog) and of numbers only where the
+    vendor writes them (`key_numbers`: an index `[0]`, a magnification `10x`, ...): a key name
+    is the slide's text too, so a pattern cannot let a made-up name or number through."""
 
     def __init__(self, filename: str, section: str | None = None):
         data = read_toml(filename)
         self.filename = filename
         self.meta = data.get("catalog", {})
         self.key_words = {w.lower() for w in self.meta.get("key_words", [])}
+        # a number token is whole: never followed by another digit ("47" of "4711" is no index)
+        self.key_numbers = [re.compile(f"(?:{rx})(?!\\d)") for rx in self.meta.get("key_numbers", [])]
         # grammars of free-text types: formats/types.toml, and a catalog's own [types]
         grammars = {name: re.compile(rx) for name, rx in
                     {**read_toml("types.toml").get("types", {}), **data.get("types", {})}.items()}
@@ -131,6 +162,10 @@ class Catalog:
             else:
                 self.exact[key] = entry
 
+    def entries(self) -> list[tuple[str, Entry]]:
+        """Every entry with the key (or pattern) it is listed under."""
+        return list(self.exact.items()) + [(p.pattern, e) for p, e in self.patterns]
+
     def knows(self, key: str | int) -> bool:
         return self.lookup(key) is not UNKNOWN
 
@@ -145,10 +180,21 @@ class Catalog:
         return UNKNOWN
 
     def _made_of_words(self, part: str) -> bool:
-        if not KEY_PART.fullmatch(part):
-            return False
-        words = re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", part)   # camel case and capitals
-        return all(len(w) == 1 or w.lower() in self.key_words for w in words)
+        """Words of the format (single letters too only when listed: R, G, B, X, ...),
+        separators, and numbers of the shapes the vendor uses; nothing else."""
+        pos = 0
+        while pos < len(part):
+            for rule in [*self.key_numbers, KEY_WORD, KEY_SEPARATOR]:
+                match = rule.match(part, pos)
+                if match and match.end() > pos:
+                    break
+            else:
+                return False
+            token = match.group(0)
+            if rule is KEY_WORD and token.lower() not in self.key_words:
+                return False
+            pos = match.end()
+        return True
 
 
 # The catalog that decides the fields named with each prefix (a report cites, per slide, the

@@ -301,7 +301,7 @@ def deid(
             found.jobs = [i.job for i in found.items]
         if not found.items and not found.broken:
             if found.problems:    # each already said on its own line
-                raise typer.Exit(EXIT_INPUT)
+                raise typer.Exit(input_code(found, 0))
             if found.released:
                 raise typer.Exit(0)
             no_slides(inputs, found)
@@ -416,18 +416,19 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
     """Every slide's source and destination, fields and images; nothing is written."""
     exporter = batch.Exporter(settings, outdir, namer, None, batch.InlineExecutor(), 1, batch.Sink())
     slides = exporter.plan(found.items, survey=True)
-    code = EXIT_INPUT if found.problems else 0
+    code = input_code(found, len(slides))
+    alone = is_alone(found, len(slides))
     base = outdir if outdir is not None else Path("OUTDIR")
     for slide in slides:
         if slide.outcome is not None:
             error_line(f"{slide.source}: {slide.outcome.message}")
-            code = EXIT_INPUT
+            code = max(code, EXIT_INPUT if slide.item.root is None or alone else EXIT_FINDINGS)
             continue
         try:
             naming, plan = batch.preview(slide, settings)
         except SlideError as exc:
             error_line(f"{slide.source}: {exc}")
-            code = EXIT_INPUT
+            code = max(code, EXIT_INPUT if slide.item.root is None or alone else EXIT_FINDINGS)
             continue
         dest = base.joinpath(*slide.dest, naming.output_name)
         sys.stdout.write(one_line(f"{slide.source} -> {dest}") + "\n")
@@ -435,10 +436,25 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
         print_plan(slide.source, plan, show_values=False)
     for item, why in found.broken:
         error_line(f"{item.job.path}: {why}")
-        code = EXIT_INPUT
     for path, _, why in found.others:
         sys.stdout.write(one_line(f"{path}: {why}: not copied") + "\n")
     raise typer.Exit(code)
+
+
+def is_alone(found: batch.Found, slides: int) -> bool:
+    """Whether the run has one slide only (counting walked slides that cannot be grouped and
+    walked files that cannot be read): its failure is the input's problem, exit 2."""
+    return slides + len(found.broken) + len(found.walked_problems()) == 1
+
+
+def input_code(found: batch.Found, slides: int) -> int:
+    """The exit code the inputs alone give (fe229ac's rule): 2 for a named input that is not
+    a readable slide, or a run's only one; 1 for what a batch walked past (a slide that
+    cannot be grouped, a file or folder that cannot be read: the others went on); else 0."""
+    walked = found.walked_problems()
+    if found.named_problems() or (is_alone(found, slides) and (walked or found.broken)):
+        return EXIT_INPUT
+    return EXIT_FINDINGS if walked or found.broken else 0
 
 
 class MapFile:
@@ -690,21 +706,27 @@ class RunView:
         return sum(1 for s in self.slides if s.outcome is not None and s.outcome.status == "ok")
 
     def failures(self) -> list[tuple[Path, str]]:
-        """(what failed, why) for every slide that failed."""
+        """(what failed, why) for every slide that failed, and every file or folder of a batch
+        that could not be read."""
         out = [(s.outcome.failed or s.source, s.outcome.message)
                for s in self.slides if s.outcome is not None and s.outcome.status != "ok"]
         out += [(item.job.path, why) for item, why in self.found.broken]
-        return out
+        return out + self.found.walked_problems()
 
     def exit_code(self, written: bool) -> int:
-        """2: a usage or environment problem (the output folder, the report, the map), or an
-        input that could not be de-identified (not a readable slide, named or found in a
-        folder: the batch went on with the others); 1: a slide failed verification; else 0."""
+        """2: a usage or environment problem (the output folder, the report, the map), a file
+        named on the command line that is not a readable slide, or the one slide of a run
+        that could not be de-identified (the input is the problem); 1: in a batch, a slide
+        found in a folder that failed (the others were released: issue 13 asks exit 1 with
+        the list), or any slide that failed verification; else 0."""
         bad = [s for s in self.slides if s.outcome is not None and s.outcome.status != "ok"]
-        if (not written or self.found.problems or self.found.broken
-                or any(s.outcome.status == "error" for s in bad)):
+        alone = is_alone(self.found, len(self.slides))
+        code = input_code(self.found, len(self.slides))
+        if (not written or code == EXIT_INPUT or any(s.outcome.failed is not None for s in bad)
+                or any((s.item.root is None or alone) and s.outcome.status == "error"
+                       for s in bad)):
             return EXIT_INPUT
-        if bad:
+        if bad or code == EXIT_FINDINGS:
             return EXIT_FINDINGS
         return 0
 
@@ -730,7 +752,8 @@ def _summarise(run: RunView) -> None:
                           str(counts.get("date", 0)), str(dropped),
                           o.status + (" (earlier run)" if o.earlier else ""))
         out.print(table)
-    if len(slides) + len(run.found.broken) > 1:
+    count = len(slides) + len(run.found.broken) + len(run.found.walked_problems())
+    if count > 1:
         by_format: dict[str, list[int]] = {}
         for s in slides:
             row = by_format.setdefault(s.outcome.brief.get("format") or "(unread)", [0, 0, 0, 0])
@@ -744,13 +767,13 @@ def _summarise(run: RunView) -> None:
             totals.add_row(name, str(ok), str(earlier), str(bad), f"{size / 1e9:.2f}")
         out.print(totals)
         elapsed = time.monotonic() - run.start
-        out.print(f"{run.released} of {len(slides) + len(run.found.broken)} slides released, "
+        out.print(f"{run.released} of {count} slides released, "
                   f"{len(run.found.others)} files not slides (not copied); "
                   f"{run.done_bytes / 1e9:.2f} GB de-identified in {elapsed:.1f} s "
                   f"({run.done_bytes / 1e6 / max(elapsed, 1e-6):.1f} MB/s)", markup=False, highlight=False)
         failures = run.failures()
         if failures:
-            error_line(f"{len(failures)} of {len(slides) + len(run.found.broken)} slides failed:")
+            error_line(f"{len(failures)} of {count} slides failed:")
             for what, why in failures:
                 error_line(f"{what}: {why}")
 
@@ -933,6 +956,9 @@ def convert(
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
     macro: str = MacroOpt,
+    strict: bool = StrictOpt,
+    macro_region: Optional[str] = MacroRegionOpt,
+    ocr: bool = OcrOpt,
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
     allow_transcode: bool = typer.Option(False, "--allow-transcode", help="Accept re-encoded tiles when the lossless path is unavailable."),
@@ -949,7 +975,8 @@ def convert(
     check_paths(inputs, outdir, False, key_file=key_file, map_file=map_file,
                 report_file=report_file)
     keyring = make_keyring(key_file)
-    policy = make_policy(dates, keep_device_id, label, macro, keyring)
+    policy = make_policy(dates, keep_device_id, label, macro, keyring, strict=strict,
+                         macro_region=parse_region(macro_region), ocr=ocr)
     prepare_outdir(outdir)
     found = batch.find(inputs)
     for path, why in found.problems:
@@ -1181,6 +1208,9 @@ def _sources(map_file: Path, outdir: Path) -> dict[str, Path]:
 
 
 def main() -> None:
+    from .library_warnings import withhold_everywhere
+
+    withhold_everywhere()
     try:
         app()
     except InstallError as exc:

@@ -13,13 +13,14 @@ folder renamed to OUTDIR/<pseudonym>.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import adapters
+from . import adapters, associated
 from .adapters.dicom import DicomPlanner, role_of
+from .adapters.dicom_labels import DCIODVFY_BLANKED_OVERVIEW
 from .background import checks_in_background
 from .catalog import Entry
 from .containers.dicom.io import locate_pixels, read_header
@@ -27,7 +28,8 @@ from .containers.files import Staging
 from .dates import DICOM as DICOM_DATES
 from .errors import SlideError, VerificationError
 from .keyring import Keyring
-from .model import Field, Image, Job, Plan, Result
+from .library_warnings import withheld
+from .model import Field, Image, Job, Plan, RedactImage, ReplaceImage, Result
 from .policy import Policy, decide
 from .verify import checks
 from .verify.dicom import dciodvfy_errors, header_problems
@@ -52,6 +54,16 @@ def lossless_available() -> str | None:
 
 def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             allow_transcode: bool = False) -> Result:
+    """Convert and de-identify one slide; libraries' warnings counted, never printed."""
+    with withheld() as caught:
+        result = _convert(job, policy, keyring, outdir, allow_transcode)
+    if result.plan is not None:
+        result.plan.warnings += caught.summary()
+    return result
+
+
+def _convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
+             allow_transcode: bool = False) -> Result:
     from pydicom.uid import UID
     from wsidicomizer import WsiDicomizer
 
@@ -69,22 +81,30 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
                              "--allow-transcode to accept re-encoded tiles")
         source_levels = [_sampled_tiles(slide, img) for img in adapter.stored_levels(slide)]
         fp = adapter.fingerprint(slide)
+        naming = adapter.naming(slide, keyring)
+        # the label, overview and thumbnail, looked at as `deid` does
+        policy, found, warnings, new_images = associated.decide(
+            adapter, slide, policy, associated.examine(adapter, slide, policy), naming)
+        extras = Associated.of(adapter.images(slide), policy, new_images)
     finally:
         slide.close()
-    pseudonym = keyring.slide_pseudonym(fp)
+    pseudonym = naming.pseudonym
     planner = DicomPlanner(policy, keyring)
-    fields: list[Field] = []
+    fields: list[Field] = list(found)
     identity = {"PatientID": pseudonym, "PatientName": pseudonym,
                 "ContainerIdentifier": pseudonym}
 
     def deidentify(ds, _metadata):
         """Applied by wsidicomizer to every instance's metadata before it is written."""
+        slide_label = "LabelText" in ds or "BarcodeValue" in ds   # a LABEL's Slide Label module
         planner.clean(ds, fields, "converted")
         for keyword, value in identity.items():
             fields.append(Field(f"dicom:{keyword}", "converted", str(ds.get(keyword, "") or ""),
                                 "replace", value, why="the slide's pseudonym"))
             setattr(ds, keyword, value)
         planner.mark(ds)
+        if slide_label:   # Type 2 (PS3.3 C.8.12.8): present, empty; a new label fills them
+            ds.LabelText = ds.BarcodeValue = ""
         return ds
 
     uids = keyring.uid_sequence(fp)
@@ -92,8 +112,9 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
     try:
         try:
             written = WsiDicomizer.convert(
-                job.path, staging.path, include_label=policy.label == "keep",
-                include_overview=policy.macro == "keep", include_confidential=False,
+                job.path, staging.path, include_label=extras.label in ("keep", "replace"),
+                include_overview=extras.overview in ("keep", "redact"),
+                include_confidential=False,
                 uid_generator=lambda: UID(next(uids)), metadata_post_processor=deidentify,
                 workers=1)
         except KeyError as exc:   # opentile reads vendor metadata by key
@@ -101,7 +122,8 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             raise SlideError(f"cannot convert: the slide's metadata has no {missing}, which "
                              "wsidicomizer needs to build a DICOM WSI series") from exc
         except Exception as exc:  # noqa: BLE001 - wsidicomizer raises many types
-            raise SlideError(f"wsidicomizer could not convert the slide: {exc}") from exc
+            # its message may quote the slide's metadata: the kind of failure only
+            raise SlideError(f"wsidicomizer could not convert the slide ({type(exc).__name__})") from exc
         folder = staging.path / pseudonym
         folder.mkdir()
         files = []
@@ -112,8 +134,12 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
         for f in files:
             _clean_frames(f, fields)
             _settle_write_stamps(f, policy, fields)
-        plan = Plan("dicom-wsi", [], fields)
-        problems = _verify(files, plan, policy, keyring, source_levels, job.path, allow_transcode)
+        warnings += extras.replace_label(files, pseudonym) + extras.blank(files)
+        plan = Plan("dicom-wsi", [], fields, warnings)
+        problems = _verify(files, plan, policy, keyring, source_levels, job.path, allow_transcode,
+                           extras.blanked)
+        if not problems:
+            problems = extras.verify(files, pseudonym)
         if problems:
             raise VerificationError("; ".join(problems))
         final = staging.release([(pseudonym, pseudonym)])
@@ -178,7 +204,8 @@ def _stamp_value(value: str, vr: str, policy: Policy) -> str:
 
 
 def _verify(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring,
-            source_levels: list[SampledLevel], source: Path, allow_transcode: bool) -> list[str]:
+            source_levels: list[SampledLevel], source: Path, allow_transcode: bool,
+            blanked: set[Path] = frozenset()) -> list[str]:
     targets = checks.residue_targets(plan, plan.kept_values())
     problems = []
     # dciodvfy runs in the background while the headers and frames are checked
@@ -192,7 +219,8 @@ def _verify(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring,
     if not allow_transcode:
         problems += _check_not_reencoded(files, source_levels, source)
     for f, check in zip(files, validity):
-        errors = check.result()
+        errors = {e for e in check.result() or ()
+                  if not (f in blanked and DCIODVFY_BLANKED_OVERVIEW in e)}
         if errors:
             problems.append(f"{f.name}: dciodvfy: {sorted(errors)[0]}")
     after = openslide_view(files[0])
@@ -221,6 +249,112 @@ def _replan(files: list[Path], plan: Plan, policy: Policy, keyring: Keyring) -> 
     except SlideError as exc:
         return [f"the converted series does not read back: {exc}"]
     return checks.nothing_left(plan, replanned, dicom.settled)
+
+
+@dataclass
+class Associated:
+    """The label and overview of a conversion: what happens to each (the slide's policy after
+    their checks), the synthesized label, the source overview's blanked label area."""
+    label: str = "drop"
+    overview: str = "drop"
+    new: ReplaceImage | None = None
+    area: RedactImage | None = None
+    blanked: set[Path] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, images: list[Image], policy: Policy, new_images: list) -> Associated:
+        out = cls()
+        for image in images:
+            action = policy.image_action_for(image.index, image.role)
+            if image.role == "label":
+                out.label = action
+            elif image.role in ("macro", "overview"):
+                out.overview = action
+        areas = {}
+        for new in new_images:
+            if isinstance(new, ReplaceImage):
+                out.new = new
+            else:
+                areas[new.regions["role"]] = new
+        # wsidicomizer's OVERVIEW is the image readers show as the macro (MIRAX also has a
+        # whole-slide overview, another picture of another size)
+        out.area = areas.get("macro") or areas.get("overview")
+        if out.label == "replace" and out.new is None:
+            out.label = "drop"
+        if out.overview == "redact" and out.area is None:
+            out.overview = "drop"
+        return out
+
+    def replace_label(self, files: list[Path], pseudonym: str) -> list[str]:
+        """The written LABEL gets the synthesized label as its pixel data (wsidicom's own way
+        to give a label, `label=`, rewrites the base data set that every instance shares).
+        Its header then says what it shows: the pseudonym (dicom_labels.replace_label)."""
+        from .adapters.dicom_rewrite import replace_written_label
+
+        if self.label != "replace":
+            return []
+        done = []
+        for f in files:
+            header, _ = read_header(f)
+            if role_of(header) == "label":
+                replace_written_label(f, self.new.pixels, pseudonym)
+                done.append(f"the label ({f.name}) replaced by a synthesized one")
+        return done
+
+    def blank(self, files: list[Path]) -> list[str]:
+        """The label area of the written OVERVIEW painted: found again on its own pixels
+        (barcodes, bands) and united with the source overview's boxes, scaled to its size."""
+        from .adapters.dicom_rewrite import blank_written_overview
+        from .images.overview import OverviewNotCleared, redact_overview
+
+        if self.overview != "redact":
+            return []
+        warnings = []
+        source = self.area.regions
+        for f in files:
+            header, start = read_header(f)
+            if role_of(header) != "overview":
+                continue
+            pixels = _instance_picture(f, header, start)
+            sw, sh = source["size"]
+            h, w = pixels.shape[:2]
+            boxes = [(x0 * w // sw, y0 * h // sh, -(-x1 * w // sw), -(-y1 * h // sh))
+                     for x0, y0, x1, y1 in source["boxes"]]
+            try:
+                blanked, found, why = redact_overview(pixels, vendor_boxes=boxes)
+            except OverviewNotCleared as exc:
+                raise SlideError(f"the converted overview: {exc}") from None
+            regions = associated.label_area(Image("converted overview", "overview", w, h, ""),
+                                            found, blanked, why).regions
+            blank_written_overview(f, regions)
+            self.blanked.add(f)
+            self.area = RedactImage(self.area.image, {**regions, "image": f.name})
+            warnings.append(f"the converted overview ({f.name}) redacted: {why}")
+        return warnings
+
+    def verify(self, files: list[Path], pseudonym: str) -> list[str]:
+        """Every barcode of the converted LABEL and OVERVIEW decoded again, through wsidicom."""
+        from .verify import associated as check
+
+        wanted = {}
+        if self.label in ("keep", "replace"):
+            wanted["label"] = check.Expected(replaced=self.label == "replace")
+        if self.overview in ("keep", "redact"):
+            wanted["overview"] = check.Expected(
+                area=self.area.regions if self.overview == "redact" else None)
+        if not wanted:
+            return []
+        pictures = check.reader_pictures(adapters.by_name("dicom-wsi"), files, set(wanted))
+        return check.check(pictures, wanted, pseudonym)
+
+
+def _instance_picture(path: Path, header, start: int):
+    from .adapters.dicom import Instance, instance_pixels
+
+    pixels = instance_pixels(Instance(0, path, header, start, "overview"))
+    if pixels is None:
+        raise SlideError("the converted overview cannot be decoded to find its label area")
+    return pixels
 
 
 @dataclass

@@ -8,9 +8,10 @@ from datetime import date, datetime, timedelta
 
 @dataclass(frozen=True)
 class DateFormat:
-    """strptime formats tried in order, and what may follow the date (a time part)."""
+    """strptime formats tried in order, and what may follow the date: a time of day and a
+    time zone, nothing else (a number after a date is not a time)."""
     formats: tuple[str, ...]
-    tail: str = r"[ T][0-9:.+\-Z]*"
+    tail: str = r"[ T]([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?"
 
 
 # Aperio (m/d/y), ISO and EXIF forms, compact and dotted day-first forms.
@@ -19,7 +20,7 @@ COMMON = DateFormat(("%m/%d/%y", "%m/%d/%Y", "%Y-%m-%d", "%Y:%m:%d", "%Y/%m/%d",
 # MIRAX Slidedat.ini dates are day first ("14/03/2021 13:37:42").
 DAY_FIRST = DateFormat(("%d/%m/%Y", "%Y-%m-%d", "%d.%m.%Y"))
 # DICOM DA (YYYYMMDD) and DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX, PS3.5 6.2): the time follows directly.
-DICOM = DateFormat(("%Y%m%d",), r"[0-9.+\-]*")
+DICOM = DateFormat(("%Y%m%d",), r"(([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?)?([+-]\d{4})?")
 
 
 def transform_date(value: str, mode: str, shift_days: int, form: DateFormat = COMMON) -> str | None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 IMAGE_ACTIONS = ("keep", "drop", "replace", "redact")
+LABEL_AREA = "label area"   # RedactImage.regions["kind"] of an overview whose label is blanked
 KEPT = ("keep", "replace", "redact")   # image actions that leave the image in the output
 
 
@@ -145,9 +146,15 @@ class ReplaceImage:
 class RedactImage:
     """Areas of an image are painted over. `regions` says where and how, for reports and
     verification (never pixel content); the new bytes are the plan's ReplaceRun and PatchRun
-    edits of that image."""
+    edits of that image. Two kinds: regions painted through the pyramid (`--regions`), and an
+    overview's label area (kind LABEL_AREA: `boxes` in the image's pixels, `_pixels` the
+    picture with them blanked, which the container turns into new bytes)."""
     image: str
     regions: Any
+
+    @property
+    def label_area(self) -> bool:
+        return self.regions.get("kind") == LABEL_AREA
 
     def public(self) -> dict:
         return {"image": self.image, **{k: v for k, v in self.regions.items()
@@ -183,6 +190,11 @@ class Plan:
         return [f.new_value or f.value for f in self.fields
                 if f.action in ("keep", "date", "replace")]
 
+    def written_values(self) -> list[str]:
+        """Values the tool wrote itself (pseudonyms, dummies, transformed dates)."""
+        return [f.new_value for f in self.fields
+                if f.action in ("date", "replace") and f.new_value]
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for f in self.fields:
@@ -196,7 +208,16 @@ class Plan:
         return {e.run: e for e in self.edits if isinstance(e, PatchRun) and e.image == image}
 
     def redactions(self) -> list[RedactImage]:
-        return [e for e in self.edits if isinstance(e, RedactImage)]
+        """The regions painted through the pyramid (`--regions`)."""
+        return [e for e in self.edits if isinstance(e, RedactImage) and not e.label_area]
+
+    def label_areas(self) -> list[RedactImage]:
+        """Overviews whose label area was blanked."""
+        return [e for e in self.edits if isinstance(e, RedactImage) and e.label_area]
+
+    def new_images(self) -> list[ReplaceImage | RedactImage]:
+        """Synthesized labels and blanked overviews."""
+        return [e for e in self.edits if isinstance(e, ReplaceImage)] + self.label_areas()
 
 
 @dataclass

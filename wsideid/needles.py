@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 CHUNK = 64 << 20
 MIN_NEEDLE = 4
+BARE_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
+# values that say a field is empty or unnamed: no identifier, and words kept values use
+# ("--- none ---", "Slide zoom level")
+PLACEHOLDERS = {"none", "null", "n/a", "unknown", "empty", "default", "true", "false", "slide",
+                "image"}
+NUMBER_TOKEN = re.compile(r"(?<![\d.])[+-]?\d+(?:\.\d+)?(?![\d.])")
 
 
 def needle_forms(needle: str) -> set[bytes]:
@@ -33,17 +40,28 @@ def pieces(value: str) -> list[str]:
     return [value[:SLICE], value[mid - SLICE // 2: mid + SLICE // 2], value[-SLICE:]]
 
 
-def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE) -> list[str]:
-    """Needles worth searching: long enough to mean something, and not part of what is kept."""
-    kept = [k.lower() for k in kept_texts if k]
+def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE, written=()) -> list[str]:
+    """Needles worth searching: every removed value long enough to mean something, unless the
+    output holds it on purpose as a whole: a kept value equal to it (AppMag kept in level 0 and
+    removed with a dropped label's description), or a number that is a whole number of a kept
+    value, or a placeholder ("None", "slide"). A removed value inside a kept one in any other
+    way (a name in a model string) is searched for, so that its survival fails verification
+    instead of being skipped. Inside a value the tool wrote itself (a dummy, a pseudonym, a
+    shifted date) a removed value is a coincidence of digits: skipped. A value past MAX_NEEDLE
+    characters is searched for by its pieces (decided on the whole value first)."""
+    kept = {k.strip().lower() for k in kept_texts if k}
+    kept_numbers = {n for k in kept for n in NUMBER_TOKEN.findall(k)}
+    own = [w.lower() for w in written if w]
     out = set()
-    for whole in values:
-        for value in pieces(whole.strip().strip("\x00")):
-            if len(value) < min_len:
-                continue
-            if any(value.lower() in k for k in kept):
-                continue
-            out.add(value)
+    for value in values:
+        value = value.strip().strip("\x00")
+        if len(value) < min_len:
+            continue
+        low = value.lower()
+        if (low in kept or low in PLACEHOLDERS or any(low in w for w in own)
+                or (BARE_NUMBER.fullmatch(value) and value in kept_numbers)):
+            continue
+        out.update(pieces(value))
     return sorted(out)
 
 

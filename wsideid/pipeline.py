@@ -8,6 +8,7 @@ from .background import Background
 from .containers.output import Target
 from .errors import SlideError, VerificationError
 from .keyring import Keyring
+from .library_warnings import withheld
 from .model import Job, Naming, Plan, Result
 from .policy import Policy
 from .verify import verify
@@ -36,7 +37,16 @@ def naming_of(adapter, slide, keyring: Keyring, name: str = "") -> Naming:
 def plan_job(job: Job, policy: Policy, keyring: Keyring, name: str = "",
              screen: bool = True) -> tuple[Naming, Plan]:
     """The naming and plan of one slide, as `deid` would carry them out (nothing is written;
-    `screen=False`: the image data is not looked into, only the metadata is read)."""
+    `screen=False`: the image data is not looked into, only the metadata is read). Libraries'
+    warnings are counted, never printed (their messages quote the slide's values)."""
+    with withheld() as caught:
+        naming, plan = _plan_job(job, policy, keyring, name, screen)
+    plan.warnings += caught.summary()
+    return naming, plan
+
+
+def _plan_job(job: Job, policy: Policy, keyring: Keyring, name: str,
+              screen: bool) -> tuple[Naming, Plan]:
     adapter = adapters.by_name(job.format)
     slide = adapter.read(job)
     try:
@@ -62,7 +72,16 @@ def look_at_images(adapter, slide, policy: Policy, naming) -> tuple[Policy, list
 def run(job: Job, settings: Settings) -> Result:
     """De-identify one slide. The output appears under its final name only when it is complete
     and verified; a failure leaves nothing behind (in place: the input as it was, unless the
-    failure came after patching began)."""
+    failure came after patching began). Libraries' warnings are counted, never printed (their
+    messages quote the slide's values)."""
+    with withheld() as caught:
+        result = _run(job, settings)
+    if result.plan is not None:
+        result.plan.warnings += caught.summary()
+    return result
+
+
+def _run(job: Job, settings: Settings) -> Result:
     adapter = adapters.by_name(job.format)
     result = Result(job.path)
     if settings.target.in_place:
@@ -117,7 +136,8 @@ def run(job: Job, settings: Settings) -> Result:
             except (SlideError, VerificationError):
                 raise
             except Exception as exc:  # noqa: BLE001 - a check that cannot run has not passed
-                problems = [f"a check could not run ({type(exc).__name__}: {exc})"]
+                # a library's message may quote the slide: the kind of failure only
+                problems = [f"a check could not run ({type(exc).__name__})"]
             if problems:
                 if settings.target.in_place:
                     problems.append("the input was restored as it was")

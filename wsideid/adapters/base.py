@@ -65,6 +65,8 @@ class Adapter:
     in_place = True         # supports --in-place
     settled: tuple[str, ...] = ("keep",)   # actions a re-plan of a released output may show
     tiles_copyable = True   # its tiles can become DICOM frames unchanged (conversion)
+    # said when --label keep or replace finds no label image (a format that has none)
+    no_label = "the slide has no label image"
 
     def __init__(self) -> None:
         if not self.format_name:

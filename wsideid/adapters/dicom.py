@@ -25,14 +25,16 @@ from ..dates import DICOM as DICOM_DATES
 from ..errors import SlideError
 from ..images import codestreams
 from ..keyring import Keyring
-from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceImage, ReplaceRun, Runs
+from ..model import KEPT, Field, Image, Job, Naming, Plan, ReplaceRun, Runs
 from ..policy import Policy, decide
+from . import dicom_values
 from .base import Adapter, Probe
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from ..containers.dicom.io import PixelElement
+    from .dicom_labels import NewPixels
 
 DICM_OFFSET = 128  # PS3.10 7.1: 128-byte preamble, then "DICM"
 
@@ -41,7 +43,8 @@ ROLE_BY_TYPE = {"VOLUME": "level", "THUMBNAIL": "thumbnail", "LABEL": "label", "
 # becomes a dummy value so the instance stays valid (PS3.15 E.1.1: "Z/D", "X/D" by Type).
 TYPE1 = {0x00080023, 0x00080033, 0x0008002A, 0x00400512, 0x00400551, 0x00181000, 0x00400554}
 # Sequences the WSI IOD makes Type 2: emptied (Z) rather than removed when both are allowed.
-TYPE2_SEQUENCES = {0x00400555, 0x00400513, 0x00400562, 0x00400610}
+TYPE2_SEQUENCES = {0x00400555, 0x00400513, 0x00400562, 0x00400610, 0x00400518}
+OPTICAL_PATH_IDS = ("OpticalPathIdentifier", "ReferencedOpticalPathIdentifier")
 # Identifiers that get a keyed pseudonym rather than a fixed dummy.
 PSEUDONYMISED = {0x00100020: "patient", 0x00080050: "accession", 0x00400512: "container",
                  0x00400551: "specimen", 0x00200010: "study"}
@@ -160,9 +163,21 @@ class DicomPlanner:
         return Rule(code, option, row["name"])
 
     # ---- one dataset -----------------------------------------------------------------------
-    def clean(self, ds: Dataset, fields: list[Field], where: str) -> None:
+    def clean(self, ds: Dataset, fields: list[Field], where: str) -> bool:
+        """Plan and apply PS3.15 to one data set (an instance or a sequence item). False: the
+        item is a code of no known scheme and goes from its sequence."""
+        handled: set[str] = set()
+        if dicom_values.is_code_item(ds):
+            if not self._clean_code(ds, fields, where):
+                return False
+            handled = dicom_values.CODE_KEYWORDS
+        elif dicom_values.is_scheme_item(ds) and not dicom_values.known_scheme(ds):
+            self._drop_item(ds, fields, where, "a coding scheme this tool does not know")
+            return False
         for elem in list(ds):
             tag = int(elem.tag)
+            if elem.keyword in handled:
+                continue
             path = f"{where}/{elem.keyword or f'({elem.tag.group:04X},{elem.tag.element:04X})'}"
             if elem.tag.is_private:
                 fields.append(Field("dicom:private", path, _text(elem), "remove",
@@ -185,7 +200,7 @@ class DicomPlanner:
             if rule is None and elem.VR in ("DA", "DT", "TM"):
                 # a date the table does not list goes the way of the listed ones (date policy)
                 rule = Rule("C", None, elem.keyword or "date")
-            if rule is None and elem.VR in FREE_TEXT_VRS and elem.keyword not in SAFE_TEXT:
+            if rule is None and elem.VR in FREE_TEXT_VRS and not dicom_values.is_listed_text(elem.keyword):
                 self._empty_free_text(elem, fields, path)
                 continue
             if rule is None and elem.VR == "UI":
@@ -199,13 +214,92 @@ class DicomPlanner:
                 continue
             if rule is None or rule.code == "K":
                 if elem.VR == "SQ":
-                    for i, item in enumerate(elem.value):
-                        self.clean(item, fields, f"{path}[{i}]")
-                elif elem.VR not in BINARY_VRS and tag != 0x7FE00010:
-                    fields.append(Field(f"dicom:{elem.keyword}", path, _text(elem), "keep",
-                                        why="not in PS3.15 Table E.1-1" if rule is None else "PS3.15 K"))
+                    self._clean_items(elem, fields, path, ds)
+                elif tag != 0x7FE00010:
+                    self._keep_checked(ds, elem, fields, path,
+                                       "not in PS3.15 Table E.1-1" if rule is None else "PS3.15 K")
                 continue
             self.apply(ds, elem, rule, fields, path)
+        return True
+
+    def _clean_items(self, elem, fields: list[Field], path: str, ds: Dataset | None = None) -> None:
+        """Every item of a sequence cleaned; an item that is a code of no known scheme goes
+        (and the sequence with it when none is left, unless the IOD wants it present)."""
+        from pydicom.sequence import Sequence
+
+        kept = [item for i, item in enumerate(elem.value) if self.clean(item, fields, f"{path}[{i}]")]
+        if len(kept) != len(elem.value):
+            elem.value = Sequence(kept)
+            if not kept and ds is not None and int(elem.tag) not in TYPE2_SEQUENCES:
+                del ds[elem.tag]
+
+    def _clean_code(self, ds: Dataset, fields: list[Field], where: str) -> bool:
+        """A code item: kept only from a known scheme with a value of that scheme's shape, its
+        meaning from the table of known codes (else the code value)."""
+        known, verdicts = dicom_values.check_code(ds)
+        if not known:
+            self._drop_item(ds, fields, where, "a code of no known coding scheme, or not of its "
+                            "scheme's shape")
+            return False
+        for keyword, verdict in verdicts.items():
+            if verdict.action == "remove":   # conditional elements of a code: absent, not empty
+                fields.append(Field(f"dicom:{keyword}", f"{where}/{keyword}", _text(ds[keyword]),
+                                    "remove", why=verdict.why))
+                del ds[keyword]
+                continue
+            self._apply_verdict(ds, ds[keyword], verdict, fields, f"{where}/{keyword}", "code")
+        return True
+
+    @staticmethod
+    def _drop_item(ds: Dataset, fields: list[Field], where: str, why: str) -> None:
+        """A sequence item that goes whole: its values reported and searched for."""
+        for elem in ds.iterall():
+            if elem.VR not in BINARY_VRS and elem.VR != "SQ":
+                fields.append(Field(f"dicom:{elem.keyword or 'element'}", where, _text(elem),
+                                    "remove", why=f"{why}: the item is removed"))
+
+    def _keep_checked(self, ds: Dataset, elem, fields: list[Field], path: str, why: str) -> None:
+        """A value PS3.15 keeps (or does not list) is kept only as what it must be
+        (dicom_values): a neutral or narrowed value replaces it, or it goes."""
+        verdict = dicom_values.check(elem, ds)
+        if elem.keyword in OPTICAL_PATH_IDS and verdict.action == "remove":
+            # an identifier other elements refer to: a keyed one in its place, the same for
+            # every instance of the series and every reference
+            verdict = dicom_values.Verdict("replace", self.keyring.identifier(
+                "optical path", _text(elem)), why="not a small number: a keyed identifier instead")
+        if int(elem.tag) == dicom_values.ICC_PROFILE and verdict.action == "remove":
+            # a colour optical path requires its profile (Type 1C): no valid instance without it
+            raise SlideError(f"{path}: {verdict.why}; the instance cannot be valid without a "
+                             "profile, so the slide is refused")
+        if elem.VR == "UI" and verdict.action == "remove":   # not a UID: mapped like the others
+            values = dicom_values.values_of(elem)
+            new = [self.keyring.uid(v) for v in values]
+            verdict = dicom_values.Verdict("replace", new if len(new) > 1 else new[0],
+                                           why="not a UID: replaced like the others")
+        self._apply_verdict(ds, elem, verdict, fields, path, why)
+
+    def _apply_verdict(self, ds: Dataset, elem, verdict, fields: list[Field], path: str,
+                       why: str) -> None:
+        name = f"dicom:{elem.keyword or 'element'}"
+        binary = elem.VR in BINARY_VRS
+        old = "" if binary else _text(elem)
+        fields += [Field(f"{name} (text inside)", path, text, "remove", why="text inside a "
+                         "binary value; taken out") for text in verdict.texts]
+        if verdict.action == "keep":
+            fields.append(Field(name, path, old, "keep", why=why))
+        elif verdict.action == "replace":
+            elem.value = verdict.new
+            fields.append(Field(name, path, old, "clean" if binary else "replace",
+                                None if binary else _text(elem), why=verdict.why))
+        elif binary:
+            del ds[elem.tag]
+            fields.append(Field(name, path, old, "remove", why=verdict.why))
+        elif int(elem.tag) in TYPE1:   # a required element keeps a dummy
+            elem.value = DUMMY.get(elem.VR, "")
+            fields.append(Field(name, path, old, "replace", str(elem.value), why=verdict.why))
+        else:   # emptied: valid for Type 2 and Type 3 elements alike
+            elem.value = None
+            fields.append(Field(name, path, old, "remove", why=verdict.why + ", emptied"))
 
     def _map_unlisted_uid(self, elem, fields: list[Field], path: str) -> None:
         """A UID the table does not list (a concatenation's source instance, say) is mapped
@@ -213,13 +307,15 @@ class DicomPlanner:
         (SOP classes, transfer syntaxes, coding schemes: 1.2.840.10008.*) name no instance."""
         old = _text(elem)
         values = [str(v) for v in (elem.value if elem.VM > 1 else [elem.value]) if v]
-        if (not values or all(v.startswith(REGISTRY_ROOT) for v in values)
-                or elem.keyword in SCHEME_UIDS or self.policy.retain_uids):
+        shaped = all(dicom_values.UI_SHAPE.fullmatch(v) and len(v) <= 64 for v in values)
+        if shaped and (not values or all(v.startswith(REGISTRY_ROOT) for v in values)
+                       or elem.keyword in SCHEME_UIDS or self.policy.retain_uids):
             fields.append(Field(f"dicom:{elem.keyword}", path, old, "keep",
                                 why="registry UID" if not self.policy.retain_uids else
                                 "Retain UIDs Option"))
             return
-        new = [v if v.startswith(REGISTRY_ROOT) else self.keyring.uid(v) for v in values]
+        new = [v if v.startswith(REGISTRY_ROOT) and dicom_values.UI_SHAPE.fullmatch(v)
+               else self.keyring.uid(v) for v in values]
         elem.value = new if elem.VM > 1 else new[0]
         fields.append(Field(f"dicom:{elem.keyword}", path, old, "replace", _text(elem),
                             why="UID not in PS3.15 Table E.1-1: mapped like the listed ones"))
@@ -251,14 +347,13 @@ class DicomPlanner:
                 elem.value = new if elem.VM > 1 else new[0]
                 fields.append(Field(name, path, old, "replace", _text(elem), why=why))
             elif elem.VR == "SQ":
-                for i, item in enumerate(elem.value):
-                    self.clean(item, fields, f"{path}[{i}]")
+                self._clean_items(elem, fields, path)
             return
         if code == "C":
             if elem.VR in ("DA", "DT", "TM") and elem.value:
                 # a date or time: the date policy (PS3.15 Retain Longitudinal ... Modified Dates)
                 kind = "date" if elem.VR in ("DA", "DT") else "time"
-                entry = catalog.Entry(name, "date", why, "date" if kind == "date" else "text")
+                entry = catalog.Entry(name, "date", why, "date" if kind == "date" else "dicom_time")
                 decided = decide(entry, str(elem.value), self.policy, name=name, where=path,
                                  date_format=DICOM_DATES)
                 if decided.action == "date":
@@ -298,8 +393,7 @@ class DicomPlanner:
             fields.append(Field(name, path, old, "remove", why=why + ", emptied"))
         else:
             if elem.VR == "SQ":
-                for i, item in enumerate(elem.value):
-                    self.clean(item, fields, f"{path}[{i}]")
+                self._clean_items(elem, fields, path)
                 return
             elem.value = DUMMY.get(elem.VR, "")
             fields.append(Field(name, path, old, "replace", str(elem.value), why=why + ", dummy value"))
@@ -373,19 +467,12 @@ def image_of(ds: Dataset, index: str, action: str) -> Image:
                  str(ds.file_meta.get("TransferSyntaxUID", "")), action)
 
 
-BINARY_VRS = ("OB", "OW", "OF", "OD", "OL", "OV", "UN")
+BINARY_VRS = dicom_values.BINARY_VRS
 # Value representations of free text (PS3.5 6.2). Standard attributes with these VRs that
-# Table E.1-1 does not list are emptied unless named here: code sequence content (PS3.3
-# 8.8), the equipment names the Enhanced General Equipment module requires, the optical path
-# identifier and frame-of-reference indicator the WSI IOD requires.
+# Table E.1-1 does not list are emptied unless formats/dicom-values.toml gives them a grammar
+# (the equipment names the Enhanced General Equipment module requires, the optical path
+# identifier and frame-of-reference indicator the WSI IOD requires, code sequence content).
 FREE_TEXT_VRS = ("LO", "LT", "ST", "UT", "SH", "PN", "UC")
-SAFE_TEXT = {"CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning",
-             "LongCodeValue", "URNCodeValue", "ContextIdentifier", "MappingResource",
-             "MappingResourceName", "CodingSchemeName", "CodingSchemeResponsibleOrganization",
-             "CodingSchemeRegistry", "SoftwareVersions",
-             "Manufacturer", "ManufacturerModelName", "OpticalPathIdentifier",
-             "PositionReferenceIndicator", "DeidentificationMethod", "PatientIdentityRemoved",
-             "SpecimenIdentifier", "ContainerIdentifier"}
 
 
 def _is_empty(elem) -> bool:
@@ -433,6 +520,7 @@ class InstanceOut:
     image: Image
     name: str = ""          # file name in the output folder
     pixels: PixelElement | None = None
+    new_pixels: NewPixels | None = None   # a replaced label's own pixel data
 
 
 class DicomSeries:
@@ -526,7 +614,8 @@ class DicomAdapter(Adapter):
             series.add(str(ds.get("SeriesInstanceUID", "")))
             syntax = ds.file_meta.get("TransferSyntaxUID")
             if syntax is None or syntax.is_implicit_VR or not syntax.is_little_endian:
-                raise SlideError(f"instance {number}: transfer syntax {syntax} is not explicit VR little endian")
+                shown = syntax if syntax is not None and dicom_values.UI_SHAPE.fullmatch(str(syntax)) else "(not a UID)"
+                raise SlideError(f"instance {number}: transfer syntax {shown} is not explicit VR little endian")
             role = role_of(ds)
             if role == "unknown":
                 raise SlideError(f"instance {number} has no usable ImageType (VOLUME, THUMBNAIL, "
@@ -609,7 +698,15 @@ class DicomAdapter(Adapter):
             elif screen:
                 locate_and_screen(out, fields, edits)
             outputs.append(out)
-        plan = Plan(self.format_name, images, fields, edits=edits, output=outputs)
+        new_images = [n for n in new_images if any(o.image.index == n.image for o in outputs)]
+        if new_images:
+            from . import dicom_labels
+
+            by_index = {o.image.index: o for o in outputs}
+            for new in new_images:
+                dicom_labels.apply(by_index[new.image], new, naming.pseudonym, fields, edits)
+        plan = Plan(self.format_name, images, fields, edits=edits + list(new_images),
+                    output=outputs)
         if policy.redaction is not None and outputs:
             from . import dicom_regions
 
@@ -671,13 +768,16 @@ class DicomWriter:
         self.folder.mkdir()
 
     def finish(self, plan: Plan) -> Written:
-        from ..containers.dicom.writer import copy_pixels_after_header, write_instance
+        from ..containers.dicom.writer import (copy_pixels_after_header, write_instance,
+                                               write_new_pixels)
 
         written = []
-        if any(isinstance(e, ReplaceImage) for e in plan.edits):
-            raise SlideError("replacing whole images is not supported yet")
         for out in plan.output:
             path = self.folder / out.name
+            if out.new_pixels is not None:   # a synthesized label: a header and its pixels
+                write_new_pixels(out.header, path, out.new_pixels.frames, out.new_pixels.native)
+                written.append(path)
+                continue
             # frames a region painted (planned; they were cleaned as they were painted)
             painted = {e.run for e in plan.edits if isinstance(e, ReplaceRun)
                        and e.image == out.image.index}

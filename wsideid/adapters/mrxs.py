@@ -47,8 +47,8 @@ from ..containers.output import Target, Written
 from ..errors import SlideError
 from ..images import codestreams, segments
 from ..keyring import Keyring, fingerprint
-from ..model import (KEPT, Field, Geometry, Image, Job, Naming, Plan, RedactImage, ReplaceRun,
-                     Runs)
+from ..model import (KEPT, Field, Geometry, Image, Job, Naming, Plan, RedactImage, ReplaceImage,
+                     ReplaceRun, Runs)
 from ..policy import Policy
 from ..sampling import digest, sample
 from .base import Adapter, Probe, is_regular_file
@@ -359,13 +359,14 @@ class MiraxAdapter(Adapter):
         files = [DataFileOut(data_file_name(i)) for i in range(len(slide.data_paths))]
         nonhier = self._keep_records(slide, kept_values, images, files, fields, edits)
         hier = self._keep_levels(slide, images, files, fields, edits, screen)
+        moved = self._new_images(slide, kept_values, nonhier, files, edits, new_images)
         ini = SlidedatPlanner(slide, policy, naming, fields).build(kept_values)
         fields.append(Field("mirax:Index.dat SLIDE_ID", INDEX_NAME, slide.slide_id, "replace",
                             naming.slide_id, "the slide identifier, repeated from Slidedat.ini"))
         self._plan_headers(slide, files, naming, fields)
         self._plan_mrxs_file(slide, fields)
-        plan = Plan(self.format_name, images, fields, list(slide.warnings), edits,
-                    MiraxOutput(ini.to_bytes(), b"", files))
+        plan = Plan(self.format_name, images, fields, list(slide.warnings),
+                    edits + list(new_images), MiraxOutput(ini.to_bytes(), b"", files, moved))
         return self._finish_plan(slide, policy, naming, plan, hier, nonhier)
 
     @staticmethod
@@ -408,6 +409,41 @@ class MiraxAdapter(Adapter):
             if action in KEPT:
                 kept.append(value)
         return kept
+
+    @staticmethod
+    def _new_images(slide: MiraxSlide, kept: list[NonhierValue], nonhier: list[Record | None],
+                    files: list[DataFileOut], edits: list[ReplaceRun],
+                    new_images) -> dict[tuple[str, int], int]:
+        """A synthesized label or a blanked overview becomes the new JPEG of its record: in
+        the record's place when it fits there (the rest of the old bytes is zeroed with every
+        byte no record uses), else appended to its data file. Returns the moved records."""
+        from .mrxs_regions import MAX_OFFSET
+
+        moved: dict[tuple[str, int], int] = {}
+        positions = {value.key: n for n, value in enumerate(kept)}
+        for new in new_images:
+            n = positions.get(new.image)
+            items = list(nonhier[n].items()) if n is not None and nonhier[n] else []
+            if len(items) != 1:
+                raise SlideError(f"record {new.image}: not one stored image; it cannot be rewritten")
+            a, b, offset, length, fileno = items[0]
+            _, _, _, stored, _ = next(kept[n].record.items())
+            cleaned = next((e.data for e in edits if e.image == new.image), None)
+            old = cleaned if cleaned is not None else slide.read(fileno, offset, length)
+            data = new_jpeg(old, new)
+            edits[:] = [e for e in edits if e.image != new.image]
+            edits.append(ReplaceRun(new.image, 0, data))
+            spec = files[fileno]
+            spec.keep.remove((offset, offset + length))
+            place = offset
+            if len(data) > stored:   # the old place is too small: at the end of the file
+                place = -(-spec.end // 16) * 16
+                if place + len(data) > MAX_OFFSET:
+                    raise SlideError(f"{spec.name} would grow past 2 GB (Index.dat offsets are 32-bit)")
+                moved[(new.image, 0)] = place
+            spec.keep.append((place, place + len(data)))
+            nonhier[n] = Record([[(a, b, place, len(data), fileno)]])
+        return moved
 
     @staticmethod
     def _jpeg_size(slide: MiraxSlide, record: Record | None) -> tuple[int, int]:
@@ -550,6 +586,24 @@ class MiraxAdapter(Adapter):
             fields += text_fields(data, "mirax:.mrxs text", slide.path.name)[:MAX_TEXT_FIELDS]
 
 
+def new_jpeg(old: bytes, new: ReplaceImage | RedactImage) -> bytes:
+    """The record's new JPEG: a synthesized label encoded anew; an overview with its label
+    area blanked in the DCT domain (every other block keeps its coefficients), or encoded anew
+    from the blanked picture when the stream cannot be edited so."""
+    from ..images import encode, redact
+
+    if isinstance(new, ReplaceImage):
+        return encode.encode(new.pixels, "jpeg", "ycbcr", subsampling=(2, 2))
+    pixels = new.regions["_pixels"]
+    height, width = pixels.shape[:2]
+    mask = encode.boxes_mask(new.regions["boxes"], height, width)
+    fill = int(round(float(np.mean(pixels[mask])))) if mask.any() else 0
+    try:
+        return redact.redact_tile("jpeg", old, mask, fill)
+    except redact.RedactError:
+        return encode.encode(pixels, "jpeg", "ycbcr", subsampling=(2, 2))
+
+
 def text_fields(data: bytes, name: str, where: str) -> list[Field]:
     """Printable runs (ASCII and UTF-16LE) of bytes that are being removed."""
     runs = {m.group().decode("ascii") for m in TEXT_RUN.finditer(data)}
@@ -587,7 +641,7 @@ def replacements(plan: Plan) -> dict[int, dict[int, bytes]]:
     moved = plan.output.moved
     out: dict[int, dict[int, bytes]] = {}
     for edit in plan.edits:
-        if isinstance(edit, RedactImage):   # its images are ReplaceRun edits
+        if isinstance(edit, (RedactImage, ReplaceImage)):   # their images are ReplaceRun edits
             continue
         if not isinstance(edit, ReplaceRun):
             raise SlideError("replacing whole images is not supported yet")

@@ -32,6 +32,8 @@ def is_ndpi(tiff: TiffFile) -> bool:
 
 class NdpiAdapter(TiffAdapter):
     name = "hamamatsu-ndpi"
+    no_label = ("NDPI has no label image: the label is part of the macro photograph "
+                "(--macro redact keeps the macro with its label area blanked)")
     order = 100
     extension = ".ndpi"
 

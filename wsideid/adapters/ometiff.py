@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import re
 from functools import lru_cache
-from pathlib import Path
 
 from .. import catalog
 from ..containers.tiff.reader import Ifd, TiffFile
@@ -20,9 +19,10 @@ from ..errors import SlideError
 from ..images.shape import reduced_copy
 from ..model import KEPT, Field, Plan
 from ..policy import decide
+from . import ome_schema as vocabulary
+from .ome_schema import OME_NAMESPACES, ome_schema, parse_ome, schema_errors  # noqa: F401 - re-exported
 from .tiff import TiffAdapter, TiffPlanning, TiffSlide
 
-OME_NS = "http://www.openmicroscopy.org/Schemas/OME/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 # Words Bio-Formats and other converters use in the Name of a label or overview Image
 # ("label", "label image", "slide label", "macro image", "overview image", any case).
@@ -36,7 +36,8 @@ DEVICE_ATTRIBUTES = {"SerialNumber", "LotNumber"}
 FREE_TEXT_ATTRIBUTES = {"Name", "FirstName", "MiddleName", "LastName", "Email", "Institution",
                         "UserName", "FileName", "SerialNumber", "LotNumber", "Text", "Namespace"}
 NOT_IN_CATALOG = "attribute not in the catalog"
-DOCTYPE = re.compile(r"<!DOCTYPE", re.IGNORECASE)
+# Elements whose content is text (the rest hold elements only): UUID (replaced).
+TEXT_ELEMENTS = {"UUID"}
 ANNOTATION_TYPES = {"XMLAnnotation", "FileAnnotation", "ListAnnotation", "LongAnnotation",
                     "DoubleAnnotation", "CommentAnnotation", "BooleanAnnotation",
                     "TimestampAnnotation", "TagAnnotation", "TermAnnotation", "MapAnnotation"}
@@ -46,26 +47,6 @@ def looks_like_ome(tiff: TiffFile) -> bool:
     text = tiff.ifds[0].text(270) or ""
     head = text[:4096]
     return "<OME" in head and "openmicroscopy.org/Schemas/OME" in head
-
-
-def parse_ome(text: str):
-    from lxml import etree
-
-    if DOCTYPE.search(text):
-        raise SlideError("OME-XML declares a DOCTYPE: entity declarations are refused")
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                             huge_tree=False)
-    try:
-        root = etree.fromstring(text.encode("utf-8"), parser)
-    except etree.XMLSyntaxError as exc:
-        # the parser's message quotes element names, which are the slide's text (and errors go
-        # into the audit report): only where it broke
-        line, column = getattr(exc, "position", (0, 0)) or (0, 0)
-        raise SlideError(f"OME-XML is not well-formed (line {line}, column {column})") from exc
-    qn = etree.QName(root)
-    if qn.localname != "OME" or not (qn.namespace or "").startswith(OME_NS):
-        raise SlideError("ImageDescription mentions OME but its root is not an OME element")
-    return root
 
 
 def _qname(el):
@@ -94,11 +75,66 @@ def attribute_types() -> tuple[dict[str, str], list[tuple[str, str]]]:
     return exact, patterns
 
 
-def attribute_type(name: str) -> str:
+def attribute_type(element: str, name: str) -> str:
+    """The type of an attribute of an element ("text", which nothing matches, if none)."""
     exact, patterns = attribute_types()
-    if name in exact:
-        return exact[name]
+    for key in (f"{element}@{name}", name):
+        if key in exact:
+            return exact[key]
     return next((kind for pattern, kind in patterns if fnmatch.fnmatchcase(name, pattern)), "text")
+
+
+# Attributes whose value the tool writes itself (a pseudonym, the output's name and UUID, the
+# renumbered IFD): kept whatever the slide held there.
+REPLACED_ATTRIBUTES = {("OME", "UUID"), ("Image", "Name"), ("StageLabel", "Name"),
+                       ("UUID", "FileName"), ("TiffData", "IFD")}
+# The type an ID names, for elements that point at another element (OME IDs are
+# "Type:n" or "urn:lsid:authority:Type:n"; the schema's patterns, 2016-06).
+ID_TYPES = {"InstrumentRef": "Instrument", "AnnotationRef": "Annotation",
+            "ObjectiveSettings": "Objective", "LightSourceSettings": "LightSource",
+            "DetectorSettings": "Detector", "ExcitationFilterRef": "Filter",
+            "EmissionFilterRef": "Filter", "DichroicRef": "Dichroic", "FilterSetRef": "FilterSet",
+            "ImageRef": "Image", "Laser": "LightSource", "Arc": "LightSource",
+            "Filament": "LightSource", "LightEmittingDiode": "LightSource",
+            "GenericExcitationSource": "LightSource", **{a: "Annotation" for a in (
+                "XMLAnnotation", "FileAnnotation", "ListAnnotation", "LongAnnotation",
+                "DoubleAnnotation", "CommentAnnotation", "BooleanAnnotation",
+                "TimestampAnnotation", "TagAnnotation", "TermAnnotation", "MapAnnotation")}}
+# Type:n[:m...]; Bio-Formats names its pyramid annotations Annotation:Resolution:n
+CANONICAL_INDEX = r"(:Resolution)?(:\d{1,4}){1,4}"
+
+
+class CanonicalIds:
+    """OME IDs rewritten as `Type:n` (Image:0, Channel:0:0, ...): an ID already of that shape
+    stays, any other (urn:lsid:authority:..., a name after the colon) becomes `Type:k` with a
+    k no other ID of its type uses; every reference to it gets the same new value."""
+
+    def __init__(self, root):
+        self.used: dict[str, set[str]] = {}
+        self.mapping: dict[tuple[str, str], str] = {}
+        for el in root.iter():
+            if _is_element(el) and el.get("ID"):
+                kind = id_type(_local(el))
+                if re.fullmatch(re.escape(kind) + CANONICAL_INDEX, el.get("ID")):
+                    self.used.setdefault(kind, set()).add(el.get("ID"))
+
+    def canonical(self, element: str, value: str) -> str:
+        kind = id_type(element)
+        if re.fullmatch(re.escape(kind) + CANONICAL_INDEX, value):
+            return value
+        key = (kind, value)
+        if key not in self.mapping:
+            used = self.used.setdefault(kind, set())
+            n = 0
+            while f"{kind}:{n}" in used:
+                n += 1
+            used.add(f"{kind}:{n}")
+            self.mapping[key] = f"{kind}:{n}"
+        return self.mapping[key]
+
+
+def id_type(element: str) -> str:
+    return ID_TYPES.get(element, element)
 
 
 def names_a_role_only(name: str) -> bool:
@@ -224,6 +260,7 @@ class XmlCleaner:
         from lxml import etree
 
         root = etree.fromstring(etree.tostring(original))  # a copy; the slide's tree stays as read
+        self.ids = CanonicalIds(root)
         fields: list[Field] = []
         self._clean_element(root, "OME", fields)
         kept_annotations = {el.get("ID") for el in root.iter() if _is_element(el)
@@ -239,13 +276,15 @@ class XmlCleaner:
         # declarations of namespaces nothing uses any more (their URIs are the slide's text)
         etree.cleanup_namespaces(root)
         for prefix, uri in (root.nsmap or {}).items():
-            if not (uri.startswith(OME_NS) or uri == XSI_NS):
+            if not (uri in OME_NAMESPACES or uri == XSI_NS):
                 raise SlideError("OME-XML still declares a foreign namespace after cleaning")
         text = etree.tostring(root, xml_declaration=True, encoding="UTF-8").decode("utf-8")
         return text, fields
 
     def _clean_element(self, el, path: str, fields: list[Field]) -> None:
         self._clean_attributes(el, path, fields)
+        if _local(el) not in TEXT_ELEMENTS:
+            self._drop_loose_text(el, path, fields)
         for child in list(el):
             if not _is_element(child):  # comments, processing instructions
                 fields.append(Field("ome:comment", path, str(child.text or ""), "remove",
@@ -254,7 +293,7 @@ class XmlCleaner:
                 continue
             local = _local(child)
             where = f"{path}/{local}"
-            if not _ns(child).startswith(OME_NS):
+            if _ns(child) != _ns(el):
                 self._drop(child, where, fields, "element outside the OME namespace", known=False)
                 continue
             if local == "Image" and child.get("ID") in self.ctx.extra["dropped_images"]:
@@ -266,7 +305,8 @@ class XmlCleaner:
             entry = self.elements.lookup(local)
             action = self.policy.field_action(entry.action)
             if action == "remove":
-                self._drop(child, where, fields, entry.why)
+                # an element the catalog does not know is named by the slide: withheld
+                self._drop(child, where, fields, entry.why, known=entry is not catalog.UNKNOWN)
             elif action == "date":
                 self._date(child, entry, where, fields)
             else:
@@ -284,18 +324,27 @@ class XmlCleaner:
                 rule = catalog.Entry(name, "remove", NOT_IN_CATALOG)   # a foreign namespace's
             elif name in DEVICE_ATTRIBUTES:
                 rule = catalog.Entry(name, "device", "serial or lot number; kept only with "
-                                     "--keep-device-id")
-            elif (allowed == "*" and name in schema_attribute_names()) or name in allowed:
-                rule = catalog.Entry(name, "keep", entry.why, attribute_type(name))
+                                     "--keep-device-id", "serial")
+            elif name in allowed:
+                kind = attribute_type(local, name)
+                # enumerations and units: the values the schema allows for this attribute
+                rule = catalog.Entry(name, "keep", entry.why, kind,
+                                     grammar=vocabulary.enumeration_pattern(local, name)
+                                     if kind in catalog.VOCABULARY_TYPES else None)
             else:
                 rule = catalog.Entry(name, "remove", NOT_IN_CATALOG)
-            field = decide(rule, value, self.policy, name=f"ome:{local}@{name}",
-                           where=f"{path}@{name}")
-            field.known = field.why != NOT_IN_CATALOG
-            new = self._replacement(local, name, value)
-            if field.action == "keep" and new is not None and new != value:
+            known = rule.why != NOT_IN_CATALOG
+            new = self._replacement(local, name, value) if rule.action == "keep" else None
+            if new is not None:   # a value of the tool's own (pseudonym, output name, ...)
+                field = Field(f"ome:{local}@{name}", f"{path}@{name}", value,
+                              "keep" if new == value else "replace",
+                              None if new == value else new, why=rule.why)
+            else:
+                field = decide(rule, value, self.policy, name=f"ome:{local}@{name}",
+                               where=f"{path}@{name}")
+                field.known = known
+            if field.action == "replace":
                 el.set(attr, new)
-                field.action, field.new_value = "replace", new
             elif field.action != "keep":
                 del el.attrib[attr]
             fields.append(field)
@@ -304,7 +353,21 @@ class XmlCleaner:
                                 why="file identity"))
             el.text = self.naming.uuid
 
+    @staticmethod
+    def _drop_loose_text(el, path: str, fields: list[Field]) -> None:
+        """Text between the children of an element whose content is elements only (the
+        schema allows none there; it would be the slide's words)."""
+        pieces = [el] + list(el)
+        for node, attr in [(el, "text")] + [(child, "tail") for child in pieces[1:]]:
+            text = getattr(node, attr)
+            if text and text.strip():
+                fields.append(Field("ome:text", path, text.strip(), "remove",
+                                    why="text inside an element that holds elements only"))
+                setattr(node, attr, None)
+
     def _replacement(self, element: str, attribute: str, value: str) -> str | None:
+        if attribute == "ID":
+            return self.ids.canonical(element, value)
         if element == "OME" and attribute == "UUID":
             return self.naming.uuid
         if element == "UUID" and attribute == "FileName":
@@ -314,6 +377,8 @@ class XmlCleaner:
         if element == "StageLabel" and attribute == "Name":
             return "stage"  # required by the schema; the original name is free text
         if element == "TiffData" and attribute == "IFD":
+            if not catalog.NUMBER.fullmatch(value) or not value.isdigit():
+                return None   # then checked as a number, and removed
             return str(self.ctx.extra["ifd_map"].get(int(value), int(value)))
         return None
 
@@ -351,6 +416,13 @@ class XmlCleaner:
                                     el.get(attr), "remove", why="not needed by the annotation's "
                                     "purpose", known=False))
                 del el.attrib[attr]
+            elif _qname(attr).localname == "ID":
+                old = el.get(attr)
+                new = self.ids.canonical(_local(el), old)
+                if new != old:
+                    el.set(attr, new)
+                    fields.append(Field(f"ome:{_local(el)}@ID", f"{where}@ID", old, "replace", new,
+                                        why="OME IDs are made canonical (Type:n)"))
         value = self._only_value_child(el, where, fields)
         if entry.action == "keep":
             fields.append(Field(f"ome:{key}", where, "", "keep", why=entry.why))
@@ -362,11 +434,11 @@ class XmlCleaner:
         """An annotation's Value; every other child (a Description, AnnotationRefs, text) goes."""
         value = None
         for child in list(el):
-            if (_is_element(child) and _local(child) == "Value" and _ns(child).startswith(OME_NS)
+            if (_is_element(child) and _local(child) == "Value" and _ns(child) == _ns(el)
                     and value is None):
                 value = child
                 continue
-            known = _is_element(child) and _ns(child).startswith(OME_NS)
+            known = _is_element(child) and _ns(child) == _ns(el)
             self._drop(child, f"{where}/{_local(child) if known else '(withheld)'}", fields,
                        "not needed by the annotation's purpose", known=known)
         if (el.text or "").strip():
@@ -383,7 +455,7 @@ class XmlCleaner:
                     and set(child.attrib) == {"K"} and (child.get("K") or "").isdigit()
                     and re.fullmatch(r"\d+ \d+", (child.text or "").strip()))
             if not keep:
-                known = _is_element(child) and _ns(child).startswith(OME_NS)
+                known = _is_element(child) and _ns(child) == _ns(value)
                 self._drop(child, f"{where}/{_local(child) if known else '(withheld)'}", fields,
                            "not a pyramid level size", known=known)
 
@@ -419,55 +491,6 @@ class XmlCleaner:
             fields.append(Field("ome:XMLAnnotation", where, "", "remove",
                                 why="no original metadata left"))
             el.getparent().remove(el)
-
-
-@lru_cache(maxsize=1)
-def schema_attribute_names() -> frozenset[str]:
-    """Every attribute name the OME schema declares: an element kept with all its attributes
-    ("*" in the catalog) keeps only these (a made-up attribute name is the slide's text)."""
-    from lxml import etree
-
-    xsd = _schema_path()
-    if xsd is None:
-        return frozenset()
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    tree = etree.parse(str(xsd), parser)
-    ns = "{http://www.w3.org/2001/XMLSchema}"
-    return frozenset(el.get("name") for el in tree.iter(f"{ns}attribute") if el.get("name"))
-
-
-def _schema_path() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("ome_types")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    xsd = Path(list(spec.submodule_search_locations)[0]) / "ome-2016-06.xsd"
-    return xsd if xsd.exists() else None
-
-
-@lru_cache(maxsize=1)
-def ome_schema():
-    """The OME 2016-06 schema, as shipped by the ome-types package (found without importing
-    it), compiled by libxml2; None when the package is not installed."""
-    from lxml import etree
-
-    xsd = _schema_path()
-    if xsd is None:
-        return None
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    return etree.XMLSchema(etree.parse(str(xsd), parser))
-
-
-def schema_errors(xml: str) -> list[str]:
-    """Why `xml` is not valid OME (empty when it is, or when no schema is installed)."""
-    schema = ome_schema()
-    if schema is None:
-        return []
-    doc = parse_ome(xml)
-    if schema.validate(doc):
-        return []
-    return [f"line {e.line}: {e.message}" for e in schema.error_log]
 
 
 ADAPTER = OmeTiffAdapter()

@@ -37,6 +37,7 @@ from ..model import (KEPT, Field, Geometry, Image, Job, Naming, PatchRun, Plan, 
                      ReplaceImage, ReplaceRun, Runs)
 from ..policy import Policy, decide
 from ..sampling import digest, sample
+from . import tiff_values
 from .base import Adapter, Probe
 
 MAX_REPORTED_SEGMENTS = 50
@@ -261,7 +262,7 @@ class TiffAdapter(Adapter):
                 data = encode.encode(new.pixels[top:top + span], codec, colorspace, predictor,
                                      subsampling if colorspace == "ycbcr" else None)
             else:
-                boxes, pixels = new.regions
+                boxes, pixels = new.regions["boxes"], new.regions["_pixels"]
                 mask = encode.boxes_mask(boxes, span, width, top)
                 if not mask.any():
                     continue
@@ -302,13 +303,23 @@ class TiffAdapter(Adapter):
             name = f"tiff:{entry.name if entry is not catalog.UNKNOWN else tag_name(code)}"
             where = f"{ifd.label} tag {code}"
             value = tag.text() if tag.dtype == ASCII else ""
-            # catalog types describe text values; a binary tag's values are numbers by its type
-            decided = decide(entry if tag.dtype == ASCII else replace(entry, type="text", grammar=None), value,
-                             ctx.policy, name=name, where=where)
+            # catalog types describe text values; a binary tag's values (and a binary tag
+            # stored as text, which its shape check refuses) are checked by its field type,
+            # count and own rule (tiff_values.py)
+            binary = tag.dtype != ASCII or (entry.tiff_type is not None and "ASCII" not in entry.tiff_type)
+            decided = decide(replace(entry, type="binary", grammar=None) if binary else entry,
+                             "" if binary else value, ctx.policy, name=name, where=where)
+            decided.value = value
             if entry is catalog.UNKNOWN and code >= 32768:
                 decided.why = "private tag not in the catalog"
             action = decided.action
             problem = _shape_problem(entry, tag, ifd, slide_bo(ctx)) if action in ("keep", "date") else None
+            verdict = (tiff_values.check(entry, tag, ifd, slide_bo(ctx))
+                       if action == "keep" and tag.dtype != ASCII and not problem else None)
+            if verdict is not None:
+                problem = verdict.problem
+                fields += [Field(f"{name} (text inside)", where, text, "remove",
+                                 why="text inside a binary value; taken out") for text in verdict.texts]
             if problem and entry.required:
                 raise SlideError(f"{ifd.label} tag {code} {entry.name}: {problem}; the image cannot "
                                  "be read without it")
@@ -323,6 +334,9 @@ class TiffAdapter(Adapter):
                 fields.append(decided)
                 fields.append(Field(f"{name} (after NUL)", where, hidden, "remove",
                                     why="bytes after the end of the string"))
+            elif action == "keep" and verdict is not None and verdict.data is not None:
+                node.tags[code] = NewValue(tag.dtype, len(verdict.data), verdict.data)
+                fields.append(Field(name, where, "", "clean", why=f"{entry.why}; {verdict.note}"))
             elif action == "keep":
                 node.tags[code] = tag
                 fields.append(decided)

@@ -27,4 +27,8 @@ def verify(adapter: Any, source: Any, plan: Plan, written: Written, policy: Poli
         from . import regions
 
         problems += regions.verify(adapter, plan, written)
+    if policy.deidentify and not problems:
+        from . import associated
+
+        problems += associated.verify(adapter, plan, written, naming)
     return problems

@@ -44,7 +44,7 @@ def check_images(plan: Plan, out_plan: Plan) -> list[str]:
 
 def residue_targets(plan: Plan, kept: list[str]) -> list[str]:
     """The removed values worth searching for: long enough, and not part of what is kept."""
-    return needles.usable(plan.removed_values(), kept)
+    return needles.usable(plan.removed_values(), kept, written=plan.written_values())
 
 
 def residue(data: bytes, targets: list[str], where: str = "the file") -> list[str]:

@@ -20,6 +20,7 @@ from ..needles import find_in, find_in_file
 from ..policy import Policy
 from ..sampling import digest
 from . import checks
+from .compare import first_difference
 from .reader import ReaderView, check_reader
 
 OPENSLIDE_ASSOCIATED = {"label", "macro", "thumbnail"}  # roles OpenSlide shows under their own names
@@ -110,10 +111,14 @@ def _check_records(source: MiraxSlide, out: MiraxSlide, plan: Plan, output: Mira
             picks = sorted(set(np.linspace(0, len(ranges) - 1, per_file).astype(int).tolist())
                            | {i for i, (a, _) in enumerate(ranges) if a in rewritten})
         with open(source.data_paths[fileno], "rb") as src, open(out.data_paths[fileno], "rb") as dst:
+            differs = first_difference(src.fileno(), dst.fileno(),
+                                       ((a, a, a, b - a) for a, b in (ranges[i] for i in picks)
+                                        if a not in rewritten))
             for i in picks:
                 a, b = ranges[i]
-                want = rewritten.get(a) or os.pread(src.fileno(), b - a, a)
-                if os.pread(dst.fileno(), b - a, a) != want[:b - a]:
-                    problems.append(f"{out.data_paths[fileno].name}: record at {a} differs from the input")
+                if a in rewritten and os.pread(dst.fileno(), b - a, a) != rewritten[a][:b - a]:
+                    differs = a if differs is None else min(differs, a)
                     break
+            if differs is not None:
+                problems.append(f"{out.data_paths[fileno].name}: record at {differs} differs from the input")
     return problems

@@ -23,6 +23,7 @@ from ..model import KEPT, Job, Naming, Plan
 from ..policy import Policy
 from ..sampling import digest
 from . import checks
+from .compare import first_difference
 from .reader import ReaderView, check_reader
 
 
@@ -116,7 +117,12 @@ def _check_image_data(source: TiffSlide, out: TiffSlide, plan: Plan, info: dict)
                 problems += _check_digests(out, out_ifd, offs_out, cnts_out,
                                            info["digests"].get(src_ifd.label, {}), edits)
                 continue
-            for index in checks.sample(cnts_in, {**edits, **patches}):
+            picked = checks.sample(cnts_in, {**edits, **patches})
+            changed = [i for i in picked if i in edits or i in patches]
+            kept = (( i, int(offs_in[i]), int(offs_out[i]), int(cnts_in[i]))
+                    for i in picked if i not in edits and i not in patches)
+            differs = first_difference(source.tiff.fd, out.tiff.fd, kept)
+            for index in changed:
                 got = os.pread(out.tiff.fd, int(cnts_out[index]), int(offs_out[index]))
                 want = edits.get(index)
                 if want is None:
@@ -124,8 +130,10 @@ def _check_image_data(source: TiffSlide, out: TiffSlide, plan: Plan, info: dict)
                 if index in patches:
                     want = _patched(want, patches[index])
                 if got != want:
-                    problems.append(f"{out_ifd.label}: image data run {index} differs from the input")
+                    differs = index if differs is None else min(differs, index)
                     break
+            if differs is not None:
+                problems.append(f"{out_ifd.label}: image data run {differs} differs from the input")
     return problems
 
 

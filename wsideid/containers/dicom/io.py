@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,17 +40,19 @@ def read_header(path: Path) -> tuple[pydicom.Dataset, int]:
     """The data set without pixel data, and the offset where the pixel data element starts.
     Every element is parsed here, at any depth (pydicom parses lazily): a value that cannot
     be parsed (an unknown VR, a transfer syntax that is no transfer syntax, a sequence nested
-    past MAX_DEPTH) is this file's SlideError now, not an exception later."""
+    past MAX_DEPTH) is this file's SlideError now, not an exception later. A value that breaks
+    its VR's rules only warns, whatever another library set (wsidicom makes pydicom raise): the
+    planner's own checks decide about it (adapters/dicom_values.py), the same in every process."""
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh, _warning_on_invalid_values():
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
             start = fh.tell()
-        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-        if syntax is not None and not (isinstance(syntax, pydicom.uid.UID)
-                                       and syntax.is_transfer_syntax):
-            raise SlideError("its TransferSyntaxUID is not a known transfer syntax")
-        _parse_all(ds.file_meta, 0)
-        _parse_all(ds, 0)
+            syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+            if syntax is not None and not (isinstance(syntax, pydicom.uid.UID)
+                                           and syntax.is_transfer_syntax):
+                raise SlideError("its TransferSyntaxUID is not a known transfer syntax")
+            _parse_all(ds.file_meta, 0)
+            _parse_all(ds, 0)
         return ds, start
     except SlideError as exc:
         raise SlideError(f"not a readable DICOM file: {exc}") from None
@@ -60,6 +64,18 @@ def read_header(path: Path) -> tuple[pydicom.Dataset, int]:
         # other messages may quote element values: only the kind of failure is told
         raise SlideError(f"not a readable DICOM file: it is damaged ({type(exc).__name__} "
                          "while parsing)") from None
+
+
+@contextmanager
+def _warning_on_invalid_values() -> Iterator[None]:
+    """pydicom's reading validation set to WARN for the block (restored after it)."""
+    settings = pydicom.config.settings
+    before = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.WARN
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = before
 
 
 def _parse_all(ds, depth: int) -> None:

@@ -42,17 +42,41 @@ def write_instance(header: Dataset, source: Path, pixels: PixelElement, out: Pat
                         raise ValueError("a native frame must keep its length")
                     os.pwrite(dst.fileno(), data, at + 12 + i * size)
         else:
-            dst.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
-            dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))  # empty Basic Offset Table
-            for i, (off, n) in enumerate(zip(pixels.frame_offsets.tolist(),
-                                             pixels.frame_lengths.tolist())):
-                data = replaced.get(i)
-                if data is None:
-                    src.seek(off)
-                    data = src.read(n)
-                if len(data) % 2:
-                    data += b"\x00"
-                dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(data)) + data)
-            dst.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+            def fragments():
+                for i, (off, n) in enumerate(zip(pixels.frame_offsets.tolist(),
+                                                 pixels.frame_lengths.tolist())):
+                    data = replaced.get(i)
+                    if data is None:
+                        src.seek(off)
+                        data = src.read(n)
+                    yield data
+            _write_encapsulated(dst, fragments())
         dst.flush()
         os.fsync(dst.fileno())
+
+
+def write_new_pixels(header: Dataset, out: Path, frames: list[bytes] | None,
+                     native: bytes | None) -> None:
+    """`header`, then new pixel data: encapsulated `frames`, or `native` bytes (8-bit, OB)."""
+    header.save_as(out, enforce_file_format=True)
+    with open(out, "r+b") as dst:
+        dst.seek(0, 2)
+        if native is not None:
+            data = native + (b"\x00" if len(native) % 2 else b"")
+            dst.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, len(data)) + data)
+        else:
+            _write_encapsulated(dst, frames or [])
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _write_encapsulated(dst, fragments) -> None:
+    """Encapsulated pixel data (PS3.5 A.4): an empty Basic Offset Table, one item per frame
+    padded to an even length, the sequence delimiter."""
+    dst.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+    dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))
+    for data in fragments:
+        if len(data) % 2:
+            data += b"\x00"
+        dst.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(data)) + data)
+    dst.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
