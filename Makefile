@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # chromium for the test of the QC page.
 SYSTEM_PACKAGES := libzbar0 dicom3tools libturbojpeg0 tesseract-ocr tesseract-ocr-eng chromium
 
-.PHONY: setup system demo test bench clean
+.PHONY: setup system demo test fuzz-smoke fuzz bench clean
 
 setup: system $(VENV)/.installed
 
@@ -36,6 +36,17 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory fuzz-smoke
+
+# every fuzz target for 2 s (about 25 s); long runs: docs/robustness.md
+fuzz-smoke: setup
+	$(BIN)/python fuzz/run.py all --seconds 2
+
+# one coverage-guided target for an hour: make fuzz TARGET=tiff_reader [FUZZ_SECONDS=3600]
+FUZZ_SECONDS ?= 3600
+fuzz: setup
+	$(BIN)/pip install -q -c constraints.txt -e '.[fuzz]'
+	$(BIN)/python fuzz/run.py $(TARGET) --engine atheris --seconds $(FUZZ_SECONDS)
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -148,8 +148,11 @@ def test_report_that_cannot_be_written_is_named_and_leaves_no_partial(tmp_path, 
     proc = run("deid", src, "-o", tmp_path / "out", "--report", ro / "report.json")
     _one_error(proc, str(ro / "report.json"), "S26-PLANT")
     assert "audit report" in proc.stderr
-    # the slide itself was released and verified; only the report failed
-    assert len([p for p in (tmp_path / "out").iterdir() if p.suffix == ".svs"]) == 1
+    # the report's folder is probed before any slide is read (issue 14, helper-hardening):
+    # nothing is released without its report, and the OUTDIR the run would have made is not
+    # left behind (a report that fails after the release, a full disk, is the next test)
+    assert not (tmp_path / "out").exists()
+    assert list(ro.iterdir()) == []
 
 
 def test_report_on_a_full_disk_leaves_no_partial_file(tmp_path, mount):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import imagecodecs
@@ -17,7 +19,7 @@ import pydicom
 import pytest
 import tifffile
 
-from conftest import all_files, found_needles, run, sha256, shared_slide
+from conftest import ROOT, all_files, found_needles, run, sha256, shared_slide
 from tiffpatch import drop_ifd_from_chain, read_run, replace_run, set_tag, set_text
 
 
@@ -434,14 +436,67 @@ def _tile_over_macro(src: Path) -> None:
         fh.write(struct.pack("<I", int(macro_cnts[0])))
 
 
+def _tile_over_metadata(src: Path) -> None:
+    """A level-0 tile whose bytes are the ImageDescription: the plan changes that description,
+    so the tile cannot stay what it was and verification refuses the output."""
+    from wsideid.containers.tiff.reader import TiffFile
+
+    with TiffFile(src) as tiff:
+        desc = tiff.ifds[0].tags[270]
+        off_tag, cnt_tag, _, _ = tiff.ifds[0].data_regions(tiff.byteorder)
+        offsets, counts = tiff.ifds[0].tags[off_tag], tiff.ifds[0].tags[cnt_tag]
+    with open(src, "r+b") as fh:
+        fh.seek(offsets.value_offset + 4)
+        fh.write(struct.pack("<I", desc.value_offset))
+        fh.seek(counts.value_offset + 4)
+        fh.write(struct.pack("<I", desc.count))
+
+
+FAIL_VERIFICATION = """
+import sys
+import wsideid.pipeline as pipeline
+pipeline.verify = lambda *a, **k: ["level 0 tile 7 changed (injected)"]
+from wsideid.cli import main
+sys.argv = ["wsideid", *sys.argv[1:]]
+main()
+"""
+
+
 def test_in_place_failure_restores_the_input_exactly(tmp_path):
+    """Verification fails after the slide was patched in place: the input is put back byte for
+    byte, exit 1. The failure is injected: the corrupt input this test used (a tile over the
+    ImageDescription) is refused before anything is changed since issue 14 (asserted too)."""
+    src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
+    before = sha256(src)
+    proc = subprocess.run([sys.executable, "-c", FAIL_VERIFICATION, "deid", str(src),
+                           "--in-place"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "restored" in proc.stderr, proc.stderr
+    assert "tile 7 changed (injected)" in proc.stderr
+    assert sha256(src) == before
+    assert sorted(p.name for p in src.parent.iterdir()) == [src.name, "wsideid-report.json"]
+    _tile_over_metadata(src)
+    corrupt = sha256(src)
+    proc = run("deid", src, "--in-place")
+    assert proc.returncode == 2 and "overlaps the file's directories" in proc.stderr, proc.stderr
+    assert sha256(src) == corrupt
+    assert not [p for p in src.parent.iterdir() if p.name.startswith((".", "wsi-"))]
+
+
+def test_a_tile_stored_in_the_macro_bytes_is_refused(tmp_path):
+    """A level-0 tile whose bytes are the macro's first strip (a valid JPEG): released, the
+    tile would carry the macro photograph; the slide is refused before anything is written, in
+    place too."""
     src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
     _tile_over_macro(src)
     before = sha256(src)
-    proc = run("deid", src, "--in-place")
-    assert proc.returncode == 1 and "restored" in proc.stderr, proc.stderr
+    out = tmp_path / "out"
+    proc = run("deid", src, "-o", out)
+    assert proc.returncode == 2, proc.stderr
+    assert "IFD 0: its image data lies in the bytes of IFD 3 (macro" in proc.stderr
+    assert not out.exists() or not [p for p in out.iterdir() if p.suffix == ".svs"]
+    proc = run("deid", src, "--in-place")   # refused (OpenSlide's check may come first)
+    assert proc.returncode == 2, proc.stderr
     assert sha256(src) == before
-    assert sorted(p.name for p in src.parent.iterdir()) == [src.name, "wsideid-report.json"]
 
 
 def test_in_place_refuses_a_symbolic_link(tmp_path):

@@ -52,6 +52,63 @@ def test_screen_flags_exactly_the_dirty_streams():
     assert segments.screen_jpeg(buf, offs, cnts).tolist() == [False, True, False, True, True]
 
 
+def _big_jpeg() -> bytes:
+    """A JPEG of a few hundred KB (an NDPI level's single JPEG, small): noise, so that its
+    entropy-coded data holds many stuffed FF bytes."""
+    rng = np.random.default_rng(7)
+    return imagecodecs.jpeg8_encode(rng.integers(0, 255, (256, 512, 3), np.uint8), level=95)
+
+
+@pytest.mark.parametrize("case", ["clean", "header-com", "marker-in-data", "marker-at-window",
+                                  "no-eoi", "padded", "tail-text", "small-beside"])
+def test_screen_of_a_run_larger_than_a_window(tmp_path, monkeypatch, case):
+    """A run larger than a window is screened through pread windows (no memory map: a file
+    that shrinks would kill the process with SIGBUS): the same flags as the whole-buffer
+    screen, also for a marker just before a window's end."""
+    base = _big_jpeg()
+    monkeypatch.setattr(segments, "WINDOW", 16384)
+    stream, offs = base, [0]
+    start = segments.scan_start(base)
+    if case == "header-com":
+        stream = _with_segment(base, 0xFE, b"Jane Doe")
+    elif case == "marker-in-data":
+        stream = base[:start + 50000] + b"\xff\xfe" + base[start + 50000:]
+    elif case == "marker-at-window":   # the FF ends a window, its marker byte opens the next
+        at = 3 * 16384 - 1        # windows start where the entropy-coded data does
+        stream = base[:start + at] + b"\xff\xe1" + base[start + at:]
+    elif case == "no-eoi":
+        stream = base[:-2]
+    elif case == "padded":
+        stream = base + b"\x00"
+    elif case == "tail-text":
+        stream = base + b"ACC-1"
+    data = stream + (base[:3000] if case == "small-beside" else b"")
+    cnts = [len(stream)] + ([3000] if case == "small-beside" else [])
+    offs += [len(stream)] if case == "small-beside" else []
+    path = tmp_path / "runs.bin"
+    path.write_bytes(data)
+    offs_a, cnts_a = np.array(offs, np.int64), np.array(cnts, np.int64)
+    whole = segments.screen_jpeg(np.frombuffer(data, np.uint8), offs_a, cnts_a).tolist()
+    with open(path, "rb") as fh:
+        windowed = segments.screen_runs(fh.fileno(), len(data), offs_a, cnts_a,
+                                        segments.screen_jpeg).tolist()
+    assert windowed == whole
+    expected = {"clean": False, "padded": False, "small-beside": False}.get(case, True)
+    assert windowed[0] is expected
+    if case == "small-beside":
+        assert windowed[1] is True      # a JPEG cut short
+
+
+def test_screen_of_a_large_run_in_a_shrunk_file_is_an_input_error(tmp_path, monkeypatch):
+    base = _big_jpeg()
+    monkeypatch.setattr(segments, "WINDOW", 16384)
+    path = tmp_path / "cut.bin"
+    path.write_bytes(base[: len(base) // 2])      # the file shrank after it was planned
+    with open(path, "rb") as fh, pytest.raises(SlideError, match="ends before"):
+        segments.screen_runs(fh.fileno(), len(base), np.array([0]), np.array([len(base)]),
+                             segments.screen_jpeg)
+
+
 def test_clean_j2k_removes_comment_and_fixes_psot():
     base = imagecodecs.jpeg2k_encode(np.full((32, 32, 3), 50, np.uint8), level=30, codecformat="J2K")
     siz_len = struct.unpack(">H", base[4:6])[0]

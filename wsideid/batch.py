@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import stat
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
@@ -58,45 +60,65 @@ class Item:
 @dataclass
 class Found:
     jobs: list[Job] = field(default_factory=list)
-    problems: list[tuple[Path, str]] = field(default_factory=list)   # (what, why) for each named input that is not a slide
+    problems: list[tuple[Path, str]] = field(default_factory=list)   # (what, why): a named input that is not a slide, or what cannot be read
     items: list[Item] = field(default_factory=list)
     others: list[tuple[Path, Path, str]] = field(default_factory=list)   # (file, input folder, why): walked files that are not slides, not copied
     broken: list[tuple[Item, str]] = field(default_factory=list)   # walked slides that cannot even be grouped
     restored: list[Path] = field(default_factory=list)   # inputs an interrupted in-place run had changed
+    released: list[Path] = field(default_factory=list)   # in place: slides wsideid released earlier, left as they are
+    named: set[Path] = field(default_factory=set)   # the inputs as given on the command line
+
+    def walked_problems(self) -> list[tuple[Path, str]]:
+        """Problems found inside a named folder (a file or folder that cannot be read, an
+        undo record that cannot be used): the batch goes on without them."""
+        return [(path, why) for path, why in self.problems if path not in self.named]
+
+    def named_problems(self) -> list[tuple[Path, str]]:
+        """Problems of the inputs named on the command line."""
+        return [(path, why) for path, why in self.problems if path in self.named]
 
 
 def find(inputs: list[Path], repair: bool = True) -> Found:
     """Every slide among the inputs: files as given, folders walked (a walked file that no
-    format claims is not a slide: listed in `others`, not copied). With `repair`, slides an
+    format claims is not a slide: listed in `others`, not copied). A named input or a walked
+    file that cannot be read (no permission, a FIFO or device, a folder that cannot be
+    listed) is a problem of its own, never silently skipped. With `repair`, slides an
     interrupted in-place run left half-changed are restored first."""
-    found = Found()
+    from .errors import NotASlide
+
+    found = Found(named=set(inputs))
     if repair:
-        found.restored = restore_interrupted(inputs)
+        found.restored = restore_interrupted(inputs, found.problems)
     files: list[tuple[Path, adapters.Adapter, Path | None]] = []
-    seen: set[Path] = set()
+    seen: set[Path] = {p.resolve() for p, _ in found.problems}   # an undo record not usable
     for item in inputs:
-        if item.is_dir():
-            for path, root, why in _walk(item):
+        why = unusable(item)
+        if why is not None:
+            found.problems.append((item, why))
+        elif item.is_dir():
+            for path, root, why in _walk(item, found.problems):
                 if why is not None:
                     found.others.append((path, root, why))
                     continue
                 if path.resolve() in seen:
                     continue
                 seen.add(path.resolve())
+                why = unusable(path)
+                if why is not None:     # a file that cannot be read may well be a slide
+                    found.problems.append((path, why))
+                    continue
                 adapter = adapters.detect(path)
                 if adapter is None:
                     found.others.append((path, root, not_a_slide(path)))
                 else:
                     files.append((path, adapter, root))
-        elif item.is_file():
+        else:
             adapter = adapters.detect(item)
             if adapter is None:
                 found.problems.append((item, not_a_slide(item)))
             elif item.resolve() not in seen:
                 seen.add(item.resolve())
                 files.append((item, adapter, None))
-        else:
-            found.problems.append((item, "no such file or folder"))
     groups: dict[tuple[str, str], list[tuple[Path, Path | None]]] = {}
     for path, adapter, root in files:
         if not adapter.multi_file:
@@ -104,6 +126,11 @@ def find(inputs: list[Path], repair: bool = True) -> Found:
             continue
         try:
             groups.setdefault((adapter.name, adapter.group_key(path)), []).append((path, root))
+        except NotASlide as exc:    # a DICOMDIR: an index of the export, not a slide
+            if root is None:
+                found.problems.append((path, f"not a slide: {exc}"))
+            else:
+                found.others.append((path, root, f"{exc}, not a slide"))
         except SlideError as exc:
             if root is None:
                 found.problems.append((path, str(exc)))
@@ -119,47 +146,145 @@ def find(inputs: list[Path], repair: bool = True) -> Found:
     return found
 
 
-def restore_interrupted(inputs: list[Path]) -> list[Path]:
+FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def unusable(path: Path) -> str | None:
+    """Why a named or walked input cannot be used (None: a readable file or a listable
+    folder). Nothing is opened that could block (a FIFO) or never end (a device)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file or folder" if not os.path.islink(path) else \
+            "a symbolic link to nothing (no such file or folder)"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            return "the folder cannot be read: Permission denied"
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file ({FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}): not a slide"
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def restore_interrupted(inputs: list[Path], problems: list | None = None) -> list[Path]:
     """Slides an in-place run was killed while changing are put back first, from the undo
-    records beside them (before anything looks at their content)."""
+    records beside them (before anything looks at their content). A record that cannot be
+    used is a problem of its slide (nothing is changed)."""
     from .containers.files import UNDO_SUFFIX, restore
 
     records = []
     for item in inputs:
-        if item.is_dir():
-            records += sorted(item.rglob(f".*{UNDO_SUFFIX}"))
-        else:
-            record = item.with_name(f".{item.name}{UNDO_SUFFIX}")
-            if record.exists():
-                records.append(record)
-    return [record.with_name(record.name[1:-len(UNDO_SUFFIX)]) for record in records
-            if restore(record)]
+        try:
+            if item.is_dir():
+                records += sorted(item.rglob(f".*{UNDO_SUFFIX}"))
+            else:
+                record = item.with_name(f".{item.name}{UNDO_SUFFIX}")
+                if os.path.lexists(record):
+                    records.append(record)
+        except OSError:
+            continue     # reported when the input is walked
+    restored = []
+    for record in records:
+        slide = record.with_name(record.name[1:-len(UNDO_SUFFIX)])
+        try:
+            if restore(record):
+                restored.append(slide)
+        except (SlideError, OSError) as exc:
+            if problems is None:
+                raise
+            why = str(exc) if isinstance(exc, SlideError) else \
+                f"cannot restore it from its undo record: {exc.strerror or exc}"
+            problems.append((slide, why))
+    return restored
 
 
-def _walk(folder: Path):
+def _walk(folder: Path, problems: list | None = None):
     """(file, input folder, None) for every file below `folder` in name order, and (path,
-    input folder, why) for what is not followed (symbolic links). The folder of a MIRAX slide
-    (NAME/ beside NAME.mrxs) is the slide's, not a folder of the tree: it is not walked."""
+    input folder, why) for what is not followed or not taken (symbolic links, FIFOs and
+    devices, temporary files an interrupted run left). The folder of a MIRAX slide (NAME/
+    beside NAME.mrxs) is the slide's, not a folder of the tree: it is not walked. A folder
+    that cannot be listed goes to `problems`."""
     from .containers.files import UNDO_SUFFIX
 
-    for here, dirs, names in os.walk(folder):
+    def unreadable(exc: OSError) -> None:
+        if problems is not None:
+            where = Path(exc.filename) if exc.filename else folder
+            problems.append((where, f"the folder cannot be read: {exc.strerror or exc}"))
+
+    for here, dirs, names in os.walk(folder, onerror=unreadable):
         dirs.sort()
         base = Path(here)
         mirax = {n[: -len(".mrxs")] for n in names if n.lower().endswith(".mrxs")}
         for d in list(dirs):
             if d.endswith(UNDO_SUFFIX):   # an in-place run's undo record, not part of the tree
                 dirs.remove(d)
+                yield base / d, folder, UNDO_WHY
             elif (base / d).is_symlink():
                 dirs.remove(d)
                 yield base / d, folder, "a symbolic link to a folder: not followed"
+            elif temporary(d):
+                dirs.remove(d)
+                yield base / d, folder, TEMPORARY_WHY
             elif d in mirax:
                 dirs.remove(d)
         for name in sorted(names):
             path = base / name
             if path.is_symlink():
                 yield path, folder, "a symbolic link: not followed"
+            elif temporary(name):
+                yield path, folder, TEMPORARY_WHY
             elif path.is_file():
                 yield path, folder, None
+            elif not path.is_dir():
+                yield path, folder, unusable(path) or "not a regular file: not a slide"
+
+
+UNDO_WHY = ("the undo record of an interrupted in-place run (the slide beside it is "
+            "half-changed until a run restores it): not copied")
+TEMPORARY_WHY = ("a temporary file an interrupted wsideid run left (it may hold the "
+                 "identifiers of a slide): not copied; delete it")
+
+
+def temporary(name: str) -> bool:
+    """A hidden name the file layer gives what it is still writing (`.NAME.xxxx.partial`,
+    `.n.xxxx.renaming`, probes): never a slide of its own."""
+    from .journal import TEMPORARY_PREFIXES, TEMPORARY_SUFFIXES
+
+    return name.startswith(".") and (name.endswith(TEMPORARY_SUFFIXES)
+                                     or name.startswith(TEMPORARY_PREFIXES))
+
+
+RELEASED_NAME = re.compile(r"wsi-[a-z2-7]{16}")
+
+
+def released_already(item: Item, policy, keyring: Keyring) -> bool:
+    """Whether a slide found for an in-place run is one wsideid released (an earlier run on
+    the same folder, killed or not): its name is a released name (`wsi-` and 16 letters; a
+    DICOM series: its folder's) and its metadata, planned as this run would, leaves nothing
+    to remove, clean or drop. Such a slide is left as it is: de-identifying it again would
+    give it a new pseudonym and lose the link the map holds."""
+    job = item.job
+    adapter = adapters.by_name(job.format)
+    name = job.path.parent.name if adapter.multi_file and adapter.container == "dicom" \
+        else job.path.name.split(".", 1)[0]
+    if not RELEASED_NAME.fullmatch(name):
+        return False
+    try:
+        _, plan = plan_job(job, policy, keyring, screen=False)
+    except (SlideError, OSError):
+        return False
+    if plan.empty is not None:
+        return False
+    if any(f.action not in ("keep", "replace", "date") for f in plan.fields):
+        return False
+    return all(img.action == "keep" for img in plan.images)
 
 
 def slide_files(path: Path) -> list[Path]:
@@ -314,6 +439,7 @@ class Outcome:
     seconds: float = 0.0
     earlier: bool = False           # released by an earlier run (found in the journal)
     brief: dict = field(default_factory=dict)   # what the summary needs of the entry
+    undo: str = ""                  # in place: the undo record to forget once the map has its row
 
     def __post_init__(self) -> None:
         if not self.brief and self.entry:
@@ -350,6 +476,8 @@ def _run(task: Task, start: float) -> Outcome:
         outcome.dropped = sum(1 for i in result.plan.images if i.action == "drop")
     if result.status == "ok" and result.message:
         outcome.warnings.append(result.message)
+    if result.undo is not None:
+        outcome.undo = str(result.undo)
     if result.status == "ok" and result.output is not None and task.outdir is not None:
         outcome.outputs = stat_outputs(task.outdir, released_files(result.output))
     outcome.brief = brief_of(outcome.entry)
@@ -383,7 +511,11 @@ class SurveyTask:
 def survey_task(task: SurveyTask) -> dict:
     """How a slide will be named, before anything is written: its keyed pseudonym and output
     name, the identifiers a mapping may match (read from its metadata only), and the files
-    in its folder that it does not use. {"error": ...} when it cannot be read."""
+    in its folder that it does not use. {"error": ...} when it cannot be read. Libraries'
+    warnings are withheld (a DICOM header is decoded whole when read: pydicom quotes the
+    values it cannot decode); the slide's own run counts them in its plan."""
+    from .library_warnings import withheld
+
     holder: dict = {}
 
     def work() -> Result:
@@ -402,7 +534,8 @@ def survey_task(task: SurveyTask) -> dict:
             slide.close()
         return Result(task.job.path)
 
-    result = guarded(task.job.path, work, None)
+    with withheld():
+        result = guarded(task.job.path, work, None)
     if result.status != "ok":
         return {"index": task.index, "error": result.message, "status": result.status}
     return {"index": task.index, **holder}
@@ -429,7 +562,11 @@ class InlineExecutor:
 
 def _worker_started(parent: int) -> None:
     """In each pool process: die with the parent (a `kill -9` of the run must not leave
-    slides being written behind it)."""
+    slides being written behind it). A warning outside a slide's run is one line without its
+    text, as in the command line's own process."""
+    from .library_warnings import withhold_everywhere
+
+    withhold_everywhere()
     try:
         import ctypes
         import signal
@@ -546,8 +683,8 @@ class Exporter:
         slides = [Slide(n, item) for n, item in enumerate(items)]
         for slide in slides:
             paths = "\0".join(sorted(str(p.resolve()) for p in slide.item.job.paths))
-            slide.job_id = keyring.digest("job", paths.encode())
-            slide.state = keyring.digest("state", _state(slide.item.files).encode())
+            slide.job_id = keyring.digest("job", os.fsencode(paths))
+            slide.state = keyring.digest("state", os.fsencode(_state(slide.item.files)))
             record = self.journal.done(slide.job_id, slide.state) if self.journal else None
             if record is not None:
                 slide.survey = record.survey
@@ -654,7 +791,10 @@ class Exporter:
             target = Target(None)
         else:
             target = Target(self.outdir.joinpath(*slide.dest))
-        settings = replace(self.settings, policy=policy, target=target, name=slide.name)
+        # in place, a slide's undo record is forgotten only after its map row is written
+        # (here, in _finished): a crash in between puts the old slide back, never loses the link
+        settings = replace(self.settings, policy=policy, target=target, name=slide.name,
+                           keep_undo=self.outdir is None)
         return Task(slide.index, slide.item.job, settings, self.outdir, slide.dest,
                     self.journal.run_id if self.journal else "",
                     slide.subject if policy.dates == "shift" else "")
@@ -672,6 +812,10 @@ class Exporter:
             value.entry = None          # the journal holds it from now on
             self._remove_stale(stale)
         self.sink.finished(slide)
+        if value.undo:
+            from .containers.files import forget
+
+            forget(Path(value.undo))
 
     def entry(self, slide: Slide) -> dict:
         """A finished slide's report entry (from the journal once it is recorded there)."""

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,7 +19,7 @@ from . import adapters, batch
 from . import needles as needle_search
 from .containers.output import Target
 from .errors import InstallError, SlideError
-from .journal import Busy, Journal, JournalError, Mismatch
+from .journal import Busy, Journal, JournalError, Mismatch, Record, exclusive
 from .keyring import Keyring, load_key
 from .model import Job, Result
 from .names import Mapping, MappingError, Namer, read_mapping
@@ -47,9 +49,31 @@ EXIT_FINDINGS = 1
 EXIT_INPUT = 2
 
 
+def one_line(text: str) -> str:
+    """Text as one line of a terminal: control characters (a newline in a file name) are
+    escaped, and bytes that are not UTF-8 (kept by Python as surrogates) are shown as \\xNN."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch, f"\\x{code:02x}"))
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def error_line(message: str) -> None:
     """One line on stderr, never wrapped: scripts grep for it."""
-    sys.stderr.write(f"wsideid: error: {message}\n".replace("\r", " "))
+    sys.stderr.write(f"wsideid: error: {one_line(str(message))}\n")
+    sys.stderr.flush()
+
+
+def warning_line(message: str) -> None:
+    sys.stderr.write(f"wsideid: warning: {one_line(str(message))}\n")
     sys.stderr.flush()
 
 
@@ -130,11 +154,56 @@ def job_of(file: Path) -> Job:
 
 
 def make_keyring(key_file: Path | None) -> Keyring:
+    """The run's keyring; a key that cannot be read, created or used is one error line
+    naming the key file (or WSIDEID_KEY)."""
     try:
         return Keyring(load_key(key_file))
-    except (OSError, ValueError) as exc:
-        fail(f"key: {exc}")
+    except ValueError as exc:
+        fail(str(exc))
         raise
+    except OSError as exc:
+        fail(f"{key_file}: cannot read or create the key file: {exc.strerror or exc}")
+        raise
+
+
+def check_paths(inputs: list[Path], outdir: Path | None, in_place: bool, *,
+                key_file: Path | None = None, map_file: Path | None = None,
+                report_file: Path | None = None) -> None:
+    """Refuse, before anything is read or written, files the run would write (or a key it
+    would create) where they do not belong: the key or the map inside the released folder
+    (they would be handed over with the slides), any of them in place of an input slide or
+    of one another, and (written into an input folder) changing the input outside
+    --in-place; in place, the input folders are the release: the key and the map stay out."""
+    def real(path: Path) -> Path:
+        return Path(os.path.realpath(path))
+
+    folders = [item for item in inputs if item.is_dir()]
+    files = {real(item) for item in inputs if not item.is_dir()}
+    written = [(report_file, "--report", "the audit report"), (map_file, "--map", "the map")]
+    if key_file is not None:
+        written.append((key_file, "--key-file", "the key"))
+    seen: dict[Path, str] = {}
+    for path, option, what in written:
+        if path is None:
+            continue
+        where = real(path)
+        if where in files:
+            fail(f"{path}: {option} names an input slide; {what} would overwrite it")
+        if where in seen:
+            fail(f"{path}: {option} and {seen[where]} name the same file")
+        seen[where] = option
+        if outdir is not None and option != "--report" and batch.inside(path, outdir):
+            fail(f"{path}: {what} must be kept outside the released folder {outdir}")
+        creates = option != "--key-file" or not path.exists()
+        for folder in folders:
+            if not batch.inside(path, folder):
+                continue
+            if in_place and option != "--report":
+                fail(f"{path}: {what} must be kept outside {folder}: in place, the input "
+                     "folder is what is released")
+            if not in_place and creates:
+                fail(f"{path}: {what} would be written into the input folder {folder}: "
+                     "keep it outside the inputs")
 
 
 DatesOpt = typer.Option("remove", "--dates", help=f"Dates: {' | '.join(DATE_MODES)}.")
@@ -144,18 +213,18 @@ MacroOpt = typer.Option("drop", "--macro", help="Macro (overview) image: drop | 
 StrictOpt = typer.Option(False, "--strict", help="A label or overview to be kept that shows a barcode or text fails the slide (instead of being dropped or redacted).")
 MacroRegionOpt = typer.Option(None, "--macro-region", help="Where the label is in the overview: x0,y0,x1,y1 as fractions of the image (overrides detection).")
 OcrOpt = typer.Option(True, "--ocr/--no-ocr", help="Read text on labels and overviews that are to be kept (needs the ocr extra and tesseract-ocr).")
-MapOpt = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR).")
-RegionsOpt = typer.Option(None, "--regions", help="Redact the regions of this GeoJSON file (QuPath export; level-0 pixels) on every level.")
+MapOpt = typer.Option(None, "--map", help="Write original -> pseudonym CSV here (outside OUTDIR).", readable=False)
+RegionsOpt = typer.Option(None, "--regions", help="Redact the regions of this GeoJSON file (QuPath export; level-0 pixels) on every level.", readable=False)
 RegionOpt = typer.Option(None, "--region", help="Redact the rectangle x,y,w,h (level-0 pixels) on every level; repeatable.")
 RegionLevelOpt = typer.Option(0, "--region-level", help="The regions are given in the pixels of this pyramid level.")
 FillOpt = typer.Option(0, "--fill", help="Grey value painted over the regions (0 black .. 255 white).")
-KeyOpt = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts (created if missing).")
+KeyOpt = typer.Option(None, "--key-file", help="Secret key for stable pseudonyms, UIDs and date shifts (created if missing).", readable=False)
 
 
 @app.command()
 def deid(
-    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (a folder's tree is mirrored under OUTDIR with pseudonymous names)."),
-    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder."),
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (a folder's tree is mirrored under OUTDIR with pseudonymous names).", readable=False),
+    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder.", readable=False),
     in_place: bool = typer.Option(False, "--in-place", help="Edit the inputs themselves."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (source, destination, fields, images); write nothing."),
     dates: str = DatesOpt,
@@ -167,14 +236,14 @@ def deid(
     ocr: bool = OcrOpt,
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
-    mapping_file: Optional[Path] = typer.Option(None, "--mapping", help="CSV original,pseudonym: the lab's names for folders and slides (matched by folder name, file stem, barcode or accession number)."),
+    mapping_file: Optional[Path] = typer.Option(None, "--mapping", help="CSV original,pseudonym: the lab's names for folders and slides (matched by folder name, file stem, barcode or accession number).", readable=False),
     jobs: int = typer.Option(0, "--jobs", "-j", show_default=False, help="Slides de-identified in parallel processes (default: the number of CPUs)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a Dask distributed scheduler to run the slides on (needs the dask extra of wsideid)."),
     retain_uids: bool = typer.Option(False, "--retain-uids", help="DICOM: PS3.15 Retain UIDs Option."),
     retain_institution: bool = typer.Option(False, "--retain-institution", help="DICOM: Retain Institution Identity Option."),
     retain_patient_characteristics: bool = typer.Option(False, "--retain-patient-characteristics", help="DICOM: Retain Patient Characteristics Option."),
     clean_descriptors: bool = typer.Option(False, "--clean-descriptors", help="DICOM: Clean Descriptors Option (descriptions that cannot be cleaned are removed)."),
-    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide).", readable=False),
     regions_file: Optional[Path] = RegionsOpt,
     region: Optional[List[str]] = RegionOpt,
     region_level: int = RegionLevelOpt,
@@ -193,6 +262,12 @@ def deid(
     if scheduler:   # the workers may start elsewhere: every path they are given is absolute
         inputs = [p.absolute() for p in inputs]
         outdir = outdir.absolute() if outdir is not None else None
+    if outdir is not None:
+        for item in inputs:
+            if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
+                fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
+    check_paths(inputs, outdir, in_place, key_file=key_file, map_file=map_file,
+                report_file=report_file)
     keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
                          retain_institution=retain_institution,
@@ -206,26 +281,30 @@ def deid(
             mapping = read_mapping(mapping_file)
         except (OSError, MappingError) as exc:
             fail(f"{mapping_file}: the mapping cannot be used: {getattr(exc, 'strerror', None) or exc}")
-    if outdir is not None:
-        if map_file is not None and batch.inside(map_file, outdir):
-            fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
-        for item in inputs:
-            if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
-                fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
     # the workers start (and import what slides need) while the inputs are walked
     executor, window, client = (None, 1, None) if dry_run else _executor(jobs, scheduler, inputs)
     journal = None
+    created: list = []     # the map and the folders this run made: removed on an early exit
     try:
         found = batch.find(inputs, repair=not dry_run)
         for path in found.restored:
-            sys.stderr.write(f"wsideid: warning: {path}: an interrupted in-place run had left "
-                             "it half-changed: restored from its undo record\n")
+            warning_line(f"{path}: an interrupted in-place run had left it half-changed: "
+                         "restored from its undo record")
         for path, why in found.problems:
             error_line(f"{path}: {why}")
-        if not found.items and not found.problems and not found.broken:
-            if found.others:
-                fail(f"no slides found in the given inputs ({len(found.others)} files that are not slides)")
-            fail("no slides found in the given inputs")
+        if in_place:    # a folder an earlier in-place run (killed or not) released slides in
+            for item in [i for i in found.items if batch.released_already(i, policy, keyring)]:
+                warning_line(f"{item.job.path}: released by wsideid already (a released name, "
+                             "nothing left to remove): left as it is")
+                found.released.append(item.job.path)
+                found.items.remove(item)
+            found.jobs = [i.job for i in found.items]
+        if not found.items and not found.broken:
+            if found.problems:    # each already said on its own line
+                raise typer.Exit(input_code(found, 0))
+            if found.released:
+                raise typer.Exit(0)
+            no_slides(inputs, found)
         options = {**policy.options(), "in_place": in_place, "mapping": bool(mapping)}
         settings = Settings(policy, keyring, Target(None if in_place else outdir))
         namer = Namer(keyring, mapping)
@@ -233,8 +312,23 @@ def deid(
         if dry_run:
             _dry_run(found, settings, namer, outdir)
 
+        if report_file is None and in_place and found.items:
+            # in place: beside the (renamed) slides of the first input
+            report_file = found.items[0].job.path.parent / "wsideid-report.json"
+            probe_folder(report_file.parent / "x", "", "the folder of the slides cannot be "
+                         "written (in place, the slides are changed and renamed there)")
+        report_path = report_file or (outdir / "wsideid-report.json" if outdir is not None else None)
+        if report_path is not None and not (outdir is not None and batch.inside(report_path, outdir)):
+            probe_folder(report_path, "cannot write the audit report")
+        mapfile = None
+        if map_file is not None:
+            try:
+                mapfile = MapFile(map_file)
+            except OSError as exc:
+                fail(f"{map_file}: cannot write the map: {exc.strerror or exc}")
+            created.append(mapfile)
         if outdir is not None:
-            prepare_outdir(outdir)
+            created += prepare_outdir(outdir)
         if outdir is not None:
             journal = Journal(outdir)
             settings_digest = keyring.digest("settings", json.dumps(
@@ -249,13 +343,6 @@ def deid(
             except OSError as exc:
                 journal.close()
                 fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
-        mapfile = None
-        if map_file is not None:
-            try:
-                mapfile = MapFile(map_file)
-            except OSError as exc:
-                fail(f"{map_file}: cannot write the map: {exc.strerror or exc}")
-        report_path = report_file or (outdir / "wsideid-report.json" if outdir is not None else None)
         run = RunView(outdir, report_path, options, keyring, namer, found, mapfile)
         exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
                                   batch.Sink(planned=run.planned, finished=run.finished))
@@ -265,6 +352,7 @@ def deid(
         # are waited for, so that none of them dies noisily after this process
         if journal is not None:
             journal.close()
+        undo_created(created)
         if client is not None:
             client.close()
         elif executor is not None:
@@ -286,10 +374,12 @@ def deid(
             client.close()     # its executor goes with it (pending tasks are released)
         else:
             executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
-    if report_path is None:   # in place: beside the (renamed) slides of the first input
-        report_path = found.items[0].job.path.parent / "wsideid-report.json" if found.items else Path("wsideid-report.json")
-        run.report_path = report_path
-    written = run.write_report(final=True) and run.map_ok
+    written = run.write_report(final=True)
+    if not written:
+        for s in run.slides:   # say plainly what was released without its audit report
+            if s.outcome is not None and s.outcome.status == "ok" and s.outcome.output is not None:
+                warning_line(f"{s.outcome.output}: released, but not listed in an audit report")
+    written = written and run.map_ok
     if journal is not None:
         journal.close()
     _summarise(run)
@@ -326,31 +416,45 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
     """Every slide's source and destination, fields and images; nothing is written."""
     exporter = batch.Exporter(settings, outdir, namer, None, batch.InlineExecutor(), 1, batch.Sink())
     slides = exporter.plan(found.items, survey=True)
-    code = EXIT_INPUT if found.problems else 0
+    code = input_code(found, len(slides))
+    alone = is_alone(found, len(slides))
     base = outdir if outdir is not None else Path("OUTDIR")
     for slide in slides:
         if slide.outcome is not None:
             error_line(f"{slide.source}: {slide.outcome.message}")
-            code = max(code, EXIT_INPUT if slide.item.root is None or len(slides) == 1
-                       else EXIT_FINDINGS)
+            code = max(code, EXIT_INPUT if slide.item.root is None or alone else EXIT_FINDINGS)
             continue
         try:
             naming, plan = batch.preview(slide, settings)
         except SlideError as exc:
             error_line(f"{slide.source}: {exc}")
-            code = max(code, EXIT_INPUT if slide.item.root is None or len(slides) == 1
-                       else EXIT_FINDINGS)
+            code = max(code, EXIT_INPUT if slide.item.root is None or alone else EXIT_FINDINGS)
             continue
         dest = base.joinpath(*slide.dest, naming.output_name)
-        sys.stdout.write(f"{slide.source} -> {dest}\n")
+        sys.stdout.write(one_line(f"{slide.source} -> {dest}") + "\n")
         sys.stdout.flush()
         print_plan(slide.source, plan, show_values=False)
     for item, why in found.broken:
         error_line(f"{item.job.path}: {why}")
-        code = max(code, EXIT_INPUT if len(slides) + len(found.broken) == 1 else EXIT_FINDINGS)
     for path, _, why in found.others:
-        sys.stdout.write(f"{path}: {why}: not copied\n")
+        sys.stdout.write(one_line(f"{path}: {why}: not copied") + "\n")
     raise typer.Exit(code)
+
+
+def is_alone(found: batch.Found, slides: int) -> bool:
+    """Whether the run has one slide only (counting walked slides that cannot be grouped and
+    walked files that cannot be read): its failure is the input's problem, exit 2."""
+    return slides + len(found.broken) + len(found.walked_problems()) == 1
+
+
+def input_code(found: batch.Found, slides: int) -> int:
+    """The exit code the inputs alone give (fe229ac's rule): 2 for a named input that is not
+    a readable slide, or a run's only one; 1 for what a batch walked past (a slide that
+    cannot be grouped, a file or folder that cannot be read: the others went on); else 0."""
+    walked = found.walked_problems()
+    if found.named_problems() or (is_alone(found, slides) and (walked or found.broken)):
+        return EXIT_INPUT
+    return EXIT_FINDINGS if walked or found.broken else 0
 
 
 class MapFile:
@@ -364,17 +468,21 @@ class MapFile:
         self.path = path
         self.rows: set[tuple[str, ...]] = set()
         self.columns = self.COLUMNS
+        self.created = not path.exists()
         if path.exists():
             data = path.read_bytes()
             end = data.rfind(b"\n") + 1
             if end != len(data):          # a row cut short by a kill: never acknowledged
                 with open(path, "r+b") as fh:
                     fh.truncate(end)
-            lines = data[:end].decode("utf-8", "replace").splitlines()
-            if lines:
-                self.columns = next(csv.reader([lines[0]]))
-                self.rows = {tuple(r) for r in csv.reader(lines[1:])}
-        self.fh = open(path, "a", newline="", encoding="utf-8")
+            # names that are not UTF-8 are kept byte for byte (surrogateescape), quoted
+            # newlines inside names stay inside their row
+            rows = list(csv.reader(io.StringIO(data[:end].decode("utf-8", "surrogateescape"),
+                                               newline="")))
+            if rows:
+                self.columns = rows[0]
+                self.rows = {tuple(r) for r in rows[1:]}
+        self.fh = open(path, "a", newline="", encoding="utf-8", errors="surrogateescape")
         if not self.rows and self.path.stat().st_size == 0:
             self._write(self.COLUMNS)
 
@@ -392,6 +500,12 @@ class MapFile:
 
     def close(self) -> None:
         self.fh.close()
+
+    def discard_if_empty(self) -> None:
+        """The run stopped before any row: a map this run created goes again."""
+        self.close()
+        if self.created and not self.rows:
+            self.path.unlink(missing_ok=True)
 
 
 class RunView:
@@ -422,6 +536,7 @@ class RunView:
         self.report_failed = False
         self.report_cost = 0.0
         self.exporter = None
+        self._earlier = None
 
     # ---- events ----------------------------------------------------------------------------
     def planned(self, slides) -> None:
@@ -429,13 +544,13 @@ class RunView:
         self.total = len(slides) + len(self.found.broken)
         self.total_bytes = sum(s.item.size for s in slides if s.outcome is None or not s.outcome.earlier)
         for path, root, why in self.found.others:
-            sys.stderr.write(f"wsideid: warning: {path}: {why}: not copied\n")
+            warning_line(f"{path}: {why}" + ("" if "not copied" in why else ": not copied"))
             self._map(path, self._other_path(path, root), "", "not copied", "not a slide")
         for slide in slides:
             for extra in slide.extra if slide.outcome is None else []:
                 folder = slide.item.job.path.with_name(slide.item.job.path.name[: -len(".mrxs")])
-                sys.stderr.write(f"wsideid: warning: {folder / extra}: in a MIRAX slide's folder "
-                                 "but not part of the slide: not copied\n")
+                warning_line(f"{folder / extra}: in a MIRAX slide's folder but not part of the "
+                             "slide: not copied")
         for item, why in self.found.broken:
             error_line(f"{item.job.path}: {why}")
         if len(slides) > 1 and sys.stderr.isatty():
@@ -457,7 +572,7 @@ class RunView:
         if outcome.status != "ok":
             error_line(f"{outcome.failed or slide.source}: {outcome.message}")
         for warning in outcome.warnings:
-            sys.stderr.write(f"wsideid: warning: {slide.source}: {warning}\n")
+            warning_line(f"{slide.source}: {warning}")
         if outcome.status == "ok" and outcome.output is not None:
             self._map_folders(slide)
         self._map(slide.source, outcome.pseudonym, outcome.output or "", outcome.status
@@ -540,16 +655,34 @@ class RunView:
         keyed = [((s.outcome.brief.get("path") is None, s.outcome.brief.get("path") or "",
                    s.outcome.brief.get("message") or ""), s) for s in done]
         keyed += [((True, "", e["message"]), e) for e in broken]
+        earlier = self.earlier()
+        keyed += [((False, r.brief.get("path") or "", ""), r) for r in earlier]
         keyed.sort(key=lambda pair: pair[0])
-        briefs = [s.outcome.brief for s in done] + broken
+        briefs = [s.outcome.brief for s in done] + broken + [r.brief for r in earlier]
         summary = {"ok": sum(b.get("status") == "ok" for b in briefs),
                    "failed": sum(b.get("status") != "ok" for b in briefs)}
         catalogs = sorted({c for b in briefs for c in b.get("catalogs") or []})
 
         def each():
             for _, item in keyed:
-                yield item if isinstance(item, dict) else self.exporter.entry(item)
+                if isinstance(item, dict):
+                    yield item
+                elif isinstance(item, Record):
+                    yield self.exporter.journal.entry(item.job)
+                else:
+                    yield self.exporter.entry(item)
         return summary, catalogs, each()
+
+    def earlier(self) -> list:
+        """Slides earlier runs released into OUTDIR that this run does not touch (other
+        inputs), still there as written: the report covers everything released in OUTDIR."""
+        if self._earlier is None:
+            journal = self.exporter.journal if self.exporter is not None else None
+            mine = {s.job_id for s in self.slides}
+            self._earlier = [] if journal is None else [
+                r for job, r in journal.records.items()
+                if job not in mine and r.intact(self.outdir)]
+        return self._earlier
 
     def write_report(self, final: bool = False) -> bool:
         start = self.last_report = time.monotonic()
@@ -573,11 +706,12 @@ class RunView:
         return sum(1 for s in self.slides if s.outcome is not None and s.outcome.status == "ok")
 
     def failures(self) -> list[tuple[Path, str]]:
-        """(what failed, why) for every slide that failed."""
+        """(what failed, why) for every slide that failed, and every file or folder of a batch
+        that could not be read."""
         out = [(s.outcome.failed or s.source, s.outcome.message)
                for s in self.slides if s.outcome is not None and s.outcome.status != "ok"]
         out += [(item.job.path, why) for item, why in self.found.broken]
-        return out
+        return out + self.found.walked_problems()
 
     def exit_code(self, written: bool) -> int:
         """2: a usage or environment problem (the output folder, the report, the map), a file
@@ -586,13 +720,13 @@ class RunView:
         found in a folder that failed (the others were released: issue 13 asks exit 1 with
         the list), or any slide that failed verification; else 0."""
         bad = [s for s in self.slides if s.outcome is not None and s.outcome.status != "ok"]
-        alone = len(self.slides) + len(self.found.broken) == 1
-        if (not written or self.found.problems or any(s.outcome.failed is not None for s in bad)
+        alone = is_alone(self.found, len(self.slides))
+        code = input_code(self.found, len(self.slides))
+        if (not written or code == EXIT_INPUT or any(s.outcome.failed is not None for s in bad)
                 or any((s.item.root is None or alone) and s.outcome.status == "error"
-                       for s in bad)
-                or alone and self.found.broken):
+                       for s in bad)):
             return EXIT_INPUT
-        if bad or self.found.broken:
+        if bad or code == EXIT_FINDINGS:
             return EXIT_FINDINGS
         return 0
 
@@ -613,12 +747,13 @@ def _summarise(run: RunView) -> None:
             counts = o.brief.get("actions") or {}
             dropped = o.brief.get("dropped", 0)
             where = o.brief.get("path") or (o.output.name if o.output else "-")
-            table.add_row(s.source.name, where,
+            table.add_row(one_line(s.source.name), where,
                           str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                           str(counts.get("date", 0)), str(dropped),
                           o.status + (" (earlier run)" if o.earlier else ""))
         out.print(table)
-    if len(slides) + len(run.found.broken) > 1:
+    count = len(slides) + len(run.found.broken) + len(run.found.walked_problems())
+    if count > 1:
         by_format: dict[str, list[int]] = {}
         for s in slides:
             row = by_format.setdefault(s.outcome.brief.get("format") or "(unread)", [0, 0, 0, 0])
@@ -632,13 +767,13 @@ def _summarise(run: RunView) -> None:
             totals.add_row(name, str(ok), str(earlier), str(bad), f"{size / 1e9:.2f}")
         out.print(totals)
         elapsed = time.monotonic() - run.start
-        out.print(f"{run.released} of {len(slides) + len(run.found.broken)} slides released, "
+        out.print(f"{run.released} of {count} slides released, "
                   f"{len(run.found.others)} files not slides (not copied); "
                   f"{run.done_bytes / 1e9:.2f} GB de-identified in {elapsed:.1f} s "
                   f"({run.done_bytes / 1e6 / max(elapsed, 1e-6):.1f} MB/s)", markup=False, highlight=False)
         failures = run.failures()
         if failures:
-            error_line(f"{len(failures)} of {len(slides) + len(run.found.broken)} slides failed:")
+            error_line(f"{len(failures)} of {count} slides failed:")
             for what, why in failures:
                 error_line(f"{what}: {why}")
 
@@ -651,23 +786,82 @@ def print_result(result: Result) -> None:
     if result.status == "ok" and result.message:
         warnings.append(result.message)
     for warning in warnings:
-        sys.stderr.write(f"wsideid: warning: {result.source}: {warning}\n")
+        warning_line(f"{result.source}: {warning}")
 
 
-def prepare_outdir(outdir: Path) -> None:
+def prepare_outdir(outdir: Path) -> list[Path]:
     """Create the output folder and make sure files can be created in it, before any slide
-    is read: a read-only or missing-permission folder is one error naming the folder."""
+    is read: a read-only or missing-permission folder is one error naming the folder (and
+    the folders made for it are removed again). Returns the folders it made."""
+    made = [p for p in [outdir, *outdir.absolute().parents] if not os.path.lexists(p)][::-1]
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        undo_created(made)
         fail(f"{outdir}: cannot create output folder: {exc.strerror or exc}")
     try:
-        probe = outdir / f".wsideid-probe-{os.getpid()}"
+        probe_folder(outdir / "x", "")
+    except typer.Exit:
+        undo_created(made)
+        raise
+    return made
+
+
+def probe_folder(path: Path, what: str, folder_problem: str = "cannot write to the output folder") -> None:
+    """Fail (one line naming `path`, or its folder when `what` is empty) unless a file can
+    be created beside `path`."""
+    probe = path.parent / f".wsideid-probe-{os.getpid()}"
+    try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
         probe.unlink()
     except OSError as exc:
+        if what:
+            fail(f"{path}: {what}: {exc.strerror or exc}")
+        fail(f"{path.parent}: {folder_problem}: {exc.strerror or exc}")
+
+
+def undo_created(created: list) -> None:
+    """An early exit: remove the map (when it holds no row yet) and the folders this run
+    made (when nothing is in them), newest first."""
+    for item in reversed(created):
+        try:
+            if isinstance(item, MapFile):
+                item.discard_if_empty()
+            else:
+                item.rmdir()
+        except OSError:
+            pass
+    created.clear()
+
+
+@contextmanager
+def holding(outdir: Path | None):
+    """A command without a journal (convert, redact) holds OUTDIR's lock while it writes
+    there, after removing what an interrupted run left half-written."""
+    if outdir is None:
+        yield
+        return
+    hold = exclusive(outdir)
+    try:
+        hold.__enter__()
+    except Busy as exc:
+        fail(f"{outdir}: {exc}")
+    except OSError as exc:
         fail(f"{outdir}: cannot write to the output folder: {exc.strerror or exc}")
+    try:
+        yield
+    finally:
+        hold.__exit__(None, None, None)
+
+
+def no_slides(inputs: list[Path], found) -> None:
+    """Fail: nothing among the inputs is a slide (naming the input when there is one)."""
+    what = f"{inputs[0]}: " if len(inputs) == 1 else ""
+    where = "" if len(inputs) == 1 else " in the given inputs"
+    others = len(found.others)
+    fail(f"{what}no slides found{where}" + (f" ({others} file{'s' if others != 1 else ''} "
+                                             "that are not slides)" if others else ""))
 
 
 def _write_records(map_file: Path | None, results: list[Result], report_path: Path,
@@ -699,14 +893,14 @@ def _summarise_results(results: list[Result], title: str) -> None:
     for r in results:
         counts = r.plan.counts() if r.plan else {}
         dropped = sum(1 for i in r.plan.images if i.action == "drop") if r.plan else 0
-        table.add_row(r.source.name, r.output.name if r.output else "-",
+        table.add_row(one_line(r.source.name), r.output.name if r.output else "-",
                       str(counts.get("remove", 0) + counts.get("clean", 0) + counts.get("replace", 0)),
                       str(counts.get("date", 0)), str(dropped), r.status)
     out.print(table)
 
 
 def print_plan(path: Path, plan, show_values: bool) -> None:
-    table = Table(title=f"{path.name} ({plan.format})")
+    table = Table(title=one_line(f"{path.name} ({plan.format})"))
     for col in ("image", "role", "size", "codec", "action"):
         table.add_column(col)
     for img in plan.images:
@@ -755,9 +949,9 @@ def _short(text: str, limit: int = 120) -> str:
 
 @app.command()
 def convert(
-    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (SVS, NDPI, OME-TIFF; MRXS with --allow-transcode)."),
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders (SVS, NDPI, OME-TIFF; MRXS with --allow-transcode).", readable=False),
     to: str = typer.Option("dicom", "--to", help="Target format (dicom)."),
-    outdir: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+    outdir: Path = typer.Option(..., "-o", "--output", help="Output folder.", readable=False),
     dates: str = DatesOpt,
     keep_device_id: bool = DeviceOpt,
     label: str = LabelOpt,
@@ -768,29 +962,33 @@ def convert(
     map_file: Optional[Path] = MapOpt,
     key_file: Optional[Path] = KeyOpt,
     allow_transcode: bool = typer.Option(False, "--allow-transcode", help="Accept re-encoded tiles when the lossless path is unavailable."),
-    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json).", readable=False),
 ) -> None:
     """Convert slides to de-identified DICOM WSI (tiles copied, not re-encoded)."""
     from .convert import convert as convert_slide
 
     if to != "dicom":
         fail("--to: only dicom is supported")
+    for item in inputs:
+        if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
+            fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
+    check_paths(inputs, outdir, False, key_file=key_file, map_file=map_file,
+                report_file=report_file)
     keyring = make_keyring(key_file)
     policy = make_policy(dates, keep_device_id, label, macro, keyring, strict=strict,
                          macro_region=parse_region(macro_region), ocr=ocr)
-    if map_file is not None and batch.inside(map_file, outdir):
-        fail(f"{map_file}: the map must be kept outside the released folder {outdir}")
     prepare_outdir(outdir)
     found = batch.find(inputs)
     for path, why in found.problems:
         error_line(f"{path}: {why}")
     results = [Result(path, status="error", message=why) for path, why in found.problems
                if path.exists()]
-    for job in found.jobs:
-        result = batch.guarded(job.path, lambda: convert_slide(job, policy, keyring, outdir,
-                                                               allow_transcode), outdir)
-        print_result(result)
-        results.append(result)
+    with holding(outdir):
+        for job in found.jobs:
+            result = batch.guarded(job.path, lambda: convert_slide(job, policy, keyring, outdir,
+                                                                   allow_transcode), outdir)
+            print_result(result)
+            results.append(result)
     _summarise_results(results, "wsideid convert --to dicom")
     written = _write_records(map_file, results, report_file or outdir / "wsideid-report.json",
                              {**policy.options(), "convert": "dicom",
@@ -803,7 +1001,7 @@ def convert(
 
 @app.command()
 def inspect(
-    file: Path = typer.Argument(..., help="A slide file."),
+    file: Path = typer.Argument(..., help="A slide file.", readable=False),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dates: str = DatesOpt,
     keep_device_id: bool = DeviceOpt,
@@ -821,7 +1019,7 @@ def inspect(
     policy = make_policy(dates, keep_device_id, label, macro, macro_region=parse_region(macro_region),
                          ocr=ocr, redaction=make_redaction(regions_file, region, region_level, fill))
     try:
-        _, plan = plan_job(job_of(file), policy, Keyring(load_key(None)))
+        _, plan = plan_job(job_of(file), policy, make_keyring(None))
     except SlideError as exc:
         fail(f"{file}: {exc}")
     if as_json:
@@ -839,15 +1037,15 @@ def inspect(
 
 @app.command()
 def redact(
-    inputs: List[Path] = typer.Argument(..., help="Slide files or folders."),
-    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder."),
+    inputs: List[Path] = typer.Argument(..., help="Slide files or folders.", readable=False),
+    outdir: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder.", readable=False),
     in_place: bool = typer.Option(False, "--in-place", help="Edit the inputs themselves."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
     region: Optional[List[str]] = RegionOpt,
     regions_file: Optional[Path] = RegionsOpt,
     region_level: int = RegionLevelOpt,
     fill: int = FillOpt,
-    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide)."),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="Audit report path (default OUTDIR/wsideid-report.json; in place: beside the first slide).", readable=False),
 ) -> None:
     """Paint regions over every pyramid level, changing nothing else (no de-identification);
     the output keeps the input's name and goes through the same verification."""
@@ -856,12 +1054,13 @@ def redact(
     if not dry_run and not in_place and outdir is None:
         fail("missing -o OUTDIR (or --in-place)")
     redaction = make_redaction(regions_file, region, region_level, fill, required=True)
+    check_paths(inputs, outdir, in_place, report_file=report_file)
     policy = Policy(label="keep", macro="keep", redaction=redaction, deidentify=False)
     found = batch.find(inputs)
     for path, why in found.problems:
         error_line(f"{path}: {why}")
     if not found.jobs and not found.problems:
-        fail("no slides found in the given inputs")
+        no_slides(inputs, found)
     if outdir is not None and not dry_run:
         names = [job.path.name if not adapters.by_name(job.format).multi_file
                  else f"{job.path.parent.name}-{job.path.stem}" for job in found.jobs]
@@ -872,7 +1071,7 @@ def redact(
         if len(set(names)) != len(names):
             fail("two inputs have the same name: their outputs would collide")
         prepare_outdir(outdir)
-    keyring = Keyring(load_key(None))
+    keyring = make_keyring(None)
     if dry_run:
         code = EXIT_INPUT if found.problems else 0
         for job in found.jobs:
@@ -887,9 +1086,10 @@ def redact(
     settings = Settings(policy, keyring, Target(None if in_place else outdir))
     results = [Result(path, status="error", message=why) for path, why in found.problems
                if path.exists()]
-    for job in found.jobs:   # one at a time, in this process: a region edit is small
-        results.append(batch.attempt(job, settings))
-        print_result(results[-1])
+    with holding(outdir):
+        for job in found.jobs:   # one at a time, in this process: a region edit is small
+            results.append(batch.attempt(job, settings))
+            print_result(results[-1])
     _summarise_results(results, "wsideid redact")
     first = found.jobs[0].path.parent if found.jobs else Path(".")
     written = _write_records(None, results, report_file or (outdir or first) / "wsideid-report.json",
@@ -902,8 +1102,8 @@ def redact(
 
 @app.command()
 def scan(
-    paths: List[Path] = typer.Argument(..., help="Slide files or folders."),
-    needles_file: Optional[Path] = typer.Option(None, "--needles", help="File with one identifier string per line to search for."),
+    paths: List[Path] = typer.Argument(..., help="Slide files or folders.", readable=False),
+    needles_file: Optional[Path] = typer.Option(None, "--needles", help="File with one identifier string per line to search for.", readable=False),
 ) -> None:
     """Residual check: unsafe fields, associated images, given identifiers in the raw bytes."""
     targets: list[str] = []
@@ -917,7 +1117,11 @@ def scan(
         error_line(f"{path}: {why}")
     findings = 0
     unreadable = bool(found.problems)
-    keyring = Keyring(load_key(None))
+    for path, _, why in found.others:   # left by an interrupted run: may hold identifiers
+        if why in (batch.TEMPORARY_WHY, batch.UNDO_WHY):
+            out.print(one_line(f"{path}: {why}"), markup=False, highlight=False)
+            findings += 1
+    keyring = make_keyring(None)
     # every file on its own (a DICOM instance too): what each file holds is what is scanned
     files = [(path, job.format) for job in found.jobs for path in job.paths]
     for path, format_name in files:
@@ -935,9 +1139,9 @@ def scan(
             lines += [f"identifier {n!r} found in the raw bytes of {part.name}"
                       for n in needle_search.find_in_file(part, targets)]
         for line in lines:
-            out.print(f"{path}: {line}", markup=False, highlight=False)
+            out.print(one_line(f"{path}: {line}"), markup=False, highlight=False)
         if not lines:
-            out.print(f"{path}: clean", markup=False, highlight=False)
+            out.print(one_line(f"{path}: clean"), markup=False, highlight=False)
         findings += len(lines)
     if unreadable and not findings:
         raise typer.Exit(EXIT_INPUT)
@@ -947,11 +1151,11 @@ def scan(
 
 @app.command("report")
 def report_command(
-    outdir: Path = typer.Argument(..., help="A released folder (with its wsideid-report.json)."),
-    html_file: Path = typer.Option(..., "--html", help="Write the QC page (one row per slide, images embedded) here."),
-    before: Optional[Path] = typer.Option(None, "--before", help="Also write the IDENTIFYING page of the inputs' labels and overviews here: keep it with the map, never under OUTDIR (needs --map)."),
-    map_file: Optional[Path] = typer.Option(None, "--map", help="The run's map (links released slides to their inputs, for --before)."),
-    report_file: Optional[Path] = typer.Option(None, "--report", help="The audit report (default OUTDIR/wsideid-report.json)."),
+    outdir: Path = typer.Argument(..., help="A released folder (with its wsideid-report.json).", readable=False),
+    html_file: Path = typer.Option(..., "--html", help="Write the QC page (one row per slide, images embedded) here.", readable=False),
+    before: Optional[Path] = typer.Option(None, "--before", help="Also write the IDENTIFYING page of the inputs' labels and overviews here: keep it with the map, never under OUTDIR (needs --map).", readable=False),
+    map_file: Optional[Path] = typer.Option(None, "--map", help="The run's map (links released slides to their inputs, for --before).", readable=False),
+    report_file: Optional[Path] = typer.Option(None, "--report", help="The audit report (default OUTDIR/wsideid-report.json).", readable=False),
 ) -> None:
     """Write the QC page of a released folder, for a reviewer to open in a browser."""
     from .report import html as qc

@@ -6,6 +6,11 @@ class SlideError(Exception):
     """The input is not a readable slide, or cannot be de-identified (exit code 2)."""
 
 
+class NotASlide(SlideError):
+    """A file a format's detection claims that is not a slide of its own (a DICOMDIR): in a
+    folder it is left out like any other file that is not a slide."""
+
+
 class VerificationError(Exception):
     """The written output failed verification and was not released (exit code 1)."""
 

@@ -132,6 +132,13 @@ class Journal:
             raise Busy("another wsideid run is writing to this output folder") from None
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         headers = self._read()
+        # first of all, what interrupted runs left half-written goes (whatever this run is)
+        self._new_run(waiting)
+        if headers and not self.records:
+            # no slide was ever released here: nothing of another key or options to mix with
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
+            headers = []
         if headers:
             first = headers[0]
             if first.get("key") != key_check:
@@ -140,7 +147,6 @@ class Journal:
             if first.get("settings") != settings:
                 raise Mismatch("it holds slides released with other options or another "
                                "--mapping (repeat that run's options, or use a new output folder)")
-        self._new_run(waiting)
         self._append(json.dumps({"type": "run", "run": self.run_id, "version": __version__,
                                  "key": key_check, "settings": settings,
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
@@ -284,6 +290,30 @@ def remove_temporary(outdir: Path) -> int:
                 path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+@contextmanager
+def exclusive(outdir: Path) -> Iterator[None]:
+    """For commands that write to OUTDIR without a journal (convert, redact): hold the
+    folder's lock while they run (refused with Busy while another run holds it) and first
+    remove the temporary files an interrupted run left there (they may hold a whole copy of
+    an input). The state folder goes again unless a journal lives there."""
+    state = outdir / STATE
+    made = not state.exists()
+    state.mkdir(exist_ok=True)
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in NO_LOCKS:
+                raise Busy("another wsideid run is writing to this output folder") from None
+        remove_temporary(outdir)
+        yield
+    finally:
+        os.close(fd)
+        if made and not (state / JOURNAL).exists():
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @contextmanager

@@ -21,16 +21,50 @@ MAX_SHIFT_DAYS = 3650
 FOLDER_PREFIX = "dir-"
 
 
+MIN_KEY = 16
+MAX_KEY_FILE = 4096
+
+
 def load_key(path: Path | None) -> bytes:
+    """The secret key: from the key file (created with a random key, readable by its owner
+    only, when missing), else from WSIDEID_KEY, else a fresh random key. Either must hold at
+    least 16 bytes. A problem is a ValueError (its message names the file or the variable)
+    or an OSError of the key file."""
+    import stat
+
     if path is None:
         env = os.environ.get("WSIDEID_KEY")
-        return env.encode() if env else secrets.token_bytes(32)
-    if not path.exists():
-        path.write_bytes(secrets.token_hex(32).encode())
-        path.chmod(0o600)
-    key = path.read_bytes().strip()
-    if len(key) < 16:
-        raise ValueError(f"{path}: key is too short (need at least 16 bytes)")
+        if env is None:
+            return secrets.token_bytes(32)
+        key = env.strip().encode("utf-8", "surrogateescape")
+        if len(key) < MIN_KEY:
+            raise ValueError(f"WSIDEID_KEY: the key is too short ({len(key)} bytes; need at "
+                             f"least {MIN_KEY})")
+        return key
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: the key file is not a regular file")
+        if st.st_size > MAX_KEY_FILE:
+            raise ValueError(f"{path}: the key file is too large to be a key "
+                             f"({st.st_size} bytes; a key file holds at most {MAX_KEY_FILE})")
+        key = os.read(fd, MAX_KEY_FILE + 1).strip()
+    finally:
+        os.close(fd)
+    if len(key) < MIN_KEY:
+        raise ValueError(f"{path}: the key is too short ({len(key)} bytes; need at least "
+                         f"{MIN_KEY})")
     return key
 
 
@@ -73,18 +107,18 @@ class Keyring:
         """Days to move every date back by: 1..3650, fixed for a key and a subject (the released
         name of a subject's folder or its pseudonym from a mapping). Without a subject, the
         key's own shift (slides named one by one or lying directly in an input folder)."""
-        return 1 + int.from_bytes(self._mac("date-shift", subject.encode())[:4], "big") % MAX_SHIFT_DAYS
+        return 1 + int.from_bytes(self._mac("date-shift", subject.encode("utf-8", "surrogateescape"))[:4], "big") % MAX_SHIFT_DAYS
 
     def folder_pseudonym(self, name: str) -> str:
         """The released name of a folder of an input tree: the same name gets the same
         pseudonym wherever it is, in every run with the same key (Unicode NFC, so that a name
         written by macOS, decomposed, and the same name composed are one)."""
-        code = base64.b32encode(self._mac("folder", unicodedata.normalize("NFC", name).encode())[:10])
+        code = base64.b32encode(self._mac("folder", unicodedata.normalize("NFC", name).encode("utf-8", "surrogateescape"))[:10])
         return f"{FOLDER_PREFIX}{code.decode().lower()[:16]}"
 
     def file_pseudonym(self, name: str) -> str:
         """The pseudonymous name a file that is not a slide is listed under (never written)."""
-        code = base64.b32encode(self._mac("file", unicodedata.normalize("NFC", name).encode())[:10])
+        code = base64.b32encode(self._mac("file", unicodedata.normalize("NFC", name).encode("utf-8", "surrogateescape"))[:10])
         return f"file-{code.decode().lower()[:16]}"
 
     def digest(self, purpose: str, data: bytes) -> str:
@@ -93,12 +127,12 @@ class Keyring:
 
     def uid(self, old: str) -> str:
         """The replacement of a DICOM UID: the same old UID maps to the same new one."""
-        digest = hmac.new(self.key, b"uid\x00" + old.encode(), hashlib.sha256).digest()
+        digest = hmac.new(self.key, b"uid\x00" + old.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
         return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
     def identifier(self, kind: str, value: str) -> str:
         """A keyed pseudonym for an identifier of one kind (patient, accession, ...)."""
-        digest = hmac.new(self.key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        digest = hmac.new(self.key, f"{kind}\x00{value}".encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
         return f"{kind[:3].upper()}-{digest[:12].upper()}"
 
     def uid_sequence(self, fp: bytes):

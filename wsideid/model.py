@@ -229,4 +229,5 @@ class Result:
     status: str = "ok"        # ok | failed (verification) | error (unreadable input, I/O)
     message: str = ""
     zeroed_bytes: int = 0
+    undo: Path | None = None     # in place: the undo record its caller forgets (keep_undo)
     failed: Path | None = None   # what failed when it is not the input (the output folder)

@@ -114,7 +114,7 @@ def unsafe_name(name: str) -> str | None:
         return "starts with a dot"
     if any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
         return "holds a slash or a control character"
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         return f"is longer than {MAX_NAME_BYTES} bytes"
     return None
 

@@ -26,6 +26,20 @@ def needle_forms(needle: str) -> set[bytes]:
     return forms
 
 
+MAX_NEEDLE = 1024   # longer values are searched for by three slices of SLICE characters
+SLICE = 256
+
+
+def pieces(value: str) -> list[str]:
+    """What to search for one value: itself, or, past MAX_NEEDLE characters, its start,
+    middle and end (any survival of the whole value contains all three, and memory stays
+    bounded: the encoded forms of a 50 MB value would take a gigabyte)."""
+    if len(value) <= MAX_NEEDLE:
+        return [value]
+    mid = len(value) // 2
+    return [value[:SLICE], value[mid - SLICE // 2: mid + SLICE // 2], value[-SLICE:]]
+
+
 def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE, written=()) -> list[str]:
     """Needles worth searching: every removed value long enough to mean something, unless the
     output holds it on purpose as a whole: a kept value equal to it (AppMag kept in level 0 and
@@ -33,7 +47,8 @@ def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE, written=()) -> list
     value, or a placeholder ("None", "slide"). A removed value inside a kept one in any other
     way (a name in a model string) is searched for, so that its survival fails verification
     instead of being skipped. Inside a value the tool wrote itself (a dummy, a pseudonym, a
-    shifted date) a removed value is a coincidence of digits: skipped."""
+    shifted date) a removed value is a coincidence of digits: skipped. A value past MAX_NEEDLE
+    characters is searched for by its pieces (decided on the whole value first)."""
     kept = {k.strip().lower() for k in kept_texts if k}
     kept_numbers = {n for k in kept for n in NUMBER_TOKEN.findall(k)}
     own = [w.lower() for w in written if w]
@@ -46,7 +61,7 @@ def usable(values, kept_texts=(), min_len: int = MIN_NEEDLE, written=()) -> list
         if (low in kept or low in PLACEHOLDERS or any(low in w for w in own)
                 or (BARE_NUMBER.fullmatch(value) and _same_number(value, kept_numbers))):
             continue
-        out.add(value)
+        out.update(pieces(value))
     return sorted(out)
 
 
@@ -68,16 +83,20 @@ def _float(text: str) -> float | None:
         return None
 
 
+def _forms(needle: str) -> set[bytes]:
+    return {f for piece in pieces(needle) for f in needle_forms(piece)}
+
+
 def find_in(data: bytes, needles: list[str]) -> list[str]:
     low = data.lower()
-    return [n for n in needles if any(form in low for form in needle_forms(n))]
+    return [n for n in needles if any(form in low for form in _forms(n))]
 
 
 def find_in_file(path: Path, needles: list[str]) -> list[str]:
     """Search a whole file, in chunks that overlap by the longest needle form."""
     if not needles:
         return []
-    forms = {n: needle_forms(n) for n in needles}
+    forms = {n: _forms(n) for n in needles}
     overlap = max(len(f) for fs in forms.values() for f in fs)
     found: set[str] = set()
     with open(path, "rb") as fh:

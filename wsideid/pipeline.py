@@ -21,6 +21,7 @@ class Settings:
     keyring: Keyring
     target: Target = Target()
     name: str = ""      # the slide's released name instead of its keyed pseudonym (a mapping's)
+    keep_undo: bool = False   # in place: the caller forgets the undo record (after its map row)
 
 
 def naming_of(adapter, slide, keyring: Keyring, name: str = "") -> Naming:
@@ -98,9 +99,9 @@ def _run(job: Job, settings: Settings) -> Result:
             naming = adapter.stored_naming(slide)
         # what OpenSlide shows of the input: read beside the copy, or before patching in place
         seen = adapter.reader_path(slide)
-        before = Background(lambda: openslide_view(seen) if seen is not None else None)
+        before = Background(lambda: openslide_view(seen, decode=True) if seen is not None else None)
         if settings.target.in_place:
-            before.join()
+            _decodes(before.join())
         writer = adapter.writer(slide, naming, settings.target)
         try:
             # while the bulk copy runs: what the associated images show, then the plan
@@ -118,6 +119,7 @@ def _run(job: Job, settings: Settings) -> Result:
                 writer.abort()
                 result.pseudonym, result.message = "", plan.empty
                 return result
+            _decodes(before.join())
             written = writer.finish(plan)
         except BaseException:
             writer.abort()
@@ -144,10 +146,24 @@ def _run(job: Job, settings: Settings) -> Result:
         except BaseException:
             written.discard()
             raise
+        if written.undo is not None:
+            if settings.keep_undo:
+                result.undo = written.undo
+            else:
+                from .containers.files import forget
+
+                forget(written.undo)
         result.zeroed_bytes = written.zeroed_bytes
         return result
     finally:
         slide.close()
+
+
+def _decodes(view) -> None:
+    """An input OpenSlide opens but cannot decode (a corrupt tile) is not a readable slide:
+    refused before anything is written, as any other unreadable input."""
+    if view is not None and view.decode_error is not None:
+        raise SlideError(f"OpenSlide cannot decode it: {view.decode_error}")
 
 
 def recover(job: Job) -> bool:

@@ -171,3 +171,29 @@ def openslide_smallest_level(path: Any) -> Any:
             return np.asarray(osr.read_region((0, 0), level, (w, h)).convert("RGB"))
     except Exception:  # noqa: BLE001 - any reader failure: no picture, the caller decides
         return None
+
+
+def refuse_shared_bytes(images: list) -> None:
+    """Refuse a slide in which an image to be kept stores its pieces in bytes that belong to an
+    image that is dropped, replaced or redacted: those bytes are zeroed or rewritten, and a
+    kept tile over them would carry the other image (a label, a macro) into the output."""
+    import numpy as np
+
+    kept = [img for img in images if img.action == "keep" and img.runs is not None]
+    others = [img for img in images if img.action != "keep" and img.runs is not None]
+    for other in others:
+        for img in kept:
+            for file in np.unique(other.runs.files):
+                a = other.runs.offsets[other.runs.files == file]
+                b = a + other.runs.counts[other.runs.files == file]
+                mine = (img.runs.files == file) & (img.runs.counts > 0)
+                if not mine.any():
+                    continue
+                starts = np.sort(img.runs.offsets[mine])
+                ends = np.sort(img.runs.offsets[mine] + img.runs.counts[mine])
+                # kept pieces starting before b minus those ending at or before a: overlaps
+                over = (np.searchsorted(starts, b, side="left")
+                        - np.searchsorted(ends, a, side="right"))
+                if (over[(b > a)] > 0).any():
+                    raise SlideError(f"{img.index}: its image data lies in the bytes of "
+                                     f"{other.index} ({other.role}, which is not kept as it is)")

@@ -95,10 +95,19 @@ def ps315_table() -> dict:
     return catalog.read_toml("dicom-ps3.15.toml")["attributes"]
 
 
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"   # Media Storage Directory Storage (PS3.10 DICOMDIR)
+
+
 def series_uid(path: Path) -> str:
     from ..containers.dicom.io import read_header
 
     ds, _ = read_header(path)
+    meta = getattr(ds, "file_meta", None)
+    if (meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_DIRECTORY) \
+            or "DirectoryRecordSequence" in ds:
+        from ..errors import NotASlide
+
+        raise NotASlide("a DICOMDIR (the index of a DICOM export)")
     uid = ds.get("SeriesInstanceUID")
     if not uid:
         raise SlideError("DICOM file without SeriesInstanceUID")

@@ -52,7 +52,7 @@ from ..model import (KEPT, Field, Geometry, Image, Job, Naming, Plan, RedactImag
 from ..policy import Policy
 from ..sampling import digest, sample
 from . import mrxs_positions
-from .base import Adapter, Probe, is_regular_file
+from .base import Adapter, Probe, is_regular_file, refuse_shared_bytes
 from .mrxs_slidedat import SlidedatPlanner
 
 EXTENSION = ".mrxs"
@@ -357,6 +357,7 @@ class MiraxAdapter(Adapter):
                                 Geometry(n, (base_w / w if w else 0.0, base_h / h if h else 0.0)),
                                 _runs(slide.index.hier[n], codec.lower())))
         kept_values = self._plan_records(slide, policy, images, fields)
+        refuse_shared_bytes(images)
         files = [DataFileOut(data_file_name(i)) for i in range(len(slide.data_paths))]
         nonhier = self._keep_records(slide, kept_values, images, files, fields, edits)
         hier = self._keep_levels(slide, images, files, fields, edits, screen)
@@ -777,11 +778,10 @@ class MiraxWriter:
             raise
 
         def release() -> Path:
-            undo.discard()
             return self.final
 
         return Written((self.final,), release, undo.restore, zeroed,
-                       {"input_intact": False, "digests": digests})
+                       {"input_intact": False, "digests": digests}, undo=undo.record)
 
     def _close(self) -> None:
         for fd in self.fds:

@@ -39,7 +39,7 @@ from ..model import (KEPT, Field, Geometry, Image, Job, Naming, PatchRun, Plan, 
 from ..policy import Policy, decide
 from ..sampling import digest, sample
 from . import tiff_values
-from .base import Adapter, Probe
+from .base import Adapter, Probe, refuse_shared_bytes
 
 MAX_REPORTED_SEGMENTS = 50
 SUBIFDS = 330
@@ -253,6 +253,7 @@ class TiffAdapter(Adapter):
             ctx.fields.extend(lost)
         if not any(img.action in KEPT and img.role == "level" for img in images):
             raise SlideError("no pyramid level would remain")
+        refuse_shared_bytes(images)
         for new in new_images:
             self._new_image(ctx, new)
         return Plan(self.format_name, images, ctx.fields,
@@ -687,11 +688,10 @@ class TiffWriter:
         def release() -> Path:
             os.replace(path, self.final)
             fsync_dir(self.final.parent)
-            undo.discard()
             return self.final
 
         return Written((path,), release, undo.restore, result.zeroed_bytes,
-                       {"input_intact": False, "digests": digests})
+                       {"input_intact": False, "digests": digests}, undo=undo.record)
 
     def abort(self) -> None:
         if self.staging is not None:

@@ -303,6 +303,7 @@ class PlannedWrites:
 
 
 UNDO_SUFFIX = ".wsideid-undo"
+MANIFEST = "manifest.json"
 
 
 def undo_record_for(path: Path) -> Path:
@@ -346,13 +347,15 @@ class Undo:
         self.renames.append((str(old), str(new)))
 
     def seal(self) -> None:
-        """Make the record durable before the first change."""
+        """Make the record durable before the first change: every saved byte first, then the
+        manifest (renamed into place: a record has a manifest only when it is complete)."""
         import json
 
         self._ensure_folder()
         manifest = json.dumps({"files": self.files, "renames": self.renames}).encode()
+        fsync_dir(self.record)          # the blobs' names are durable before the manifest
         write_new(self.record / "manifest.json.partial", manifest)
-        os.replace(self.record / "manifest.json.partial", self.record / "manifest.json")
+        os.replace(self.record / "manifest.json.partial", self.record / MANIFEST)
         fsync_dir(self.record)
         fsync_dir(self.record.parent)
 
@@ -361,8 +364,9 @@ class Undo:
         restore(self.record)
 
     def discard(self) -> None:
-        shutil.rmtree(self.record, ignore_errors=True)
-        fsync_dir(self.record.parent)
+        """Forget the record: the change is complete. The manifest goes first (durably), so a
+        crash while the rest is removed leaves a record that says nothing was changed."""
+        forget(self.record)
 
     def _ensure_folder(self) -> None:
         if not self.record.exists():
@@ -375,26 +379,86 @@ class Undo:
         return name
 
 
-def restore(record: Path) -> bool:
-    """Put back what an undo record saved; True when there was something to restore. A record
-    without a manifest was never sealed: nothing had been changed."""
+def forget(record: Path) -> None:
+    """Remove an undo record without restoring anything: its manifest first, durably, then
+    the saved bytes. Safe to repeat, and safe to interrupt at any point."""
+    for name in (MANIFEST, MANIFEST + PARTIAL):
+        try:
+            os.unlink(record / name)
+        except FileNotFoundError:
+            pass
+        except NotADirectoryError:
+            break
+    if record.is_dir():
+        fsync_dir(record)
+    shutil.rmtree(record, ignore_errors=True)
+    if record.is_symlink() or record.is_file():
+        record.unlink(missing_ok=True)
+    fsync_dir(record.parent)
+
+
+class UndoRecordError(SlideError):
+    """An undo record that cannot be used (damaged by hand): nothing was touched."""
+
+
+def _load(record: Path) -> dict | None:
+    """The manifest of a complete record, checked against its saved bytes before anything is
+    changed; None when the record says nothing was changed (no manifest, or saved bytes
+    missing: a record whose removal was interrupted)."""
     import json
 
-    manifest = record / "manifest.json"
-    if not manifest.exists():
-        shutil.rmtree(record, ignore_errors=True)
+    try:
+        data = json.loads((record / MANIFEST).read_text(encoding="utf-8"))
+        files = data["files"]
+        renames = [(str(a), str(b)) for a, b in data["renames"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UndoRecordError(f"the undo record {record.name} of an interrupted in-place run "
+                              f"cannot be read ({type(exc).__name__}); nothing was changed: "
+                              "restore the slide from a copy, then remove the record") from None
+    blobs = []
+    for entry in files:
+        if "whole" in entry:
+            blobs.append((entry["whole"], entry["size"]))
+        else:
+            blobs += [(blob, end - start) for start, end, blob in entry["ranges"]]
+    for blob, size in blobs:
+        if "/" in blob or blob.startswith("."):
+            raise UndoRecordError(f"the undo record {record.name} names a file outside itself")
+        try:
+            saved = (record / blob).stat().st_size
+        except FileNotFoundError:
+            return None     # an earlier version removed blobs before the manifest: forgotten
+        if saved != size:
+            raise UndoRecordError(f"the undo record {record.name} of an interrupted in-place run "
+                                  "is damaged (a saved part has the wrong size); nothing was "
+                                  "changed: restore the slide from a copy, then remove the record")
+    return {"files": files, "renames": renames}
+
+
+def restore(record: Path) -> bool:
+    """Put back what an undo record saved; True when there was something to restore. A record
+    without a manifest was never sealed (nothing had been changed) or was being forgotten
+    (the change was complete): it is removed. Every step can be repeated: a restore that is
+    itself interrupted is finished by the next one; the manifest goes last."""
+    data = _load(record)
+    if data is None:
+        forget(record)
         return False
-    data = json.loads(manifest.read_text())
     for old, new in reversed(data["renames"]):
         old_path, new_path = Path(old), Path(new)
-        if new_path.exists() and not old_path.exists():
+        if os.path.lexists(new_path) and not os.path.lexists(old_path):
             os.rename(new_path, old_path)
     for entry in data["files"]:
         path = Path(entry["path"])
         if "whole" in entry:
+            # a replacement the interrupted run was writing (`.NAME.xxxx.partial`) goes too
+            for partial in path.parent.glob(f".{_glob_escape(path.name)}.*{PARTIAL}"):
+                partial.unlink(missing_ok=True)
             replace_durably(path, (record / entry["whole"]).read_bytes())
             continue
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
         try:
             for start, end, blob in entry["ranges"]:
                 os.pwrite(fd, (record / blob).read_bytes(), start)
@@ -402,11 +466,17 @@ def restore(record: Path) -> bool:
             os.fsync(fd)
         finally:
             os.close(fd)
-    for folder in {Path(e["path"]).parent for e in data["files"]}:
-        fsync_dir(folder)
-    shutil.rmtree(record, ignore_errors=True)
-    fsync_dir(record.parent)
+    folders = {Path(e["path"]).parent for e in data["files"]}
+    folders |= {Path(p).parent for pair in data["renames"] for p in pair}
+    for folder in folders:
+        if folder.is_dir():
+            fsync_dir(folder)
+    forget(record)
     return True
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

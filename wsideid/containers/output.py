@@ -25,3 +25,6 @@ class Written:
     discard: Callable[[], None]
     zeroed_bytes: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    # in place: the undo record to forget once the release is recorded (the map row of the
+    # renamed slide written): until then a crash puts the old slide back under its old name
+    undo: Path | None = None

@@ -20,7 +20,6 @@ marker chains of all tiles at once with numpy and only flags streams that need a
 """
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import struct
@@ -388,11 +387,27 @@ def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarr
     if idx.size == 0:
         return flags
     o, e = offs[idx], offs[idx] + cnts[idx]
-    soi = (buf[o] == 0xFF) & (buf[o + 1] == SOI)
-    # a stream may end with one padding NUL (DICOM items have even lengths)
-    plain_end = (buf[e - 2] == 0xFF) & (buf[e - 1] == EOI)
-    padded_end = (buf[e - 3] == 0xFF) & (buf[e - 2] == EOI) & (buf[e - 1] == 0)
-    sof = np.zeros(len(idx), dtype=np.int64)
+    tail, data_end = _jpeg_tail(buf[e - 3], buf[e - 2], buf[e - 1], e)
+    bad_head, data_start = _jpeg_head(buf, o, e)
+    flags[idx] = bad_head | ~tail | _markers_between(buf, data_start, data_end)
+    return flags
+
+
+def _jpeg_tail(b3: np.ndarray, b2: np.ndarray, b1: np.ndarray,
+               e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From a stream's last three bytes: whether it ends with EOI (a stream may end with one
+    padding NUL: DICOM items have even lengths), and where its entropy-coded data ends."""
+    plain_end = (b2 == 0xFF) & (b1 == EOI)
+    padded_end = (b3 == 0xFF) & (b2 == EOI) & (b1 == 0)
+    return plain_end | padded_end, np.where(padded_end & ~plain_end, e - 3, e - 2)
+
+
+def _jpeg_head(buf: np.ndarray, o: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For streams at `o` (ending at `e`): whether SOI is missing or a header segment does not
+    match its syntax, or the scan is not one plain sequential or lossless scan, and where the
+    entropy-coded data after SOS starts. Reads at most HEAD_BYTES of each stream."""
+    soi = (_at(buf, o) == 0xFF) & (_at(buf, o + 1) == SOI)
+    sof = np.zeros(len(o), dtype=np.int64)
 
     checks = {DQT: lambda q, n: _tables_misfit(buf, q, q + 2 + n, 4, False),
               DHT: lambda q, n: _tables_misfit(buf, q, q + 2 + n, 8, True),
@@ -427,12 +442,12 @@ def screen_jpeg(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarr
                 & ((ahal >> 4) == 0))
     sos_ok = ((stop == SOS) & (ns >= 1) & (ns <= 4) & (sos_length == 6 + 2 * ns)
               & (sequential | lossless))
-    # after SOS: any marker other than a restart marker before the final EOI
-    data_start = np.minimum(at + 2 + sos_length, e)
-    data_end = np.where(padded_end & ~plain_end, e - 3, e - 2)
-    flags[idx] = (~soi | ~(plain_end | padded_end) | walked | ~sos_ok
-                  | _markers_between(buf, data_start, data_end))
-    return flags
+    return ~soi | walked | ~sos_ok, np.minimum(at + 2 + sos_length, e)
+
+
+# the most of a stream _jpeg_head reads: SOI, MAX_HEADER_SEGMENTS segments of at most 2 + 65535
+# bytes each, and the next segment's marker and length
+HEAD_BYTES = 2 + MAX_HEADER_SEGMENTS * (2 + 0xFFFF) + 4
 
 
 def _markers_between(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -442,10 +457,14 @@ def _markers_between(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> n
     if hi <= lo:
         return np.zeros(len(starts), dtype=bool)
     ff = np.flatnonzero(buf[lo:hi] == 0xFF) + lo
-    following = buf[np.minimum(ff + 1, len(buf) - 1)]
-    marker = (following != 0x00) & (following != 0xFF) & ((following < 0xD0) | (following > 0xD7))
-    found = ff[marker]
+    found = ff[_is_marker(buf[np.minimum(ff + 1, len(buf) - 1)])]
     return np.searchsorted(found, ends, side="left") > np.searchsorted(found, starts, side="left")
+
+
+def _is_marker(following: np.ndarray) -> np.ndarray:
+    """Whether FF followed by these bytes is a marker (not a stuffed zero, a restart marker
+    or a fill byte)."""
+    return (following != 0x00) & (following != 0xFF) & ((following < 0xD0) | (following > 0xD7))
 
 
 WINDOW = 64 << 20
@@ -456,7 +475,8 @@ def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, scr
 
     Windows keep memory small. They are read with pread, not mapped: a mapped file that
     shrinks while it is read kills the process with SIGBUS, and a mapping cannot be closed
-    while a view of it waits for the garbage collector (Dask workers defer collection)."""
+    while a view of it waits for the garbage collector (Dask workers defer collection). A
+    single run larger than a window is screened by _screen_large, also through pread."""
     flags = np.zeros(len(offs), dtype=bool)
     live = np.nonzero(cnts > 0)[0]
     if live.size == 0:
@@ -472,28 +492,46 @@ def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, scr
         chunk = order[start:stop]
         hi = int((offs[chunk] + cnts[chunk]).max())
         if hi - base > WINDOW:  # one run larger than a window (an NDPI level's single JPEG)
-            flags[chunk] = _screen_mapped(fd, base, hi, offs[chunk], cnts[chunk], screen)
+            flags[chunk] = [_screen_large(fd, int(offs[i]), int(cnts[i]), screen)
+                            for i in chunk.tolist()]
         else:
-            window = bytearray(hi - base)
-            if os.preadv(fd, [window], base) != len(window):
-                raise SlideError("image data ends before its stated length (was the file "
-                                 "truncated or changed while being read?)")
-            flags[chunk] = screen(np.frombuffer(window, dtype=np.uint8), offs[chunk] - base,
-                                  cnts[chunk])
+            flags[chunk] = screen(_read(fd, base, hi - base), offs[chunk] - base, cnts[chunk])
         start = stop
     return flags
 
 
-def _screen_mapped(fd: int, lo: int, hi: int, offs: np.ndarray, cnts: np.ndarray, screen):
-    """Screen runs through a read-only mapping (a run too large to read into memory)."""
-    base = lo // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
-    if os.fstat(fd).st_size < hi:
-        raise SlideError("image data ends before its stated length")
-    mm = mmap.mmap(fd, hi - base, offset=base, access=mmap.ACCESS_READ)
-    try:
-        return screen(np.frombuffer(mm, dtype=np.uint8), offs - base, cnts)
-    finally:
-        try:
-            mm.close()
-        except BufferError:  # a view still waits for collection; the mapping goes with it
-            pass
+def _read(fd: int, offset: int, length: int) -> np.ndarray:
+    """`length` bytes of the file at `offset`; a short read is the input's error."""
+    window = bytearray(length)
+    if os.preadv(fd, [window], offset) != length:
+        raise SlideError("image data ends before its stated length (was the file "
+                         "truncated or changed while being read?)")
+    return np.frombuffer(window, dtype=np.uint8)
+
+
+def _screen_large(fd: int, off: int, cnt: int, screen) -> bool:
+    """Screen one run larger than a window in bounded memory (no memory map: a file that
+    shrinks would kill the process with SIGBUS). A JPEG's headers, its last bytes and its
+    entropy-coded data window by window; a run of another codec is flagged (parsed whole)."""
+    if cnt <= WINDOW:     # a small run that shares the large one's window
+        return bool(screen(_read(fd, off, cnt), np.zeros(1, np.int64), np.full(1, cnt))[0])
+    if screen is not screen_jpeg:
+        return True
+    o, e = np.array([0], dtype=np.int64), np.array([cnt], dtype=np.int64)
+    last = _read(fd, off + cnt - 3, 3)
+    tail, data_end = _jpeg_tail(last[0:1], last[1:2], last[2:3], e)
+    bad_head, data_start = _jpeg_head(_read(fd, off, min(cnt, HEAD_BYTES)), o, e)
+    if bad_head[0] or not tail[0]:
+        return True
+    return _markers_in_file(fd, off + int(data_start[0]), off + int(data_end[0]))
+
+
+def _markers_in_file(fd: int, start: int, end: int) -> bool:
+    """Whether [start, end) of the file holds a marker other than a stuffed zero, a restart
+    marker or a fill byte, read window by window (each with the byte after it)."""
+    for pos in range(start, end, WINDOW):
+        stop = min(pos + WINDOW, end)
+        buf = _read(fd, pos, stop - pos + 1)
+        if _markers_between(buf, np.array([0]), np.array([stop - pos]))[0]:
+            return True
+    return False

@@ -13,10 +13,13 @@ class ReaderView:
     mpp_y: str | None
     objective_power: str | None
     associated: frozenset[str]
+    decode_error: str | None = None   # what decoding it as check_reader does raised (input)
 
 
-def openslide_view(path: Path) -> ReaderView | None:
-    """None when OpenSlide cannot open the file."""
+def openslide_view(path: Path, decode: bool = False) -> ReaderView | None:
+    """None when OpenSlide cannot open the file. With `decode`, the view also says whether
+    what verification decodes of an output decodes here (an input that does not is the
+    input's problem, not a failed de-identification)."""
     import openslide
 
     try:
@@ -25,12 +28,18 @@ def openslide_view(path: Path) -> ReaderView | None:
         return None
     try:
         props = slide.properties
-        return ReaderView(props.get("openslide.vendor"), tuple(slide.level_dimensions),
+        view = ReaderView(props.get("openslide.vendor"), tuple(slide.level_dimensions),
                           props.get("openslide.mpp-x"), props.get("openslide.mpp-y"),
                           props.get("openslide.objective-power"),
                           frozenset(slide.associated_images))
     finally:
         slide.close()
+    if decode:
+        try:
+            _decode_corners(path, view, associated=False)   # images may be dropped anyway
+        except Exception as exc:  # noqa: BLE001 - OpenSlide raises several types
+            view = replace(view, decode_error=str(exc) or type(exc).__name__)
+    return view
 
 
 def check_reader(out_path: Path, dropped: set[str], before: ReaderView | None,
@@ -65,12 +74,12 @@ def check_reader(out_path: Path, dropped: set[str], before: ReaderView | None,
     return problems
 
 
-def _decode_corners(path: Path, view: ReaderView) -> None:
+def _decode_corners(path: Path, view: ReaderView, associated: bool = True) -> None:
     """Decode a region of every level and every associated image, as a user would."""
     import openslide
 
     with openslide.OpenSlide(str(path)) as slide:
         for level, (w, h) in enumerate(view.level_dimensions):
             slide.read_region((0, 0), level, (min(w, 512), min(h, 512)))
-        for name in view.associated:
+        for name in view.associated if associated else ():
             slide.associated_images[name]

@@ -165,6 +165,40 @@ class TiffFile:
         self.ifds = self._read_chain(self.first_ifd)
         if not self.ifds:
             raise SlideError("TIFF has no image directory")
+        self._check_overlaps()
+
+    def _check_overlaps(self) -> None:
+        """No image byte run may cover an IFD or a tag value: such a file is corrupt (or
+        built to make a de-identified value look like image data, which is kept byte for
+        byte). Runs overlapping each other (tiles shared) are legal."""
+        meta: dict[int, int] = {}
+        for top in self.ifds:
+            for ifd in top.walk():
+                meta[ifd.offset] = max(meta.get(ifd.offset, 0), ifd.offset + ifd.size)
+                for tag in list(ifd.tags.values()) + ifd.duplicates:
+                    if tag.value_offset is not None and tag.nbytes:
+                        meta[tag.value_offset] = max(meta.get(tag.value_offset, 0),
+                                                     tag.value_offset + tag.nbytes)
+        if not meta:
+            return
+        starts = np.array(sorted(meta), dtype=np.int64)
+        ends = np.maximum.accumulate(np.array([meta[a] for a in sorted(meta)], dtype=np.int64))
+        for top in self.ifds:
+            for ifd in top.walk():
+                regions = ifd.data_regions(self.byteorder)
+                if regions is None:
+                    continue
+                _, _, offs, cnts = regions
+                used = cnts > 0
+                if not used.any():
+                    continue
+                a, b = offs[used], offs[used] + cnts[used]
+                # the last metadata range starting before each run's end must end before its start
+                k = np.searchsorted(starts, b, side="left") - 1
+                hit = (k >= 0) & (ends[np.maximum(k, 0)] > a)
+                if hit.any():
+                    raise SlideError(f"{ifd.label}: image data overlaps the file's directories or "
+                                     "tag values (corrupt)")
 
     def _detect_ndpi(self, head: bytes) -> None:
         """Hamamatsu NDPI: classic TIFF whose header holds an 8-byte first-IFD offset, whose
