@@ -713,6 +713,7 @@ def locate_and_screen(out: InstanceOut, fields: list[Field], edits: list[Replace
     runs go to its image, the cleaned frames to `edits`, what was removed to `fields`; an
     offset table that does not describe the frames is rebuilt (`out.rebuild`) or removed."""
     from ..containers.dicom.io import locate_pixels
+    from ..images import segments
     from . import dicom_frames
 
     inst, image = out.instance, out.image
@@ -729,7 +730,7 @@ def locate_and_screen(out: InstanceOut, fields: list[Field], edits: list[Replace
         for marker, payload in removed:
             fields.append(Field(f"codestream:{marker}", f"{image.index} frame {run}",
                                 payload.decode("latin-1").strip("\x00 "), "remove",
-                                why="text segment inside a frame"))
+                                why=segments.why_removed(marker, "text segment inside a frame")))
     if found.rebuild:
         out.rebuild = True
         fields.append(Field("dicom:BasicOffsetTable", f"{image.index} pixel data", "", "remove",
