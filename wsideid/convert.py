@@ -59,6 +59,7 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
         result = _convert(job, policy, keyring, outdir, allow_transcode)
     if result.plan is not None:
         result.plan.warnings += caught.summary()
+        result.plan.library_log += caught.log_summary()
     return result
 
 

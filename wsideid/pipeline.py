@@ -41,6 +41,7 @@ def plan_job(job: Job, policy: Policy, keyring: Keyring, name: str = "",
     with withheld() as caught:
         naming, plan = _plan_job(job, policy, keyring, name, screen)
     plan.warnings += caught.summary()
+    plan.library_log += caught.log_summary()
     return naming, plan
 
 
@@ -77,6 +78,7 @@ def run(job: Job, settings: Settings) -> Result:
         result = _run(job, settings)
     if result.plan is not None:
         result.plan.warnings += caught.summary()
+        result.plan.library_log += caught.log_summary()
     return result
 
 
