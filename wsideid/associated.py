@@ -107,11 +107,6 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
             and not any(img.role == "label" for img in adapter.images(slide)):
         warnings.append(f"--label {policy.label}: nothing to {policy.label}: "
                         f"{getattr(adapter, 'no_label', 'the slide has no label image')}")
-    if policy.ocr and not checks.ocr_ran and any(c.image.role in TEXT_ROLES
-                                                 and policy.image_action(c.image.role) != "drop"
-                                                 for c in checks.images):
-        warnings.append("OCR was not run: it is not installed (the ocr extra and tesseract-ocr "
-                        "read text on labels and overviews)")
     slide_policy = replace(policy, forbidden=frozenset(forbidden),
                            image_overrides=tuple(overrides.items()))
     edits = []
@@ -127,7 +122,26 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
             else:
                 edits.append(edit)
     slide_policy = replace(slide_policy, image_overrides=tuple(overrides.items()))
+    unread = _kept_unread(checks, slide_policy)
+    if unread:
+        warnings.append(unread)
     return slide_policy, fields, warnings, edits
+
+
+def _kept_unread(checks: SlideChecks, policy: Policy) -> str | None:
+    """A warning when a label or overview goes out as photographed (kept, or redacted: only
+    its label area is blanked) without OCR having read it: handwriting and printed text that
+    is no barcode then stays unchecked."""
+    if checks.ocr_ran:
+        return None
+    kept = [c.image for c in checks.images if c.image.role in TEXT_ROLES
+            and policy.image_action_for(c.image.index, c.image.role) in ("keep", "redact")]
+    if not kept:
+        return None
+    why = ("--no-ocr" if not policy.ocr else
+           "it is not installed: the ocr extra and tesseract-ocr read text on labels and overviews")
+    images = ", ".join(f"the {image.role} image ({image.index})" for image in kept)
+    return f"OCR was not run ({why}); released without reading their text: {images}"
 
 
 def _new_label(check: ImageCheck, naming: Naming) -> ReplaceImage:
