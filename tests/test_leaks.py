@@ -284,6 +284,43 @@ def test_ndpi_property_keys_under_kept_prefixes_cannot_carry_names(tmp_path):
     assert "roi.slide.macro=" in kept and "PSHV.ploidy=" in kept   # the format's own keys stay
 
 
+def test_ndpi_keys_a_pattern_keeps_whose_name_announces_an_identifier_go(tmp_path):
+    src = copy_of(tmp_path, "ndpi/test3-DAPI-2-387.ndpi")
+    with tifffile.TiffFile(src) as tf:
+        text = tf.pages[0].tags[65449].value
+    # made of the catalog's key words, under `roi.*`, holding only numbers (attack r09)
+    planted = text.replace("slide.tickness=0", "slide.tickness=0\r\nroi.barcode.no=48151623\r\n"
+                           "roi.slide.name=20240517")
+    for ifd in range(6):
+        set_text(src, ifd, 65449, planted)
+    out, _ = deid(src, tmp_path)
+    no_leak(out, ["48151623", "20240517"])
+    [dst] = released(out)
+    with tifffile.TiffFile(dst) as tf:
+        kept = tf.pages[0].tags[65449].value
+    assert "roi.slide.macro=" in kept and "roi.barcode.macro=" in kept   # listed exactly: kept
+    [slide] = json.loads((out / "wsideid-report.json").read_text())["slides"]
+    planted_keys = ("ndpi:roi.barcode.no", "ndpi:roi.slide.name")
+    found = [f for f in slide["fields"] if f["name"] in planted_keys]
+    assert found and all(f["action"] == "remove" for f in found)
+    assert {"matched only by a pattern, and its name says 'barcode': an identifier",
+            "matched only by a pattern, and its name says 'name': an identifier"} <= {
+        f["why"] for f in found}
+
+
+def test_every_catalog_pattern_follows_the_identifier_word_rule():
+    from wsideid import catalog
+
+    mirax = catalog.load("mirax")
+    assert mirax.lookup("general.CAMERA_IMAGE_SIZE_X").action == "keep"
+    for key in ("general.CAMERA_BARCODE_SIZE", "general.CAMERA_SERIAL_SIZE", "hier.FOCUS_DATE"):
+        assert mirax.lookup(key).action == "remove", key
+    ndpi = catalog.load("hamamatsu-ndpi", "properties")
+    assert ndpi.lookup("roi.macro").action == "keep"
+    assert ndpi.lookup("roi.barcode.no").action == "remove"
+    assert catalog.load("aperio-svs").lookup("ScannerSerialID").action == "device"   # its option
+
+
 def test_aperio_header_keeps_only_its_grammar(tmp_path):
     src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
     with tifffile.TiffFile(src) as tf:
