@@ -799,6 +799,27 @@ def test_tables_no_scan_selects_are_removed_from_jpegtables_and_tiles(tmp_path):
     assert "unused DHT table" in report and "unused DQT table" in report
 
 
+def test_a_jpegtables_table_every_tile_defines_itself_is_removed(tmp_path):
+    src = copy_of(tmp_path, CMU)
+    with tifffile.TiffFile(src) as tf:
+        tables = tf.pages[1].tags["JPEGTables"].value
+        strips = len(tf.pages[1].dataoffsets)
+    dqt0 = next(b for b in _tables_of(tables)[0xDB] if b[0] == 0x00)[:65]   # 8-bit table 0
+    at = tables.find(dqt0)
+    # JPEGTables' quantisation table 0 spells text; every strip defines its own table 0 (the
+    # original), which is the one decoders read
+    from tiffpatch import set_tag
+    set_tag(src, 1, 347, 7, tables[:at + 1] + TEXT[:32] * 2 + tables[at + 65:])
+    for i in range(strips):
+        strip = read_run(src, 1, i)
+        replace_run(src, 1, i, strip[:2] + _segment(0xDB, dqt0) + strip[2:])
+    out = deid(src)
+    dst = output_file(out, ".svs")
+    with tifffile.TiffFile(dst) as tf, tifffile.TiffFile(shared_slide(CMU)) as before:
+        assert TEXT[:32] not in tf.pages[1].tags["JPEGTables"].value
+        assert np.array_equal(tf.pages[1].asarray(), before.pages[1].asarray())
+
+
 def test_an_unused_table_in_a_dicom_frame_is_removed(tmp_path):
     original: list[bytes] = []
 

@@ -467,8 +467,9 @@ class TiffAdapter(Adapter):
 
 def _tables_used(ctx: TiffPlanning, ifd: Ifd, tables: bytes
                  ) -> tuple[frozenset[segments.TableKey] | None, tuple[int, int] | None]:
-    """The tables of JPEGTables that the IFD's tiles select, and the tiles' frame. The first
-    tile usually selects every table there is; only when it does not are all tiles walked."""
+    """The tables of JPEGTables that the IFD's tiles select without defining them themselves,
+    and the tiles' frame. The first tile usually selects every table there is; only when it
+    does not are all tiles walked."""
     regions = ifd.data_regions(ctx.slide.bo)
     if regions is None:
         return None, None
@@ -479,10 +480,10 @@ def _tables_used(ctx: TiffPlanning, ifd: Ifd, tables: bytes
     if codec_family(ifd.int_value(259, ctx.slide.bo)) != "jpeg":
         return frozenset(), None      # no tile reads them
     first = ctx.slide.tiff.read(int(offs[live[0]]), int(cnts[live[0]]))
-    _, used, frame = segments.stream_tables(first)
+    own, used, frame = segments.stream_tables(first)
     defined = segments.stream_tables(tables)[0]
-    if defined <= used:
-        return frozenset(used), frame
+    if defined <= used - own:     # a table the tile defines itself shadows JPEGTables' one
+        return frozenset(used - own), frame
     bits = segments.screen_runs(ctx.slide.tiff.fd, ctx.slide.tiff.size, offs, cnts,
                                 segments.table_references, dtype=np.int64)
     return segments.keys_of(int(np.bitwise_or.reduce(bits))), frame

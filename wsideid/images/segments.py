@@ -415,14 +415,21 @@ def stream_tables(data: bytes) -> tuple[set[TableKey], set[TableKey], tuple[int,
 
 
 def table_references(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.ndarray:
-    """Per stream, the bits (TABLE_BITS) of the tables its frame and first scan select, found
-    with the vectorised walk; a stream that cannot be walked selects them all."""
+    """Per stream, the bits (TABLE_BITS) of the tables its frame and first scan select and it
+    does not define itself (those it reads from JPEGTables), found with the vectorised walk; a
+    stream that cannot be walked selects them all."""
     refs = np.zeros(len(offs), dtype=np.int64)
+    own = np.zeros(len(offs), dtype=np.int64)
     arithmetic = np.zeros(len(offs), dtype=bool)
     lossless = np.zeros(len(offs), dtype=bool)
     frames = list(SOF_MARKERS)
 
     def frame(m: np.ndarray, p: np.ndarray, s: np.ndarray) -> np.ndarray:
+        for marker, most in ((DQT, 4), (DHT, 8)):
+            i = np.flatnonzero(m == marker)
+            if i.size:
+                end = p[i] + 2 + _u16(buf, p[i] + 2)
+                own[s[i]] |= _tables_misfit(buf, p[i], end, most, marker == DHT)[1]
         i = np.flatnonzero(np.isin(m, frames))
         if i.size:
             nf = _at(buf, p[i] + 9)
@@ -443,7 +450,7 @@ def table_references(buf: np.ndarray, offs: np.ndarray, cnts: np.ndarray) -> np.
         here = (k < ns) & (stop == SOS)
         refs |= np.where(here, 1 << (dc_base + ((tdta >> 4) & 3)), 0)
         refs |= np.where(here & ~lossless, 1 << (ac_base + (tdta & 3)), 0)
-    return np.where(walked | ~live, ALL_TABLES, refs)
+    return np.where(walked | ~live, ALL_TABLES, refs & ~own)
 
 
 TABLE_BITS = {(DQT, 0, t): t for t in range(4)} | {
