@@ -113,3 +113,23 @@ def test_huge_removed_value_is_searched_in_bounded_memory():
     assert len(targets) == 3 and all(len(t) <= needles.SLICE for t in targets)
     assert needles.find_in(b"xx" + value[-600:].encode() + b"yy", [value]) == [value]
     assert needles.find_in(b"nothing of it", [value]) == []
+
+
+def test_a_macro_that_decodes_to_nothing_is_dropped_not_a_crash(tmp_path):
+    """Found by the slide_plan target: one byte of the NDPI fixture's macro IFD changed makes
+    tifffile decode the macro to an empty array, which the barcode search could not take
+    (ValueError). An image to be kept that decodes to no picture cannot be checked: dropped."""
+    from conftest import run as cli
+    from fixtures.ndpi import write_ndpi
+
+    (tmp_path / "in").mkdir()
+    path = write_ndpi(tmp_path / "in" / "slide.ndpi")
+    data = bytearray(path.read_bytes())
+    assert data[392003] == 250, "the fixture changed: find the byte again (fuzz/run.py)"
+    data[392003] = 251
+    path.write_bytes(bytes(data))
+    proc = cli("deid", path, "-o", tmp_path / "out", "--macro", "keep", check=0)
+    assert proc.stderr.strip().splitlines() == [
+        f"wsideid: warning: {path}: the macro image (IFD 2) could not be decoded to be "
+        "checked: dropped"]
+

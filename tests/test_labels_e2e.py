@@ -523,3 +523,28 @@ def test_convert_mirax_overview_is_the_macro_blanked(tmp_path):
     glass = overview[40:340, 800:990].reshape(-1, 3).astype(int)
     assert (glass.max(axis=0) - glass.min(axis=0)).max() > UNIFORM_TOLERANCE
     assert found_needles(all_files(out), PLANTED) == {}
+
+
+# ---------------------------------------------------------------- OCR not run
+
+@pytest.mark.parametrize("options, expect", [
+    (("--label", "keep"), ["the label image (IFD 2)"]),
+    (("--macro", "redact"), ["the macro image (IFD 3)"]),
+    (("--label", "keep", "--macro", "keep"),
+     ["the label image (IFD 2)", "the macro image (IFD 3)"]),
+    (("--label", "replace"), []),
+])
+def test_a_label_or_overview_released_unread_says_so(tmp_path, options, expect):
+    src = tmp_path / "in" / "slide.svs"
+    src.parent.mkdir()
+    shutil.copy(shared_slide("svs/CMU-1-Small-Region.svs"), src)
+    out = tmp_path / "out"
+    proc = run("deid", src, "-o", out, *options, "--no-ocr", check=0)
+    lines = [w for w in report_of(out)["warnings"] if w.startswith("OCR was not run (--no-ocr)")]
+    stderr = [line for line in proc.stderr.splitlines() if "OCR was not run" in line]
+    if not expect:
+        assert lines == [] and stderr == []
+        return
+    [line] = lines
+    assert all(image in line for image in expect) and "CMU-1" not in line
+    assert len(stderr) == 1 and stderr[0].endswith(line)

@@ -286,6 +286,133 @@ def test_ndpi_property_keys_under_kept_prefixes_cannot_carry_names(tmp_path):
     assert "roi.slide.macro=" in kept and "PSHV.ploidy=" in kept   # the format's own keys stay
 
 
+def test_ndpi_keys_a_pattern_keeps_whose_name_announces_an_identifier_go(tmp_path):
+    src = copy_of(tmp_path, "ndpi/test3-DAPI-2-387.ndpi")
+    with tifffile.TiffFile(src) as tf:
+        text = tf.pages[0].tags[65449].value
+    # made of the catalog's key words, under `roi.*`, holding only numbers (attack r09)
+    planted = text.replace("slide.tickness=0", "slide.tickness=0\r\nroi.barcode.no=48151623\r\n"
+                           "roi.slide.name=20240517")
+    for ifd in range(6):
+        set_text(src, ifd, 65449, planted)
+    out, _ = deid(src, tmp_path)
+    no_leak(out, ["48151623", "20240517"])
+    [dst] = released(out)
+    with tifffile.TiffFile(dst) as tf:
+        kept = tf.pages[0].tags[65449].value
+    assert "roi.slide.macro=" in kept and "roi.barcode.macro=" in kept   # listed exactly: kept
+    [slide] = json.loads((out / "wsideid-report.json").read_text())["slides"]
+    planted_keys = ("ndpi:roi.barcode.no", "ndpi:roi.slide.name")
+    found = [f for f in slide["fields"] if f["name"] in planted_keys]
+    assert found and all(f["action"] == "remove" for f in found)
+    assert {"matched only by a pattern, and its name says 'barcode': an identifier",
+            "matched only by a pattern, and its name says 'name': an identifier"} <= {
+        f["why"] for f in found}
+
+
+def test_every_catalog_pattern_follows_the_identifier_word_rule():
+    from wsideid import catalog
+
+    mirax = catalog.load("mirax")
+    assert mirax.lookup("general.CAMERA_IMAGE_SIZE_X").action == "keep"
+    for key in ("general.CAMERA_BARCODE_SIZE", "general.CAMERA_SERIAL_SIZE", "hier.FOCUS_DATE"):
+        assert mirax.lookup(key).action == "remove", key
+    ndpi = catalog.load("hamamatsu-ndpi", "properties")
+    assert ndpi.lookup("roi.macro").action == "keep"
+    assert ndpi.lookup("roi.barcode.no").action == "remove"
+    assert catalog.load("aperio-svs").lookup("ScannerSerialID").action == "device"   # its option
+
+
+# ---- a key given twice: ambiguous when the values differ ----------------------------------
+
+REPEATED = ("repeated with different values: readers disagree on which one counts "
+            "(OpenSlide keeps the last), so every copy is removed")
+
+
+def _whys(out: Path, name: str) -> list[str]:
+    [slide] = json.loads(report_text(out))["slides"]
+    return [f["why"] for f in slide["fields"] if f["name"] == name and f["action"] == "remove"]
+
+
+@pytest.mark.parametrize("key, planted, view", [
+    ("AppMag", "JOHNSMITH", "objective-power"), ("MPP", "JANEDOE", "mpp-x")])
+def test_an_aperio_key_repeated_with_another_value_goes_everywhere(tmp_path, key, planted, view):
+    src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
+    with tifffile.TiffFile(src) as tf:
+        text = tf.pages[0].description
+    assert f"|{key} = " in text
+    set_text(src, 0, 270, f"{text}|{key} = {planted}")
+    with openslide.OpenSlide(str(src)) as slide:     # OpenSlide reads the last one
+        assert slide.properties.get(f"openslide.{view}") is None
+    out, _ = deid(src, tmp_path)
+    no_leak(out, [planted])
+    [dst] = released(out)
+    with openslide.OpenSlide(str(dst)) as slide:
+        assert slide.properties.get(f"openslide.{view}") is None
+        assert f"aperio.{key}" not in slide.properties
+    assert _whys(out, f"aperio:{key}").count(REPEATED) == 2
+
+
+def test_an_aperio_key_repeated_with_the_same_value_is_kept_once(tmp_path):
+    src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
+    with tifffile.TiffFile(src) as tf:
+        text = tf.pages[0].description
+    set_text(src, 0, 270, f"{text}|AppMag = 20")
+    out, _ = deid(src, tmp_path)
+    [dst] = released(out)
+    with tifffile.TiffFile(dst) as tf:
+        assert tf.pages[0].description.count("AppMag = 20") == 1
+    with openslide.OpenSlide(str(dst)) as slide:
+        assert slide.properties["openslide.objective-power"] == "20"
+    assert _whys(out, "aperio:AppMag") == ["repeated with the same value; one copy kept"]
+
+
+def test_an_ndpi_property_repeated_with_another_value_goes_everywhere(tmp_path):
+    src = copy_of(tmp_path, "ndpi/test3-DAPI-2-387.ndpi")
+    with tifffile.TiffFile(src) as tf:
+        text = tf.pages[0].tags[65449].value
+    assert "Objective.Lens.Magnificant=35.16" in text
+    planted = text.replace("Objective.Lens.Magnificant=35.16",
+                           "Objective.Lens.Magnificant=35.16\r\nObjective.Lens.Magnificant=4711.0815")
+    for ifd in range(6):
+        set_text(src, ifd, 65449, planted)
+    out, _ = deid(src, tmp_path)
+    no_leak(out, ["4711.0815"])
+    [dst] = released(out)
+    with openslide.OpenSlide(str(dst)) as slide:
+        assert "hamamatsu.Objective.Lens.Magnificant" not in slide.properties
+    assert REPEATED in _whys(out, "ndpi:Objective.Lens.Magnificant")
+
+
+def _mirax_with(tmp_path: Path, old: bytes, new: bytes) -> Path:
+    from fixtures.mrxs import write_mrxs
+
+    slide = write_mrxs(tmp_path / "in" / "S26-MRXS-0815.mrxs")
+    ini = slide.with_suffix("") / "Slidedat.ini"
+    raw = ini.read_bytes()
+    assert old in raw
+    ini.write_bytes(raw.replace(old, new, 1))
+    return slide
+
+
+def test_a_mirax_key_repeated_with_another_value_goes(tmp_path):
+    slide = _mirax_with(tmp_path, b"SCANNER_SOFTWARE_VERSION = 1.15.3\r\n",
+                        b"SCANNER_SOFTWARE_VERSION = 1.15.3\r\nSCANNER_SOFTWARE_VERSION = 4711.0815\r\n")
+    out, _ = deid(slide, tmp_path)
+    no_leak(out, ["4711.0815"])
+    ini = next(out.rglob("Slidedat.ini")).read_bytes()
+    assert b"SCANNER_SOFTWARE_VERSION" not in ini and b"OBJECTIVE_MAGNIFICATION = 20" in ini
+    assert _whys(out, "mirax:general.SCANNER_SOFTWARE_VERSION") == [REPEATED]
+
+
+def test_a_mirax_structure_key_repeated_with_another_value_refuses_the_slide(tmp_path):
+    slide = _mirax_with(tmp_path, b"OBJECTIVE_MAGNIFICATION = 20\r\n",
+                        b"OBJECTIVE_MAGNIFICATION = 20\r\nOBJECTIVE_MAGNIFICATION = 40\r\n")
+    out, proc = deid(slide, tmp_path, check=2)
+    assert ("Slidedat.ini: OBJECTIVE_MAGNIFICATION is repeated with different values in section "
+            "[GENERAL]; readers disagree on which one counts" in proc.stderr)
+
+
 def test_aperio_header_keeps_only_its_grammar(tmp_path):
     src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
     with tifffile.TiffFile(src) as tf:

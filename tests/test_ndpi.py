@@ -1,6 +1,7 @@
 """Hamamatsu NDPI end to end: synthetic (small and over 4 GB) and the real NanoZoomer slide."""
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -145,3 +146,30 @@ def test_bad_ndpi(tmp_path, make, expect):
     src = tmp_path / "bad.ndpi"
     make(src)
     assert_rejected(src, expect)
+
+
+def _classic_first_ifd(path: Path) -> None:
+    """IFD 0 rewritten as a classic-TIFF tool writes it: a 4-byte next-IFD offset and no NDPI
+    high-word block after it. OpenSlide and wsideid read it; tifffile logs a line for every
+    entry it then misreads ("<TiffTag.fromfile> raised TiffFileError(...)", quoting the tag)."""
+    data = bytearray(path.read_bytes())
+    first = struct.unpack_from("<I", data, 4)[0]
+    n = struct.unpack_from("<H", data, first)[0]
+    following = struct.unpack_from("<Q", data, first + 2 + 12 * n)[0]
+    at = len(data) + (-len(data)) % 4
+    data += bytes(at - len(data)) + data[first:first + 2 + 12 * n] + struct.pack("<I", following)
+    struct.pack_into("<I", data, 4, at)
+    path.write_bytes(data)
+
+
+def test_library_log_records_stay_off_stderr(tmp_path):
+    src = tmp_path / "slide.ndpi"
+    src.write_bytes(shared_slide("ndpi/test3-DAPI-2-387.ndpi").read_bytes())
+    _classic_first_ifd(src)
+    out = tmp_path / "out"
+    proc = run("deid", src, "-o", out, check=0)
+    assert [line for line in proc.stderr.splitlines() if not line.startswith("wsideid: ")] == []
+    assert "TiffFileError" not in proc.stderr and "log message" not in proc.stderr
+    [slide] = json.loads((out / "wsideid-report.json").read_text())["slides"]
+    [logged] = [w for w in slide["warnings"] if "log message(s) from tifffile" in w]
+    assert "TiffFileError" not in json.dumps(slide) and "TiffTag" not in logged

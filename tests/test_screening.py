@@ -759,3 +759,132 @@ def test_a_stream_the_screen_passes_is_one_the_parse_leaves_alone():
             if flagged:
                 continue
             assert codestreams.clean_stream(stream_, codec) == (stream_, []), stream_[:40]
+
+
+# ---- g. tables no scan selects carry free bytes: they go; used ones are checked ---------------
+
+def _dht(tc_th: int, symbols: bytes) -> bytes:
+    """One Huffman table body: every code 4 bits long (a valid code for up to 16 symbols)."""
+    bits = [0] * 16
+    bits[3] = len(symbols)
+    return bytes([tc_th]) + bytes(bits) + symbols
+
+
+def _tables_of(stream: bytes) -> dict[int, list[bytes]]:
+    """{marker: [segment bodies]} of the DQT and DHT segments of a stream."""
+    found: dict[int, list[bytes]] = {}
+    pos = 2
+    while pos + 4 <= len(stream) and stream[pos + 1] not in (0xDA, 0xD9):
+        length = struct.unpack_from(">H", stream, pos + 2)[0]
+        if stream[pos + 1] in (0xDB, 0xC4):
+            found.setdefault(stream[pos + 1], []).append(stream[pos + 4:pos + 2 + length])
+        pos += 2 + length
+    return found
+
+
+def test_tables_no_scan_selects_are_removed_from_jpegtables_and_tiles(tmp_path):
+    src = copy_of(tmp_path, CMU)
+    with tifffile.TiffFile(src) as tf:
+        tables = tf.pages[0].tags["JPEGTables"].value
+    dc0 = next(b for b in _tables_of(tables)[0xC4] if b[0] == 0x00)
+    # in JPEGTables: an AC table 3 no tile selects, spelling a name in its symbols
+    from tiffpatch import set_tag
+    unused = _segment(0xC4, _dht(0x13, b"ZEBULONQUACKEN"))
+    set_tag(src, 0, 347, 7, tables[:-2] + unused + b"\xff\xd9")
+    original = read_run(src, 0, 0)
+    # in a tile: one DHT segment with a used table (DC 0, as in JPEGTables) and an unused one,
+    # and a quantisation table 3 that the frame does not select
+    planted = (_segment(0xC4, dc0[:17 + sum(dc0[1:17])] + _dht(0x12, b"QUACKENBUSH"))
+               + _segment(0xDB, b"\x03" + b"MRN-4711-0815-" * 4 + b"MRN-4711"))
+    replace_run(src, 0, 0, original[:2] + planted + original[2:])
+    assert np.array_equal(region(src, 0, 0, 512, 512), region(shared_slide(CMU), 0, 0, 512, 512))
+    out = deid(src)
+    dst = output_file(out, ".svs")
+    with tifffile.TiffFile(dst) as tf:
+        assert tf.pages[0].tags["JPEGTables"].value == tables
+    dc0_table = dc0[:17 + sum(dc0[1:17])]
+    assert read_run(dst, 0, 0) == original[:2] + _segment(0xC4, dc0_table) + original[2:]
+    assert np.array_equal(region(dst, 0, 0, 512, 512), region(shared_slide(CMU), 0, 0, 512, 512))
+    report = (out / "wsideid-report.json").read_text()
+    assert "unused DHT table" in report and "unused DQT table" in report
+
+
+def test_a_jpegtables_table_every_tile_defines_itself_is_removed(tmp_path):
+    src = copy_of(tmp_path, CMU)
+    with tifffile.TiffFile(src) as tf:
+        tables = tf.pages[1].tags["JPEGTables"].value
+        strips = len(tf.pages[1].dataoffsets)
+    dqt0 = next(b for b in _tables_of(tables)[0xDB] if b[0] == 0x00)[:65]   # 8-bit table 0
+    at = tables.find(dqt0)
+    # JPEGTables' quantisation table 0 spells text; every strip defines its own table 0 (the
+    # original), which is the one decoders read
+    from tiffpatch import set_tag
+    set_tag(src, 1, 347, 7, tables[:at + 1] + TEXT[:32] * 2 + tables[at + 65:])
+    for i in range(strips):
+        strip = read_run(src, 1, i)
+        replace_run(src, 1, i, strip[:2] + _segment(0xDB, dqt0) + strip[2:])
+    out = deid(src)
+    dst = output_file(out, ".svs")
+    with tifffile.TiffFile(dst) as tf, tifffile.TiffFile(shared_slide(CMU)) as before:
+        assert TEXT[:32] not in tf.pages[1].tags["JPEGTables"].value
+        assert np.array_equal(tf.pages[1].asarray(), before.pages[1].asarray())
+
+
+def test_an_unused_table_in_a_dicom_frame_is_removed(tmp_path):
+    original: list[bytes] = []
+
+    def change(ds, frames):
+        original.extend(frames)
+        frames[0] = frames[0][:2] + _segment(0xDB, b"\x03" + TEXT[:32] * 2) + frames[0][2:]
+        return frames, b""
+
+    out = deid(_series(tmp_path, BOXES, change))
+    assert _out_frames(out)[0].rstrip(b"\x00") == original[0].rstrip(b"\x00")
+
+
+def test_a_used_huffman_table_with_a_symbol_out_of_range_refuses_the_slide(tmp_path):
+    src = copy_of(tmp_path, CMU)
+    with tifffile.TiffFile(src) as tf:
+        tables = tf.pages[0].tags["JPEGTables"].value
+    at = tables.find(b"\xff\xc4\x00\x1f\x00")      # the DC table 0: 12 symbols 0..11
+    assert at > 0 and tables[at + 21 + 11] == 11
+    bad = tables[:at + 21 + 11] + b"M" + tables[at + 21 + 12:]     # DC category 77
+    from tiffpatch import set_tag
+    set_tag(src, 0, 347, 7, bad)
+    assert_rejected(src, "JPEGTables: JPEG DHT table 0/0 holds values outside its range")
+
+
+def test_tables_defined_twice_or_after_the_scan_are_never_read_and_go():
+    base = _jpeg()
+    first = base.find(b"\xff\xc4")
+    dc0 = _tables_of(base)[0xC4][0]
+    twice = base[:first] + _segment(0xC4, dc0) + base[first:]
+    assert segments.clean_jpeg(twice) == (base, [("unused DHT table", b"")])
+    eoi = len(base) - 2
+    late = base[:eoi] + _segment(0xDB, b"\x02" + TEXT + bytes(64 - len(TEXT))) + base[eoi:]
+    assert segments.clean_jpeg(late) == (base, [("unused DQT table", b"")])
+    # a segment holding a used and an unused table keeps the used one, with its new length
+    both = (base[:first] + _segment(0xC4, dc0 + _dht(0x13, b"ZEBULON"))
+            + base[first + 4 + len(dc0):])
+    assert segments.clean_jpeg(both) == (base, [("unused DHT table", b"")])
+    streams = [base, twice, late, both]
+    buf = np.frombuffer(b"".join(streams), np.uint8)
+    offs = np.cumsum([0] + [len(s) for s in streams[:-1]]).astype(np.int64)
+    flags = segments.screen_jpeg(buf, offs, np.array([len(s) for s in streams]))
+    assert flags.tolist() == [False, True, True, True]
+
+
+def test_huffman_symbols_outside_their_class_are_malformed():
+    base = _jpeg()
+    ac0 = base.find(b"\xff\xc4\x00\xb5\x10")
+    dc0 = base.find(b"\xff\xc4\x00\x1f\x00")
+    for at, symbol in ((ac0 + 21, 0x1B), (ac0 + 21, 0x30), (dc0 + 21, 12)):
+        odd = base[:at] + bytes([symbol]) + base[at + 1:]    # AC size 11, AC 3/0, DC 12
+        with pytest.raises(MalformedStream, match="outside its range"):
+            segments.clean_jpeg(odd)
+        buf = np.frombuffer(odd, np.uint8)
+        assert segments.screen_jpeg(buf, np.array([0]), np.array([len(odd)])).tolist() == [True]
+    # counts that leave a byte over inside the segment
+    longer = base[:dc0 + 2] + b"\x00\x20" + base[dc0 + 4:dc0 + 33] + b"M" + base[dc0 + 33:]
+    with pytest.raises(MalformedStream):
+        segments.clean_jpeg(longer)

@@ -62,7 +62,7 @@ def examine(adapter: Any, slide: Any, policy: Policy) -> SlideChecks:
     for image in adapter.images(slide):
         if image.role not in CHECKED_ROLES:
             continue
-        pixels = adapter.pixels(slide, image)
+        pixels = picture_or_none(adapter.pixels(slide, image))
         if pixels is None:
             undecodable.append(image)
             continue
@@ -121,11 +121,6 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
             and not any(img.role == "label" for img in adapter.images(slide)):
         warnings.append(f"--label {policy.label}: nothing to {policy.label}: "
                         f"{getattr(adapter, 'no_label', 'the slide has no label image')}")
-    if policy.ocr and not checks.ocr_ran and any(c.image.role in TEXT_ROLES
-                                                 and policy.image_action(c.image.role) != "drop"
-                                                 for c in checks.images):
-        warnings.append("OCR was not run: it is not installed (the ocr extra and tesseract-ocr "
-                        "read text on labels and overviews)")
     slide_policy = replace(policy, forbidden=frozenset(forbidden),
                            image_overrides=tuple(overrides.items()))
     edits = []
@@ -141,7 +136,19 @@ def decide(adapter: Any, slide: Any, policy: Policy, checks: SlideChecks,
             else:
                 edits.append(edit)
     slide_policy = replace(slide_policy, image_overrides=tuple(overrides.items()))
+    unread = _kept_unread(checks, slide_policy)
+    if unread:
+        warnings.append(unread)
     return slide_policy, fields, warnings, edits
+
+
+def picture_or_none(pixels: Any) -> Any:
+    """Decoded pixels that are a picture (rows, columns and at most four samples, none of them
+    empty), or None: a decoder may hand back anything for a damaged image."""
+    shape = getattr(pixels, "shape", ())
+    if len(shape) not in (2, 3) or 0 in shape or (len(shape) == 3 and shape[2] > 4):
+        return None
+    return pixels
 
 
 class SlideReference:
@@ -158,7 +165,8 @@ class SlideReference:
         from .images.likeness import resembles
 
         if not self.loaded:
-            self.picture, self.loaded = self.adapter.smallest_level(self.slide), True
+            self.picture = picture_or_none(self.adapter.smallest_level(self.slide))
+            self.loaded = True
         if self.picture is None:
             self.why = "could not be compared with the slide's smallest level"
             return False
@@ -167,6 +175,22 @@ class SlideReference:
                         "a label or macro photograph?)")
             return False
         return True
+
+
+def _kept_unread(checks: SlideChecks, policy: Policy) -> str | None:
+    """A warning when a label or overview goes out as photographed (kept, or redacted: only
+    its label area is blanked) without OCR having read it: handwriting and printed text that
+    is no barcode then stays unchecked."""
+    if checks.ocr_ran:
+        return None
+    kept = [c.image for c in checks.images if c.image.role in TEXT_ROLES
+            and policy.image_action_for(c.image.index, c.image.role) in ("keep", "redact")]
+    if not kept:
+        return None
+    why = ("--no-ocr" if not policy.ocr else
+           "it is not installed: the ocr extra and tesseract-ocr read text on labels and overviews")
+    images = ", ".join(f"the {image.role} image ({image.index})" for image in kept)
+    return f"OCR was not run ({why}); released without reading their text: {images}"
 
 
 def _new_label(check: ImageCheck, naming: Naming) -> ReplaceImage:

@@ -389,7 +389,7 @@ def entry_of(result: Result, outdir: Path | None, subject: str = "") -> dict:
         entry["images"] = [img.public() for img in plan.images]
         entry["fields"] = [f.public() for f in plan.fields]
         entry["actions"] = plan.counts()
-        entry["warnings"] = plan.warnings
+        entry["warnings"] = plan.warnings + plan.library_log
         entry["catalogs"] = catalog.catalogs_of(f.name for f in plan.fields)
         if plan.regions:
             entry["regions"] = plan.regions

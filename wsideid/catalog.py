@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -176,7 +176,7 @@ class Catalog:
         for pattern, entry in self.patterns:
             match = pattern.fullmatch(key)
             if match and all(self._made_of_words(part) for part in match.groups()):
-                return entry
+                return _unless_named_identifier(entry, key)
         return UNKNOWN
 
     def _made_of_words(self, part: str) -> bool:
@@ -195,6 +195,27 @@ class Catalog:
                 return False
             pos = match.end()
         return True
+
+
+@lru_cache(maxsize=None)
+def identifier_words() -> frozenset[str]:
+    """formats/types.toml [key_names]: words that announce an identifier in a key's name."""
+    return frozenset(w.lower() for w in
+                     read_toml("types.toml").get("key_names", {}).get("identifier_words", []))
+
+
+def _unless_named_identifier(entry: Entry, key: str) -> Entry:
+    """A key kept only because a pattern matched it is removed when a word of its name
+    announces an identifier (`roi.barcode.no`): the pattern stands for geometry and settings.
+    Dates and device serials have their own actions and options: left to them."""
+    if entry.action != "keep":
+        return entry
+    words = {w.lower() for w in KEY_WORD.findall(key)}
+    named = sorted(words & identifier_words())
+    if not named:
+        return entry
+    return replace(entry, action="remove",
+                   why=f"matched only by a pattern, and its name says {named[0]!r}: an identifier")
 
 
 # The catalog that decides the fields named with each prefix (a report cites, per slide, the

@@ -1026,7 +1026,7 @@ def inspect(
         doc = {"file": str(file), "format": plan.format,
                "images": [i.public() for i in plan.images],
                "fields": [{**f.public(), "value": f.value, "new_value": f.new_value} for f in plan.fields],
-               "warnings": plan.warnings}
+               "warnings": plan.warnings + plan.library_log}
         if plan.regions:
             doc["regions"] = plan.regions
             doc["redacted"] = [r.public() for r in plan.redactions()]

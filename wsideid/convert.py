@@ -59,6 +59,7 @@ def convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
         result = _convert(job, policy, keyring, outdir, allow_transcode)
     if result.plan is not None:
         result.plan.warnings += caught.summary()
+        result.plan.library_log += caught.log_summary()
     return result
 
 
@@ -394,7 +395,7 @@ def _clean_frames(path: Path, fields: list[Field]) -> None:
     rebuilt from its cleaned fragments."""
     from .adapters.dicom import J2K_SYNTAXES, JPEG_SYNTAXES, padded_frame
     from .containers.dicom.writer import write_instance
-    from .images import codestreams
+    from .images import codestreams, segments
 
     ds, start = read_header(path)
     syntax = str(ds.file_meta.TransferSyntaxUID)
@@ -417,7 +418,8 @@ def _clean_frames(path: Path, fields: list[Field]) -> None:
         for marker, payload in result.removed:
             fields.append(Field(f"codestream:{marker}", f"converted {path.name} frame {result.index}",
                                 segments_text(payload), "remove",
-                                why="text segment carried into a frame"))
+                                why=segments.why_removed(marker,
+                                                         "text segment carried into a frame")))
     if not replaced:
         return
     for tag in (0x7FE00001, 0x7FE00002):  # Extended Offset Table: offsets change

@@ -174,6 +174,7 @@ class Plan:
     output: Any = None   # what the container writes: its own structure, built by the adapter
     empty: str | None = None   # why nothing is to be written (every image dropped), if so
     regions: list[dict] = field(default_factory=list)   # regions painted over (level 0)
+    library_log: list[str] = field(default_factory=list)   # report only: counts, never text
 
     def removed_values(self) -> set[str]:
         """Values that must not survive anywhere in the output."""

@@ -42,6 +42,7 @@ def plan_job(job: Job, policy: Policy, keyring: Keyring, name: str = "",
     with withheld() as caught:
         naming, plan = _plan_job(job, policy, keyring, name, screen)
     plan.warnings += caught.summary()
+    plan.library_log += caught.log_summary()
     return naming, plan
 
 
@@ -78,6 +79,7 @@ def run(job: Job, settings: Settings) -> Result:
         result = _run(job, settings)
     if result.plan is not None:
         result.plan.warnings += caught.summary()
+        result.plan.library_log += caught.log_summary()
     return result
 
 

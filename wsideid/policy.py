@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .catalog import UNKNOWN, Entry, entry_accepts, type_word
+from .catalog import NUMBER, UNKNOWN, Entry, entry_accepts, type_word
 from .dates import COMMON, DateFormat, transform_date
 from .model import Field
 
@@ -15,6 +15,41 @@ MACRO_MODES = ("drop", "keep", "redact")
 # Catalog types whose values are calendar dates (transformed); other values under a date
 # action (a time of day) are kept only when dates are shifted, which keeps times.
 DATE_TYPES = ("date",)
+
+
+REPEATED = ("repeated with different values: readers disagree on which one counts "
+            "(OpenSlide keeps the last), so every copy is removed")
+REPEATED_SAME = "repeated with the same value; one copy kept"
+
+
+def repeated_keys(pairs: list[tuple[str, str | None]]) -> tuple[set[str], set[int]]:
+    """Of a key/value list, the keys given more than once with different values (ambiguous:
+    every occurrence goes) and the positions of later copies of a key repeated with the same
+    value (they go, the first stays)."""
+    first: dict[str, str | None] = {}
+    ambiguous: set[str] = set()
+    copies: set[int] = set()
+    for i, (key, value) in enumerate(pairs):
+        if key not in first:
+            first[key] = value
+        elif first[key] == value:
+            copies.add(i)
+        else:
+            ambiguous.add(key)
+    return ambiguous, copies
+
+
+def repeat_field(name: str, where: str, key: str, value: str | None, i: int,
+                 ambiguous: set[str], copies: set[int]) -> Field | None:
+    """The removal of a repeated key's occurrence, or None when it is not one. A number is not
+    handed to the residue search: the slide's structure repeats its sizes elsewhere (Aperio
+    writes OriginalWidth twice, and the header holds one of them)."""
+    if key in ambiguous:
+        searched = "" if value is None or NUMBER.fullmatch(value.strip()) else value
+        return Field(name, where, searched, "remove", why=REPEATED)
+    if i in copies:
+        return Field(name, where, "", "remove", why=REPEATED_SAME)
+    return None
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,8 @@ class DicomPlanner:
                             "scheme's shape")
             return False
         for keyword, verdict in verdicts.items():
+            if keyword not in ds:   # a code item cut short (a truncated file): nothing to decide
+                continue
             if verdict.action == "remove":   # conditional elements of a code: absent, not empty
                 fields.append(Field(f"dicom:{keyword}", f"{where}/{keyword}", _text(ds[keyword]),
                                     "remove", why=verdict.why))
@@ -751,6 +753,7 @@ def locate_and_screen(out: InstanceOut, fields: list[Field], edits: list[Replace
     runs go to its image, the cleaned frames to `edits`, what was removed to `fields`; an
     offset table that does not describe the frames is rebuilt (`out.rebuild`) or removed."""
     from ..containers.dicom.io import locate_pixels
+    from ..images import segments
     from . import dicom_frames
 
     inst, image = out.instance, out.image
@@ -767,7 +770,7 @@ def locate_and_screen(out: InstanceOut, fields: list[Field], edits: list[Replace
         for marker, payload in removed:
             fields.append(Field(f"codestream:{marker}", f"{image.index} frame {run}",
                                 payload.decode("latin-1").strip("\x00 "), "remove",
-                                why="text segment inside a frame"))
+                                why=segments.why_removed(marker, "text segment inside a frame")))
     if found.rebuild:
         out.rebuild = True
         fields.append(Field("dicom:BasicOffsetTable", f"{image.index} pixel data", "", "remove",

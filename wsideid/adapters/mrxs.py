@@ -566,7 +566,8 @@ class MiraxAdapter(Adapter):
                 for marker, payload in result.removed:
                     fields.append(Field(f"codestream:{marker}", f"{where} ({files[fileno].name})",
                                         segments.payload_text(payload), "remove",
-                                        why="text segment inside the image codestream"))
+                                        why=segments.why_removed(
+                                            marker, "text segment inside the image codestream")))
         return lengths
 
     @staticmethod

@@ -23,7 +23,7 @@ from ..containers.mirax.slidedat import (
 )
 from ..dates import DAY_FIRST
 from ..model import Field, Naming
-from ..policy import Policy, decide
+from ..policy import Policy, decide, repeat_field
 
 if TYPE_CHECKING:
     from .mrxs import MiraxSlide, NonhierValue
@@ -53,6 +53,11 @@ class SlidedatPlanner:
                 used.add(old)
             out = new.setdefault(target, {})
             for key, value in entries.items():
+                repeat = repeat_field(f"mirax:{group}.{key}", f"Slidedat.ini [{target}]", key,
+                                      value, 0, self.slide.ini.repeated.get(old or "", set()), set())
+                if repeat is not None:    # only the last value is left to report (GKeyFile's)
+                    self.fields.append(repeat)
+                    continue
                 field = self._plan_key(group, target, key, value)
                 self.fields.append(field)
                 if field.action in ("keep", "replace", "date") and field.new_value is not None:

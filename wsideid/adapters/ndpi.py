@@ -19,7 +19,7 @@ from ..containers.tiff.reader import Ifd, TiffFile
 from ..containers.tiff.writer import IfdOut, array_value
 from ..errors import SlideError
 from ..model import Field, ReplaceRun
-from ..policy import decide
+from ..policy import decide, repeat_field, repeated_keys
 from .tiff import TiffAdapter, TiffPlanning, TiffSlide
 
 LINE = re.compile(r"(\r\n|\r|\n)")
@@ -94,12 +94,20 @@ class NdpiAdapter(TiffAdapter):
         pieces = LINE.split(text)
         out: list[str] = []
         fields: list[Field] = []
+        ambiguous, copies = repeated_keys([_key_value(line) for line in pieces[::2] if line])
+        named = 0
         for i in range(0, len(pieces), 2):
             line, sep = pieces[i], (pieces[i + 1] if i + 1 < len(pieces) else "")
             if not line:
                 out.append(sep)
                 continue
             key, eq, value = line.partition("=")
+            repeat = repeat_field(f"ndpi:{key}", where, key, value if eq else None, named,
+                                  ambiguous, copies)
+            named += 1
+            if repeat is not None:
+                fields.append(repeat)
+                continue
             field = decide(properties.lookup(key), value if eq else None, ctx.policy,
                            name=f"ndpi:{key}", where=where)
             fields.append(field)
@@ -139,6 +147,11 @@ class NdpiAdapter(TiffAdapter):
         node.tags[65426] = array_value(low.dtype, starts & 0xFFFFFFFF, bo)
         if high is not None:
             node.tags[65432] = array_value(high.dtype, starts >> 32, bo)
+
+
+def _key_value(line: str) -> tuple[str, str | None]:
+    key, eq, value = line.partition("=")
+    return key, value if eq else None
 
 
 ADAPTER = NdpiAdapter()

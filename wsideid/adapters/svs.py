@@ -18,7 +18,7 @@ from .. import catalog
 from ..containers.tiff.reader import Ifd, TiffFile
 from ..images.shape import reduced_copy
 from ..model import Field
-from ..policy import decide
+from ..policy import decide, repeat_field, repeated_keys
 from .tiff import TiffAdapter, TiffPlanning, TiffSlide
 
 # The header's grammar (Aperio's data interchange note as OpenSlide reads it, and the lines
@@ -143,7 +143,12 @@ class SvsAdapter(TiffAdapter):
                             why="product line and geometry; OpenSlide detects Aperio by it"))
         out = [new_header]
         fields_catalog = catalog.load("aperio-svs")
-        for key, value in pairs:
+        ambiguous, copies = repeated_keys(pairs)
+        for i, (key, value) in enumerate(pairs):
+            repeat = repeat_field(f"aperio:{key}", where, key, value, i, ambiguous, copies)
+            if repeat is not None:
+                fields.append(repeat)
+                continue
             field = decide(fields_catalog.lookup(key), value, ctx.policy, name=f"aperio:{key}",
                            where=where)
             fields.append(field)

@@ -396,7 +396,7 @@ class TiffAdapter(Adapter):
                 node.tags[code] = ascii_value(decided.new_value)
                 fields.append(decided)
             elif action == "clean" and code == 347:
-                self._clean_tables(node, tag, where, fields)
+                self._clean_tables(ctx, node, tag, where, fields)
             elif action in ("description", "properties"):
                 self._describe(ctx, node, ifd, tag, fields)
             else:
@@ -429,15 +429,18 @@ class TiffAdapter(Adapter):
             node.tags[tag.code] = ascii_value(new)
 
     @staticmethod
-    def _clean_tables(node: IfdOut, tag: Tag, where: str, fields: list[Field]) -> None:
+    def _clean_tables(ctx: TiffPlanning, node: IfdOut, tag: Tag, where: str,
+                      fields: list[Field]) -> None:
+        references, frame = _tables_used(ctx, node.source, tag.data)
         try:
-            cleaned, removed = segments.clean_jpeg(tag.data)
+            cleaned, removed = segments.clean_jpeg(tag.data, references, frame)
         except segments.MalformedStream as exc:
             raise SlideError(f"{where} JPEGTables: {exc}") from exc
         node.tags[347] = NewValue(tag.dtype, len(cleaned), cleaned) if removed else tag
         for marker, payload in removed:
             fields.append(Field(f"jpeg:{marker}", f"{where} JPEGTables", segments.payload_text(payload),
-                                "remove", why="text segment inside the JPEG tables"))
+                                "remove", why=segments.why_removed(
+                                    marker, "text segment inside the JPEG tables")))
         fields.append(Field("tiff:JPEGTables", where, "", "clean" if removed else "keep",
                             why="quantisation and Huffman tables"))
 
@@ -484,7 +487,32 @@ class TiffAdapter(Adapter):
             self.after_cleaning(ctx, node, cleaned)
         for (marker, text), n in list(seen.items())[:MAX_REPORTED_SEGMENTS]:
             fields.append(Field(f"codestream:{marker}", f"{ifd.label} image data ({n} runs)", text,
-                                "remove", why="text segment inside the image codestream"))
+                                "remove", why=segments.why_removed(
+                                    marker, "text segment inside the image codestream")))
+
+
+def _tables_used(ctx: TiffPlanning, ifd: Ifd, tables: bytes
+                 ) -> tuple[frozenset[segments.TableKey] | None, tuple[int, int] | None]:
+    """The tables of JPEGTables that the IFD's tiles select without defining them themselves,
+    and the tiles' frame. The first tile usually selects every table there is; only when it
+    does not are all tiles walked."""
+    regions = ifd.data_regions(ctx.slide.bo)
+    if regions is None:
+        return None, None
+    _, _, offs, cnts = regions
+    live = np.flatnonzero(cnts > 0)
+    if live.size == 0:
+        return frozenset(), None
+    if codec_family(ifd.int_value(259, ctx.slide.bo)) != "jpeg":
+        return frozenset(), None      # no tile reads them
+    first = ctx.slide.tiff.read(int(offs[live[0]]), int(cnts[live[0]]))
+    own, used, frame = segments.stream_tables(first)
+    defined = segments.stream_tables(tables)[0]
+    if defined <= used - own:     # a table the tile defines itself shadows JPEGTables' one
+        return frozenset(used - own), frame
+    bits = segments.screen_runs(ctx.slide.tiff.fd, ctx.slide.tiff.size, offs, cnts,
+                                segments.table_references, dtype=np.int64)
+    return segments.keys_of(int(np.bitwise_or.reduce(bits))), frame
 
 
 TYPE_NAMES = {1: "BYTE", 2: "ASCII", 3: "SHORT", 4: "LONG", 5: "RATIONAL", 6: "SBYTE",

@@ -18,9 +18,12 @@ MAX_SIZE = 1 << 20  # OpenSlide refuses larger Slidedat.ini files (SLIDEDAT_MAX_
 
 
 class Slidedat:
-    def __init__(self, sections: dict[str, dict[str, str]], bom: bool = True):
+    def __init__(self, sections: dict[str, dict[str, str]], bom: bool = True,
+                 repeated: dict[str, set[str]] | None = None):
         self.sections = sections
         self.bom = bom
+        # keys given more than once in a group with different values (GKeyFile keeps the last)
+        self.repeated = repeated or {}
 
     @classmethod
     def parse(cls, data: bytes) -> Slidedat:
@@ -32,19 +35,25 @@ class Slidedat:
         except UnicodeDecodeError as exc:
             raise SlideError(f"Slidedat.ini is not UTF-8 (byte {exc.start})") from None
         sections: dict[str, dict[str, str]] = {}
+        repeated: dict[str, set[str]] = {}
         current: dict[str, str] | None = None
+        group = ""
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
             if line.startswith("[") and line.endswith("]"):
-                current = sections.setdefault(line[1:-1], {})   # repeated groups merge (GKeyFile)
+                group = line[1:-1]
+                current = sections.setdefault(group, {})   # repeated groups merge (GKeyFile)
                 continue
             key, eq, value = line.partition("=")
             if not eq or current is None or not key.strip():
                 raise SlideError(f"Slidedat.ini line {number} is not a group, key=value or comment")
-            current[key.strip()] = value.strip()
-        return cls(sections, bom)
+            key, value = key.strip(), value.strip()
+            if current.get(key, value) != value:
+                repeated.setdefault(group, set()).add(key)
+            current[key] = value
+        return cls(sections, bom, repeated)
 
     def to_bytes(self) -> bytes:
         lines: list[str] = []
@@ -58,6 +67,9 @@ class Slidedat:
             raise SlideError(f"Slidedat.ini: section {_named(section)} is missing")
         if key not in self.sections[section]:
             raise SlideError(f"Slidedat.ini: {key} is missing in section {_named(section)}")
+        if key in self.repeated.get(section, ()):
+            raise SlideError(f"Slidedat.ini: {key} is repeated with different values in section "
+                             f"{_named(section)}; readers disagree on which one counts")
         return self.sections[section][key]
 
     def integer(self, section: str, key: str, minimum: int = 0) -> int:
