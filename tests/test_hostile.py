@@ -296,18 +296,10 @@ def verdict(run: Run, problems: list[str]) -> None:
 
 # ---------------------------------------------------------------- the corpus
 
-# Known, and outside the file layer. Kept DICOM values are checked against their VR's grammar
-# since main's value validation (formats/dicom-values.toml): nothing planted is released any
-# more, but an invalid value of a Type 1 element (BurnedInAnnotation, FocusMethod, the optical
-# path's codes) is removed, and the output then fails dciodvfy: exit 1 (verification failed)
-# where this corpus asks exit 2 (the input refused before writing). Each xfail turns into a
-# failure (strict) once such a slide is refused up front, so the mark is removed then.
-ELSEWHERE = {
-    "dicom-non-utf8-AE-AS-CS-DA-DT-TM-UR": "invalid Type 1 CS values removed: the output fails "
-                                           "dciodvfy (exit 1, not 2)",
-    "dicom-non-utf8-SH-LO-ST-LT-PN-UC-UT": "invalid Type 1 code sequences removed: the output "
-                                           "fails dciodvfy (exit 1, not 2)",
-}
+# Cases once known and since fixed stay in the corpus like the others: an invalid value of a
+# required DICOM element (dicom-non-utf8-*) was removed and the output then failed dciodvfy
+# (exit 1); such a series is now refused as the input's error (exit 2, verify/dicom.py).
+ELSEWHERE: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=ELSEWHERE[n],

@@ -74,9 +74,35 @@ def verify(adapter: DicomAdapter, source: DicomSeries, plan: Plan, written: Writ
     blanked = {e.image for e in plan.label_areas()}
     for (planned, out), result, source_result in zip(pairs, after, inputs):
         expected = ({DCIODVFY_BLANKED_OVERVIEW} if planned.image.index in blanked else set())
-        problems += _check_dciodvfy(result.result(), source_result, out.name, expected)
+        found = _check_dciodvfy(result.result(), source_result, out.name, expected)
+        refuse_invalid_required(found, plan)
+        problems += found
     problems += _check_openslide(pairs)
     return problems
+
+
+# dciodvfy's findings for a required element that is absent or empty (PS3.3 Type 1 and 1C)
+REQUIRED_MISSING = re.compile(r"(?:Missing|Empty) attribute.* Type 1C? \w+ Element=<(\w+)>")
+
+
+def refuse_invalid_required(found: list[str], plan: Plan) -> None:
+    """An input whose required elements hold values their VR does not allow (text that is not
+    a code string, a code of no known scheme) loses them to the value checks, and its output
+    then lacks what the IOD requires. That is the input's fault, not the writer's: the slide is
+    refused as an input error (nothing released) when every new finding is such a missing
+    required element and at least one of them is an element the plan removed as invalid."""
+    if not found:
+        return
+    missing = [REQUIRED_MISSING.search(line) for line in found]
+    if not all(missing):
+        return
+    removed = {word for f in plan.fields if f.action in ("remove", "replace")
+               and not f.why.startswith("PS3.15")
+               for word in re.findall(r"\w+", f"{f.name} {f.location}")}
+    names = sorted({m.group(1) for m in missing})
+    if removed & set(names):
+        raise SlideError("values their VR does not allow had to be removed, and the series then "
+                         f"lacks required elements ({', '.join(names)}): not valid DICOM")
 
 
 def _check_rewritten(planned: InstanceOut, out: Path, edited: dict) -> list[str]:
