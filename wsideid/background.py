@@ -21,6 +21,11 @@ class Background:
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
 
+    def wait(self) -> None:
+        """Let the thread finish, whatever it returns or raises. A C library (OpenSlide) still
+        running in a daemon thread while the interpreter shuts down can crash the process."""
+        self.thread.join()
+
     def join(self):
         self.thread.join()
         if self.error is not None:

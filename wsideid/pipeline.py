@@ -93,6 +93,7 @@ def _run(job: Job, settings: Settings) -> Result:
                                  "to; give that file itself")
     recovered = recover(job)
     slide = adapter.read(job)
+    before = None
     try:
         if settings.policy.deidentify:
             naming = naming_of(adapter, slide, settings.keyring, settings.name)
@@ -158,6 +159,8 @@ def _run(job: Job, settings: Settings) -> Result:
         result.zeroed_bytes = written.zeroed_bytes
         return result
     finally:
+        if before is not None:   # an early error: OpenSlide may still be reading the input
+            before.wait()
         slide.close()
 
 
