@@ -524,3 +524,36 @@ def test_first_difference_finds_the_piece_that_differs(tmp_path):
             assert first_difference(fa.fileno(), fb.fileno(), [(0, 1000, 1007, 5000)]) is None
             assert first_difference(fa.fileno(), fb.fileno(), [(0, 1000, 1000, 5000)]) == 0
 
+
+
+def test_planned_zeroing_skips_the_holes_of_a_sparse_file(tmp_path):
+    """In place, the gaps to zero are saved in the undo record first: a hole of a sparse file
+    (an NDPI's 4 GB of nothing) already reads as zeros and must be neither saved nor zeroed."""
+    import os
+
+    import numpy as np
+
+    from wsideid.containers.files import PlannedWrites, data_segments
+
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as fh:
+        fh.write(b"A" * 4096)
+        fh.seek(1 << 30)            # a 1 GiB hole
+        fh.write(b"B" * 4096)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        segments = data_segments(fd, 0, (1 << 30) + 4096)
+        assert segments[0][0] == 0 and segments[-1][1] == (1 << 30) + 4096
+        assert sum(b - a for a, b in segments) < 1 << 20
+        planned = PlannedWrites(fd)
+        # kept: the first 100 bytes and the last 96; the gap between them spans the hole
+        end = (1 << 30) + 4096
+        planned.zero_gaps(np.array([0, end - 96]), np.array([100, end]))
+        assert sum(b - a for a, b in planned.ranges()) < 1 << 20
+        planned.apply()
+        with open(path, "rb") as fh:
+            assert fh.read(100) == b"A" * 100 and fh.read(3996) == bytes(3996)
+            fh.seek(1 << 30)
+            assert fh.read() == bytes(4000) + b"B" * 96
+    finally:
+        os.close(fd)

@@ -257,6 +257,26 @@ class DirectWrites:
         os.ftruncate(self.fd, size)
 
 
+def data_segments(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The parts of [start, end) of the file that hold data, holes left out (SEEK_DATA and
+    SEEK_HOLE; a file system without them reports the whole range as data)."""
+    out = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:   # only a hole from here to the end of the file
+                break
+            return out + [(pos, end)]      # no SEEK_DATA here: all of it counts as data
+        if data >= end:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        out.append((data, hole))
+        pos = hole
+    return out
+
+
 class PlannedWrites:
     """Writes collected first and applied later (`apply`), so that everything they will
     overwrite can be saved in an undo record before the first byte changes (in place)."""
@@ -274,7 +294,10 @@ class PlannedWrites:
         gaps = [(0, int(s[0]))] if s[0] > 0 else []
         gaps += [(int(a), int(b)) for a, b in zip(e[:-1].tolist(), s[1:].tolist()) if b > a]
         for a, b in gaps:
-            self.ops.append(("zero", a, b, b""))
+            # a hole of a sparse file already reads as zeros: neither zeroed nor saved in the
+            # undo record (a 4 GB hole of an NDPI was read into memory to be saved)
+            for start, end in data_segments(self.fd, a, b):
+                self.ops.append(("zero", start, end, b""))
         return sum(b - a for a, b in gaps)
 
     def truncate(self, size: int) -> None:

@@ -24,13 +24,18 @@ def grey_small(pixels: np.ndarray) -> np.ndarray:
     from PIL import Image
 
     a = np.asarray(pixels)
-    if a.ndim == 3:
-        a = a[..., :3].astype(np.float32).mean(axis=2) if a.shape[2] >= 3 else a[..., 0]
-    if a.dtype != np.uint8:
+    if a.dtype != np.uint8:   # 16-bit or float samples: stretched to 0..255
         a = a.astype(np.float32)
         span = float(a.max() - a.min()) or 1.0
-        a = (a - a.min()) * (255.0 / span)
-    picture = Image.fromarray(np.ascontiguousarray(a).astype(np.uint8), "L")
+        a = ((a - a.min()) * (255.0 / span)).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] >= 3:
+        picture = Image.fromarray(np.ascontiguousarray(a[..., :3]), "RGB").convert("L")
+    else:
+        picture = Image.fromarray(np.ascontiguousarray(a if a.ndim == 2 else a[..., 0]), "L")
+    # reduced by whole factors first (fast), then to SIDE x SIDE by area
+    factor = max(1, min(picture.size) // (SIDE * 4))
+    if factor > 1:
+        picture = picture.reduce(factor)
     return np.asarray(picture.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32)
 
 

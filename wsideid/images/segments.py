@@ -776,6 +776,7 @@ def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, scr
     if live.size == 0:
         return flags
     order = live[np.argsort(offs[live], kind="stable")]
+    buffer = np.empty(0, dtype=np.uint8)   # one window's memory, reused (never zero-filled)
     start = 0
     while start < len(order):
         base = int(offs[order[start]])
@@ -789,9 +790,21 @@ def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, scr
             flags[chunk] = [_screen_large(fd, int(offs[i]), int(cnts[i]), screen)
                             for i in chunk.tolist()]
         else:
-            flags[chunk] = screen(_read(fd, base, hi - base), offs[chunk] - base, cnts[chunk])
+            if len(buffer) < hi - base:
+                buffer = np.empty(max(hi - base, min(WINDOW, 4 * len(buffer))), dtype=np.uint8)
+            flags[chunk] = screen(_read_into(fd, buffer, base, hi - base), offs[chunk] - base,
+                                  cnts[chunk])
         start = stop
     return flags
+
+
+def _read_into(fd: int, buffer: np.ndarray, offset: int, length: int) -> np.ndarray:
+    """`length` bytes of the file at `offset`, read into the start of `buffer`."""
+    view = buffer[:length]
+    if os.preadv(fd, [memoryview(view)], offset) != length:
+        raise SlideError("image data ends before its stated length (was the file "
+                         "truncated or changed while being read?)")
+    return view
 
 
 def _read(fd: int, offset: int, length: int) -> np.ndarray:
