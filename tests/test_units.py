@@ -557,3 +557,26 @@ def test_planned_zeroing_skips_the_holes_of_a_sparse_file(tmp_path):
             assert fh.read() == bytes(4000) + b"B" * 96
     finally:
         os.close(fd)
+
+
+def test_residue_search_reads_ranges_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """The residue search reads the non-image bytes of a file in overlapping chunks (a dense
+    file with GBs of cleared gaps was read into one buffer: 6.3 GB of memory); a needle across
+    a chunk boundary is still found, one in a range not searched is not."""
+    import os
+
+    from wsideid import needles
+
+    monkeypatch.setattr(needles, "CHUNK", 4096)
+    path = tmp_path / "f.bin"
+    data = bytearray(64 * 1024)
+    data[4096 - 3:4096 + 5] = b"WILBURHA"        # across the first chunk boundary
+    data[40000:40008] = b"ZEBULONQ"              # outside the ranges searched
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found = needles.find_in_ranges(fd, [(0, 20000), (50000, 65536)],
+                                       ["wilburha", "zebulonq"])
+    finally:
+        os.close(fd)
+    assert found == ["wilburha"]

@@ -92,6 +92,29 @@ def find_in(data: bytes, needles: list[str]) -> list[str]:
     return [n for n in needles if any(form in low for form in _forms(n))]
 
 
+def find_in_ranges(fd: int, ranges, needles: list[str]) -> list[str]:
+    """Search byte ranges of an open file, each in chunks that overlap by the longest needle
+    form; stretches of zeros (a gap the writer cleared) hold no needle and are skipped."""
+    if not needles:
+        return []
+    forms = {n: _forms(n) for n in needles}
+    overlap = max(len(f) for fs in forms.values() for f in fs)
+    found: set[str] = set()
+    zeros = bytes(CHUNK + overlap)
+    for start, end in ranges:
+        pos = start
+        while pos < end:
+            n = min(CHUNK + overlap, end - pos)
+            data = os.pread(fd, n, pos)
+            if data != zeros[:len(data)]:
+                low = data.lower()
+                for needle, fs in forms.items():
+                    if needle not in found and any(f in low for f in fs):
+                        found.add(needle)
+            pos += CHUNK
+    return sorted(found)
+
+
 def find_in_file(path: Path, needles: list[str]) -> list[str]:
     """Search a whole file, in chunks that overlap by the longest needle form."""
     if not needles:

@@ -257,6 +257,26 @@ class DirectWrites:
         os.ftruncate(self.fd, size)
 
 
+UNDO_PIECE = 16 << 20
+ZERO_PIECE = 1 << 20
+_ZEROS = bytes(ZERO_PIECE)
+
+
+def _not_zero(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The pieces of [start, end) that hold a byte other than zero (adjacent pieces merged):
+    zeros need neither zeroing nor saving."""
+    out: list[tuple[int, int]] = []
+    for piece in range(start, end, ZERO_PIECE):
+        stop = min(piece + ZERO_PIECE, end)
+        if os.pread(fd, stop - piece, piece) == _ZEROS[:stop - piece]:
+            continue
+        if out and out[-1][1] == piece:
+            out[-1] = (out[-1][0], stop)
+        else:
+            out.append((piece, stop))
+    return out
+
+
 def data_segments(fd: int, start: int, end: int) -> list[tuple[int, int]]:
     """The parts of [start, end) of the file that hold data, holes left out (SEEK_DATA and
     SEEK_HOLE; a file system without them reports the whole range as data)."""
@@ -297,7 +317,8 @@ class PlannedWrites:
             # a hole of a sparse file already reads as zeros: neither zeroed nor saved in the
             # undo record (a 4 GB hole of an NDPI was read into memory to be saved)
             for start, end in data_segments(self.fd, a, b):
-                self.ops.append(("zero", start, end, b""))
+                for piece, stop in _not_zero(self.fd, start, end):
+                    self.ops.append(("zero", piece, stop, b""))
         return sum(b - a for a, b in gaps)
 
     def truncate(self, size: int) -> None:
@@ -355,10 +376,11 @@ class Undo:
             saved = []
             for start, end in _merged(ranges):
                 end = min(end, size)
-                if end <= start:
-                    continue
-                blob = self._blob(os.pread(fh.fileno(), end - start, start))
-                saved.append([start, end, blob])
+                # saved a piece at a time: a large range never sits in memory whole
+                for piece in range(start, end, UNDO_PIECE):
+                    stop = min(piece + UNDO_PIECE, end)
+                    blob = self._blob(os.pread(fh.fileno(), stop - piece, piece))
+                    saved.append([piece, stop, blob])
         self.files.append({"path": str(path), "size": size, "ranges": saved})
 
     def keep_file(self, path: Path) -> None:

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .. import adapters
+from .. import adapters, needles
 from ..adapters.tiff import TiffAdapter, TiffSlide
 from ..containers.files import data_extents, uncovered
 from ..containers.output import Written
@@ -22,6 +22,7 @@ from ..images import codestreams
 from ..model import KEPT, Job, Naming, Plan
 from ..policy import Policy
 from ..sampling import digest
+from .. import needles
 from . import checks
 from .compare import first_difference
 from .reader import ReaderView, check_reader
@@ -81,11 +82,12 @@ def _check_residue(out: TiffSlide, targets: list[str]) -> list[str]:
     if not targets:
         return []
     starts, ends = _payload(out)
-    pieces = []
-    for a, b in uncovered(zip(starts.tolist(), ends.tolist()), out.tiff.size):
-        for x, y in data_extents(out.tiff.fd, a, b):
-            pieces.append(os.pread(out.tiff.fd, y - x, x))
-    return checks.residue(b"\x00".join(pieces), targets)
+    ranges = [extent for a, b in uncovered(zip(starts.tolist(), ends.tolist()), out.tiff.size)
+              for extent in data_extents(out.tiff.fd, a, b)]
+    # read a chunk at a time: the gaps of a large file (GBs of cleared bytes) never sit in
+    # memory whole
+    return [f"a removed value of {len(n)} characters is still in the file"
+            for n in needles.find_in_ranges(out.tiff.fd, ranges, targets)]
 
 
 def _check_image_data(source: TiffSlide, out: TiffSlide, plan: Plan, info: dict) -> list[str]:
