@@ -580,3 +580,21 @@ def test_residue_search_reads_ranges_a_chunk_at_a_time(tmp_path, monkeypatch):
     finally:
         os.close(fd)
     assert found == ["wilburha"]
+
+
+def test_report_is_written_without_a_name_until_it_is_whole(tmp_path):
+    """While the report is written, nothing new is visible in its folder (O_TMPFILE): a kill
+    at that moment leaves no hidden partial file beside a slide released in place."""
+    from wsideid.report import audit
+
+    seen = []
+
+    def pieces():
+        yield "{"
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        yield "}\n"
+
+    audit._write_whole(tmp_path / "wsideid-report.json", pieces())
+    assert seen == [[]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wsideid-report.json"]
+    assert (tmp_path / "wsideid-report.json").read_text() == "{}\n"

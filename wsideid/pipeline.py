@@ -1,6 +1,8 @@
 """detect -> read -> plan -> write -> verify -> release, for one slide of any format."""
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, replace
 
 from . import adapters, associated
@@ -92,6 +94,7 @@ def _run(job: Job, settings: Settings) -> Result:
                 raise SlideError("is a symbolic link: --in-place would change the file it points "
                                  "to; give that file itself")
     recovered = recover(job)
+    stamps = _stamps(job)
     slide = adapter.read(job)
     before = None
     try:
@@ -144,6 +147,9 @@ def _run(job: Job, settings: Settings) -> Result:
             if problems:
                 if settings.target.in_place:
                     problems.append("the input was restored as it was")
+                elif _stamps(job) != stamps:   # the input's fault, not the output's
+                    raise SlideError("changed while it was being read (its size or time of "
+                                     "change differ now): nothing was released")
                 raise VerificationError("; ".join(problems))
             result.output = written.release()
         except BaseException:
@@ -162,6 +168,18 @@ def _run(job: Job, settings: Settings) -> Result:
         if before is not None:   # an early error: OpenSlide may still be reading the input
             before.wait()
         slide.close()
+
+
+def _stamps(job: Job) -> list[tuple[int, int]]:
+    """Size and time of last change of every input file (a missing one: zeros)."""
+    out = []
+    for path in job.paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((0, 0))
+    return out
 
 
 def _decodes(view) -> None:

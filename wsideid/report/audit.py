@@ -2,6 +2,7 @@
 value: slides are named by their released paths, files left out by pseudonymous paths."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import textwrap
@@ -59,15 +60,22 @@ def write(path: Path, report: dict) -> None:
 
 
 def _write_whole(path: Path, pieces) -> None:
-    """A hidden file beside the report, flushed to disk, then renamed over it (a failed write
-    or a kill leaves no partial report)."""
+    """Written into an unnamed file of the report's folder (O_TMPFILE: a kill while writing
+    leaves nothing behind, not even a hidden file), flushed to disk, given a hidden name and
+    renamed over the report (a failed write or a kill leaves no partial report). Where the
+    file system has no unnamed files, the hidden file is written by name."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        fd = _unnamed_file(path.parent)
+        with (os.fdopen(fd, "w", encoding="utf-8") if fd is not None
+              else open(tmp, "w", encoding="utf-8")) as fh:
             for piece in pieces:
                 fh.write(piece)
             fh.flush()
             os.fsync(fh.fileno())
+            if fd is not None:
+                tmp.unlink(missing_ok=True)   # a leftover of an older run
+                _link_unnamed(fh.fileno(), tmp)
         os.replace(tmp, path)
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -77,3 +85,31 @@ def _write_whole(path: Path, pieces) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _unnamed_file(folder: Path) -> int | None:
+    """A file descriptor of a new file without a name in `folder`, or None where O_TMPFILE is
+    not supported (the file system or the kernel)."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(folder, flag | os.O_WRONLY, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None
+        raise
+
+
+def _link_unnamed(fd: int, name: Path) -> None:
+    """Give an O_TMPFILE file a name: linkat(2) of /proc/self/fd/N with AT_SYMLINK_FOLLOW
+    (os.link does not pass the flag through /proc's link)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, at_symlink_follow = -100, 0x400
+    if libc.linkat(at_fdcwd, f"/proc/self/fd/{fd}".encode(), at_fdcwd, os.fsencode(name),
+                   at_symlink_follow) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(name))
+
