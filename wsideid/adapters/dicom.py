@@ -482,8 +482,7 @@ def _shaped(instances: list[Instance]) -> list[Instance]:
 
 
 def image_of(ds: Dataset, index: str, action: str, role: str | None = None) -> Image:
-    return Image(index, role or role_of(ds), int(ds.get("TotalPixelMatrixColumns", ds.get("Columns", 0)) or 0),
-                 int(ds.get("TotalPixelMatrixRows", ds.get("Rows", 0)) or 0),
+    return Image(index, role or role_of(ds), *_matrix(ds),
                  str(ds.file_meta.get("TransferSyntaxUID", "")), action)
 
 

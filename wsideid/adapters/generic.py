@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import re
 
-from ..containers.tiff.reader import Ifd, TiffFile
+from ..containers.tiff.reader import TiffFile
 from ..errors import SlideError
 from ..images.shape import reduced_copy
 from .base import Probe
-from .tiff import TiffAdapter, TiffSlide
+from .tiff import TiffAdapter, TiffSlide, ifd_size
 
 WORD = re.compile(r"[a-z]+")
-
-
-def _size(ifd: Ifd, bo: str) -> tuple[int, int]:
-    return ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0
 
 
 class GenericTiffAdapter(TiffAdapter):
@@ -41,7 +37,7 @@ class GenericTiffAdapter(TiffAdapter):
     def classify(self, slide: TiffSlide) -> list[str]:
         ifds = slide.tiff.ifds
         bo = slide.bo
-        sizes = [_size(ifd, bo) for ifd in ifds]
+        sizes = [ifd_size(ifd, bo) for ifd in ifds]
         tiled = [i for i, ifd in enumerate(ifds) if 322 in ifd.tags]
         # the base: the first image when it is the largest (stripped or not), else the first
         # tiled one (OpenSlide's generic reader skips stripped images)
@@ -67,7 +63,7 @@ class GenericTiffAdapter(TiffAdapter):
         """Another image of the base's size that is not named a label or macro (a channel or
         a plane, tiled or stripped, whatever its NewSubfileType) cannot be dropped quietly."""
         same = [i for i, (ifd, role) in enumerate(zip(slide.tiff.ifds, roles))
-                if role in ("level", "unknown") and _size(ifd, slide.bo) == base]
+                if role in ("level", "unknown") and ifd_size(ifd, slide.bo) == base]
         if len(same) > 1:
             raise SlideError(f"{len(same)} full-resolution images of the same size (the channels "
                              "or planes of a multi-channel TIFF such as a QPTIFF): not supported; "

@@ -184,8 +184,8 @@ class TiffAdapter(Adapter):
                    if _sub_level(slide.bo, ifd, kid)]
         if not levels:
             return None
-        smallest = min(levels, key=lambda ifd: _ifd_size(slide, ifd)[0] * _ifd_size(slide, ifd)[1])
-        w, h = _ifd_size(slide, smallest)
+        smallest = min(levels, key=lambda ifd: ifd_size(ifd, slide.bo)[0] * ifd_size(ifd, slide.bo)[1])
+        w, h = ifd_size(smallest, slide.bo)
         if w * h > MAX_REFERENCE_PIXELS:
             return openslide_smallest_level(slide.path)
         try:
@@ -314,8 +314,7 @@ class TiffAdapter(Adapter):
 
     def image_of(self, slide: TiffSlide, ifd: Ifd, role: str, action: str, base: Ifd) -> Image:
         bo = slide.bo
-        width, height = ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0
-        base_w, base_h = base.int_value(256, bo, 0) or 0, base.int_value(257, bo, 0) or 0
+        (width, height), (base_w, base_h) = ifd_size(ifd, bo), ifd_size(base, bo)
         codec = ifd.int_value(259, bo)
         tile = ((ifd.int_value(322, bo, 0) or 0, ifd.int_value(323, bo, 0) or 0)
                 if 322 in ifd.tags else None)
@@ -529,11 +528,11 @@ def shaped_roles(slide: TiffSlide, roles: list[str]) -> list[str]:
     base = next((i for i, role in enumerate(roles) if role == "level"), None)
     if base is None:
         return roles
-    base_size = _ifd_size(slide, ifds[base])
+    base_size = ifd_size(ifds[base], slide.bo)
     out = list(roles)
     for i, role in enumerate(roles):
         if role in ("level", "thumbnail") and i != base \
-                and not reduced_copy(_ifd_size(slide, ifds[i]), base_size):
+                and not reduced_copy(ifd_size(ifds[i], slide.bo), base_size):
             out[i] = "unknown"
             slide.extra.setdefault("misshaped", []).append(f"{ifds[i].label} ({role})")
     return out
@@ -545,8 +544,9 @@ def shape_warnings(slide: TiffSlide) -> list[str]:
             "it (a label or macro photograph?): dropped"] if misshaped else []
 
 
-def _ifd_size(slide: TiffSlide, ifd: Ifd) -> tuple[int, int]:
-    return ifd.int_value(256, slide.bo, 0) or 0, ifd.int_value(257, slide.bo, 0) or 0
+def ifd_size(ifd: Ifd, bo: str) -> tuple[int, int]:
+    """ImageWidth and ImageLength of an IFD (0 where missing)."""
+    return ifd.int_value(256, bo, 0) or 0, ifd.int_value(257, bo, 0) or 0
 
 
 def _sub_level(bo: str, parent: Ifd, kid: Ifd) -> bool:
