@@ -99,6 +99,7 @@ def run_atheris(name: str, seconds: float) -> int:
                        "wsideid.adapters.tiff", "wsideid.containers.mirax.slidedat",
                        "wsideid.containers.mirax.index", "wsideid.containers.dicom.io",
                        "wsideid.images.segments", "wsideid.images.regions",
+                       "wsideid.images.overview", "wsideid.policy",
                        "wsideid.pipeline", "wsideid.batch"):
             importlib.import_module(module)
     corpus = HERE / "corpus" / name

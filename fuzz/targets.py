@@ -103,6 +103,33 @@ def aperio_description(data: bytes) -> None:
             raise Finding("a pair holds the separator")
 
 
+def ndpi_properties(data: bytes) -> None:
+    """The NDPI property text (tag 65449) and the barcode box it places in the macro:
+    SlideError, or a text made only of input lines kept whole or dates rewritten, and boxes
+    inside the picture."""
+    from types import SimpleNamespace
+
+    from wsideid.adapters.ndpi import ADAPTER, LINE
+    from wsideid.errors import SlideError
+    from wsideid.images.overview import ndpi_barcode_boxes
+    from wsideid.policy import Policy
+
+    text = data.decode("utf-8", "replace")
+    ifd = SimpleNamespace(label="IFD 0", tags={65449: SimpleNamespace(data=data)})
+    try:
+        kept, _ = ADAPTER.plan_properties(SimpleNamespace(policy=Policy(ocr=False)), ifd, text)
+    except SlideError:
+        return
+    lines = set(LINE.split(text)[::2])
+    for line in LINE.split(kept)[::2]:
+        if line and line not in lines and line.partition("=")[0] + "=" not in text:
+            raise Finding(f"a kept line not in the input: {line[:60]!r}")
+    properties = dict(line.split("=", 1) for line in LINE.split(text)[::2] if "=" in line)
+    for x0, y0, x1, y1 in ndpi_barcode_boxes(properties, (300, 800, 3)):
+        if not (0 <= x0 <= x1 <= 800 and 0 <= y0 <= y1 <= 300):
+            raise Finding(f"a barcode box outside the macro: {(x0, y0, x1, y1)}")
+
+
 def ome_xml(data: bytes) -> None:
     """The OME-XML parser (entities, DTDs and the network off): SlideError or an OME root;
     never an entity expanded, never a file read."""
@@ -220,7 +247,8 @@ def deid(data: bytes) -> None:
         raise Finding(f"a {result.status} slide left {made}")
 
 
-TARGETS = {f.__name__: f for f in (tiff_reader, slide_plan, aperio_description, ome_xml,
+TARGETS = {f.__name__: f for f in (tiff_reader, slide_plan, aperio_description,
+                                   ndpi_properties, ome_xml,
                                    slidedat, index_dat, dicom_header, jpeg_segments, geojson,
                                    deid)}
 
@@ -255,6 +283,11 @@ def _seeds(name: str, folder: Path) -> list[bytes]:
 
         with TiffFile(write_svs(folder / "a.svs")) as tiff:
             return [tiff.ifds[0].tags[270].data]
+    if name == "ndpi_properties":
+        from wsideid.containers.tiff.reader import TiffFile
+
+        with TiffFile(write_ndpi(folder / "b.ndpi")) as tiff:
+            return [tiff.ifds[0].tags[65449].data]
     if name == "ome_xml":
         return [make_ome_xml(1024, 768).encode()]
     if name in ("slidedat", "index_dat"):

@@ -21,10 +21,10 @@ import targets as T  # noqa: E402
 
 from wsideid.errors import SlideError  # noqa: E402
 
-EXAMPLES = {"tiff_reader": 40, "slide_plan": 12, "aperio_description": 300, "ome_xml": 200,
+EXAMPLES = {"tiff_reader": 40, "slide_plan": 12, "aperio_description": 300, "ndpi_properties": 300, "ome_xml": 200,
             "slidedat": 300, "index_dat": 300, "dicom_header": 40, "jpeg_segments": 300,
             "geojson": 300, "deid": 4}
-TEXT = {"aperio_description", "ome_xml", "slidedat", "index_dat", "jpeg_segments", "geojson"}
+TEXT = {"aperio_description", "ndpi_properties", "ome_xml", "slidedat", "index_dat", "jpeg_segments", "geojson"}
 
 
 @pytest.fixture(autouse=True)
