@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from run import drop_caches, make_big_mrxs, make_big_ome, make_big_svs  # noqa: E402
+from run import compile_package, drop_caches, make_big_mrxs, make_big_ome, make_big_svs  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 TREE = OUT / "batch-tree"
@@ -137,6 +137,7 @@ def main() -> None:
         print(f"generated {args.slides} slides, {tree_size(TREE) / 1e9:.2f} GB in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     size = tree_size(TREE)
+    compile_package()
     env = {**os.environ, "WSIDEID_KEY": KEY}
     dest = OUT / "batch-copy"
     wsideid = [sys.executable, "-m", "wsideid", "deid", str(TREE), "-o", str(dest)]

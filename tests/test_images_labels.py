@@ -548,4 +548,46 @@ def test_upright_overview_uses_rows():
 
 def test_ocr_reports_not_run_without_tesseract(monkeypatch):
     monkeypatch.setattr(ocr, "pytesseract", None)
-    assert ocr.read_text(np.full((40, 40), 255, np.uint8)) is None
+    ocr.available.cache_clear()     # asked once per process
+    try:
+        assert ocr.read_text(np.full((40, 40), 255, np.uint8)) is None
+    finally:
+        ocr.available.cache_clear()
+
+
+def faint_code(contrast: int) -> np.ndarray:
+    code = np.asarray(code_image(PLANTED, "QRCode")).astype(float) / 255
+    image = np.full((200, 300), 200.0)
+    image[20:20 + code.shape[0], 20:20 + code.shape[1]] = 200 - contrast + contrast * code
+    return image.astype(np.uint8)
+
+
+def test_codes_too_faint_for_an_edge_are_looked_for_on_released_images_only():
+    """A code 3 grey levels from its ground shows no edge: only the stretched whole image
+    reads it. That look is kept for images to be released; a dropped label skips it (its
+    codes only add values to search for). A one-colour image holds nothing at all."""
+    from wsideid.associated import examine
+    from wsideid.model import Image as SlideImage
+    from wsideid.policy import Policy
+
+    image = faint_code(3)
+    assert [(c.symbology, c.value) for c in decode_all(image)] == [("QRCode", PLANTED)]
+    assert decode_all(image, faint=False) == []
+    assert decode_all(faint_code(12), faint=False) != []     # with an edge: found either way
+    assert decode_all(np.full((60, 90, 3), 37, np.uint8)) == []
+
+    class Stub:
+        def images(self, slide):
+            return [SlideImage("IFD 3", "label", 300, 200, "lzw")]
+
+        def pixels(self, slide, image):
+            return image_pixels
+
+        def label_values(self, slide):
+            return []
+
+    image_pixels = image
+    kept = examine(Stub(), None, Policy(ocr=False, label="keep"))
+    dropped = examine(Stub(), None, Policy(ocr=False))
+    assert [c.value for c in kept.images[0].barcodes] == [PLANTED]
+    assert dropped.images[0].barcodes == []

@@ -523,6 +523,9 @@ def test_first_difference_finds_the_piece_that_differs(tmp_path):
         with open(b, "rb") as fb:
             assert first_difference(fa.fileno(), fb.fileno(), [(0, 1000, 1007, 5000)]) is None
             assert first_difference(fa.fileno(), fb.fileno(), [(0, 1000, 1000, 5000)]) == 0
+    b.write_bytes(data[:5000])       # both files end inside the piece, at the same place
+    with open(b, "rb") as fa, open(b, "rb") as fb:
+        assert first_difference(fa.fileno(), fb.fileno(), [(0, 0, 0, 4000), (1, 4000, 4000, 2000)]) == 1
 
 
 

@@ -70,7 +70,8 @@ def examine(adapter: Any, slide: Any, policy: Policy) -> SlideChecks:
         texts = None
         if read_text and image.role in TEXT_ROLES and policy.image_action(image.role) != "drop":
             texts = [line for line in ocr.read_text(pixels) or [] if WORDLIKE.search(line)]
-        checks.append(ImageCheck(image, pixels, decode_all(pixels), texts))
+        released = policy.image_action(image.role) != "drop"
+        checks.append(ImageCheck(image, pixels, decode_all(pixels, faint=released), texts))
     return SlideChecks(checks, [v for v in adapter.label_values(slide) if v.strip()], read_text,
                        undecodable)
 

@@ -442,12 +442,17 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
 
 # ---------------------------------------------------------------- the search
 
-def decode_all(pixels: np.ndarray) -> list[Barcode]:
-    """Every barcode found in the image, once each, ordered top to bottom."""
+def decode_all(pixels: np.ndarray, faint: bool = True) -> list[Barcode]:
+    """Every barcode found in the image, once each, ordered top to bottom. `faint=False`
+    skips the look for codes too faint to show an edge (stage 3 on an image where nothing
+    code-like was seen), for an image that is not released: its codes only add values to
+    search for, and a code printed on a label has edges."""
+    if pixels.size == 0 or pixels.min() == pixels.max():
+        return []       # one colour everywhere: nothing is drawn, however it is enhanced
     grey = to_grey(pixels)
     findings = Findings(grey.shape)
     work = _plain_pass(grey, findings)
-    _closer_search(work, findings)
+    _closer_search(work, findings, faint)
     return findings.sorted()
 
 
@@ -462,7 +467,7 @@ def _plain_pass(grey: np.ndarray, findings: Findings) -> Variant:
     return work
 
 
-def _closer_search(work: Variant, findings: Findings) -> None:
+def _closer_search(work: Variant, findings: Findings, faint: bool = True) -> None:
     """Stages 2 to 5, each only while code-like regions remain unexplained."""
     blocks = block_map(work.image)
     regions = code_like_regions(blocks, work.image.shape) if blocks else []
@@ -472,8 +477,8 @@ def _closer_search(work: Variant, findings: Findings) -> None:
                 if not findings.covers(work.region_box(r.box, findings.shape))]
 
     # A faint code can stay below the edge threshold, so an image without any code found so
-    # far always gets the enhanced look.
-    if findings.codes and not unexplained(regions):
+    # far always gets the enhanced look (when faint codes are looked for).
+    if (findings.codes or not faint) and not unexplained(regions):
         return
     _read_enhanced(work, findings)
     if blocks is None or not unexplained(regions):

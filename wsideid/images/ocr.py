@@ -7,6 +7,7 @@ orientation that reads with the highest confidence wins.
 """
 from __future__ import annotations
 
+import functools
 import shutil
 
 import numpy as np
@@ -23,7 +24,10 @@ MIN_CONFIDENCE = 50.0   # words Tesseract is less sure of (0..100) are dropped
 SMALL_SIDE = 600        # images whose long side is smaller are scaled up 2x first
 
 
+@functools.lru_cache(maxsize=1)
 def available() -> bool:
+    """Whether Tesseract runs with its English data (asked once per process: asking runs
+    the program)."""
     if pytesseract is None or shutil.which(pytesseract.pytesseract.tesseract_cmd) is None:
         return False
     try:

@@ -743,14 +743,25 @@ def _jpeg_head(buf: np.ndarray, o: np.ndarray, e: np.ndarray) -> tuple[np.ndarra
 HEAD_BYTES = 2 + MAX_HEADER_SEGMENTS * (2 + 0xFFFF) + 4
 
 
+MARKER_CHUNK = 1 << 20
+
+
 def _markers_between(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """For each [start, end): does it hold a marker other than a stuffed zero, a restart
     marker or a fill byte (T.81 B.1.1.5)?"""
     lo, hi = int(starts.min(initial=0)), int(ends.max(initial=0))
     if hi <= lo:
         return np.zeros(len(starts), dtype=bool)
-    ff = np.flatnonzero(buf[lo:hi] == 0xFF) + lo
-    found = ff[_is_marker(buf[np.minimum(ff + 1, len(buf) - 1)])]
+    # a piece at a time into one small mask: a window-sized mask costs its page faults and
+    # leaves the cache
+    mask = np.empty(min(MARKER_CHUNK, hi - lo), dtype=bool)
+    pieces = []
+    for a in range(lo, hi, MARKER_CHUNK):
+        here = mask[:min(MARKER_CHUNK, hi - a)]
+        np.equal(buf[a:a + len(here)], 0xFF, out=here)
+        ff = np.flatnonzero(here) + a
+        pieces.append(ff[_is_marker(buf[np.minimum(ff + 1, len(buf) - 1)])])
+    found = np.concatenate(pieces)
     return np.searchsorted(found, ends, side="left") > np.searchsorted(found, starts, side="left")
 
 
