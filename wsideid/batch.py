@@ -578,17 +578,23 @@ def _worker_started(parent: int) -> None:
         os._exit(1)
 
 
-def process_pool(jobs: int):
+def process_pool(jobs: int, warm: int | None = None):
     """A pool of `jobs` fresh processes (spawned, not forked: they inherit neither the
-    output folder's lock nor anything else of this process)."""
+    output folder's lock nor anything else of this process). `warm` of them (all by
+    default) start now and import what slides need; the others start as slides arrive."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_started, initargs=(os.getpid(),))
-    for _ in range(jobs):   # start every worker now, while the inputs are walked
-        pool.submit(_warm_up)
+    warm_up(pool, jobs if warm is None else warm)
     return pool
+
+
+def warm_up(pool, workers: int) -> None:
+    """Start `workers` more of the pool's processes (an idle one takes a warm-up first)."""
+    for _ in range(workers):
+        pool.submit(_warm_up)
 
 
 def _warm_up() -> None:

@@ -305,6 +305,7 @@ def deid(
             if found.released:
                 raise typer.Exit(0)
             no_slides(inputs, found)
+        executor, window = _one_slide_inline(executor, window, client, found, jobs)
         options = {**policy.options(), "in_place": in_place, "mapping": bool(mapping)}
         settings = Settings(policy, keyring, Target(None if in_place else outdir))
         namer = Namer(keyring, mapping)
@@ -409,7 +410,22 @@ def _executor(jobs: int, scheduler: str | None, inputs: list[Path]):
     workers = jobs or os.cpu_count() or 1
     if workers <= 1 or (len(inputs) == 1 and not inputs[0].is_dir()):
         return batch.InlineExecutor(), 1, None
-    return batch.process_pool(workers), 2 * workers, None
+    # one worker starts while the inputs are walked; the others once more than one slide is
+    # found (`_one_slide_inline`)
+    return batch.process_pool(workers, warm=1), 2 * workers, None
+
+
+def _one_slide_inline(executor, window: int, client, found, jobs: int):
+    """A folder that holds a single slide (a DICOM series, a MIRAX slide) runs in this process,
+    as a single file does: workers would only add their start-up. Otherwise the rest of the
+    pool's workers start now."""
+    if client is not None or isinstance(executor, (batch.InlineExecutor, type(None))):
+        return executor, window
+    if len(found.items) + len(found.broken) <= 1:
+        executor.shutdown(wait=False, cancel_futures=True)
+        return batch.InlineExecutor(), 1
+    batch.warm_up(executor, (jobs or os.cpu_count() or 1) - 1)
+    return executor, window
 
 
 def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> None:
