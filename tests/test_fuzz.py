@@ -5,6 +5,8 @@ splices, cuts), and for the text parsers any bytes at all. The long coverage-gui
 from __future__ import annotations
 
 import random
+import struct
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -133,3 +135,40 @@ def test_a_macro_that_decodes_to_nothing_is_dropped_not_a_crash(tmp_path):
         f"wsideid: warning: {path}: the macro image (IFD 2) could not be decoded to be "
         "checked: dropped"]
 
+
+
+REGRESSIONS = ROOT / "tests" / "fuzz_regressions"
+
+
+def test_a_file_meta_sequence_found_by_fuzzing_is_refused_at_once():
+    """Found by the dicom_header target (atheris, 2026-11-30): (0002,0000) made a sequence
+    that swallows the data set. pydicom formats it into a log message whose text grows
+    exponentially with the nesting (each level quotes a traceback): more than 24 GB of memory
+    and minutes before the fix. Run under the hostile corpus's bounds (1 GiB, 30 s)."""
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+              "from pathlib import Path; from wsideid.containers.dicom.io import read_header;"
+              "from wsideid.errors import SlideError\n"
+              "try:\n    read_header(Path(sys.argv[1]))\nexcept SlideError as exc:\n    print(exc)")
+    done = subprocess.run([sys.executable, "-c", script,
+                           str(REGRESSIONS / "dicom-file-meta-sequence.dcm")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "File Meta Information holds a sequence" in done.stdout
+
+
+def test_file_meta_check_reads_the_group_as_pydicom_would():
+    from wsideid.containers.dicom.io import check_file_meta
+
+    head = b"\0" * 128 + b"DICM"
+    ul = struct.pack("<HH", 2, 0) + b"UL" + struct.pack("<HI", 4, 30)
+    ui = struct.pack("<HH", 2, 0x10) + b"UI" + struct.pack("<H", 20) + b"1.2.840.10008.1.2.1\0"
+    after = struct.pack("<HH", 8, 0x16) + b"UI" + struct.pack("<H", 2) + b"1\0"
+    check_file_meta(head + ul + ui + after)                       # a plain group
+    check_file_meta(head + ul + ui)                               # the file ends after it
+    check_file_meta(b"\0" * 140)                                  # no preamble: pydicom's call
+    sq = struct.pack("<HH", 2, 0) + b"SQ\0\0" + struct.pack("<I", 8) + b"\xfe\xff\x00\xe0\0\0\0\0"
+    implicit = struct.pack("<HHI", 2, 0x10, 0xFFFFFFFF)
+    long_ob = struct.pack("<HH", 2, 1) + b"OB\0\0" + struct.pack("<I", 2 << 20)
+    for bad in (head + sq + after, head + ul + implicit, head + ul + long_ob + b"\0" * (1 << 20)):
+        with pytest.raises(SlideError):
+            check_file_meta(bad)
