@@ -945,6 +945,22 @@ def _element_offset(data: bytes, ds, tag: tuple[int, int]) -> int:
     return pos
 
 
+def make_dicom_file_meta_element_in_data_set(folder: Path) -> Hostile:
+    """(0002,0013) ImplementationVersionName, a File Meta element, written among the data
+    set's elements after (0008,0008): pydicom reads it, then refuses to write it (an internal
+    error before the fix; found by a stranger's attack)."""
+    import pydicom
+
+    path = base_dicom(folder / "series")
+    ds = pydicom.dcmread(path)
+    data = path.read_bytes()
+    at = _element_offset(data, ds, (0x0008, 0x0016))
+    stray = struct.pack("<HH", 0x0002, 0x0013) + b"SH" + struct.pack("<H", 14) + b"DCM-META-QUACK"
+    path.write_bytes(data[:at] + stray + data[at:])
+    return Hostile([path.parent], needles=DICOM_NEEDLES + ["DCM-META-QUACK"],
+                   misleading=["died", "internal error", "ValueError"])
+
+
 def make_dicom_truncated_pixels(folder: Path) -> Hostile:
     path = base_dicom(folder / "series")
     data = path.read_bytes()
@@ -1031,6 +1047,7 @@ def make_dicom_non_utf8_restricted_vrs(folder: Path) -> Hostile:
 
 DICOM_CASES = {
     "dicom-sequence-1000-deep": make_dicom_deep_sequence,
+    "dicom-file-meta-element-in-data-set": make_dicom_file_meta_element_in_data_set,
     "dicom-truncated-pixel-data": make_dicom_truncated_pixels,
     "dicom-truncated-header": make_dicom_truncated_header,
     "dicom-pixeldata-length-4GB": make_dicom_bad_lengths,

@@ -156,19 +156,33 @@ def test_a_file_meta_sequence_found_by_fuzzing_is_refused_at_once():
     assert "File Meta Information holds a sequence" in done.stdout
 
 
-def test_file_meta_check_reads_the_group_as_pydicom_would():
-    from wsideid.containers.dicom.io import check_file_meta
+def test_file_meta_check_reads_the_group_as_pydicom_would(tmp_path):
+    """The group is walked by pydicom's own reader, so that an element pydicom reads in a way
+    of its own (an unknown VR such as B1 read as explicit with a 2-byte length) cannot put the
+    check out of step with dcmread (a stranger's attack bypassed a hand-written walk so)."""
+    import io
+
+    from wsideid.containers.dicom.io import check_file_meta, read_header
 
     head = b"\0" * 128 + b"DICM"
     ul = struct.pack("<HH", 2, 0) + b"UL" + struct.pack("<HI", 4, 30)
     ui = struct.pack("<HH", 2, 0x10) + b"UI" + struct.pack("<H", 20) + b"1.2.840.10008.1.2.1\0"
     after = struct.pack("<HH", 8, 0x16) + b"UI" + struct.pack("<H", 2) + b"1\0"
-    check_file_meta(head + ul + ui + after)                       # a plain group
-    check_file_meta(head + ul + ui)                               # the file ends after it
-    check_file_meta(b"\0" * 140)                                  # no preamble: pydicom's call
+    for fine in (head + ul + ui + after, head + ul + ui, b"\0" * 140):
+        check_file_meta(io.BytesIO(fine))
     sq = struct.pack("<HH", 2, 0) + b"SQ\0\0" + struct.pack("<I", 8) + b"\xfe\xff\x00\xe0\0\0\0\0"
-    implicit = struct.pack("<HHI", 2, 0x10, 0xFFFFFFFF)
-    long_ob = struct.pack("<HH", 2, 1) + b"OB\0\0" + struct.pack("<I", 2 << 20)
-    for bad in (head + sq + after, head + ul + implicit, head + ul + long_ob + b"\0" * (1 << 20)):
+    implicit = struct.pack("<HH", 2, 0) + struct.pack("<I", 4) + b"\0" * 4 + \
+        struct.pack("<HHI", 2, 0x10, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0) + \
+        struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    long_ob = struct.pack("<HH", 2, 1) + b"OB\0\0" + struct.pack("<I", 2 << 20) + b"\0" * (2 << 20)
+    for bad in (head + sq + after, head + implicit, head + ul + long_ob + after):
         with pytest.raises(SlideError):
-            check_file_meta(bad)
+            check_file_meta(io.BytesIO(bad))
+    # the attack: an OB element, then one of VR "B1", then the fuzzer's sequence
+    found = (REGRESSIONS / "dicom-file-meta-sequence.dcm").read_bytes()
+    ob = struct.pack("<HH", 2, 1) + b"OB\0\0" + struct.pack("<I", 2) + b"\0\1"
+    b1 = struct.pack("<HH", 2, 0x101) + b"B1" + struct.pack("<H", 0)
+    path = tmp_path / "bypass.dcm"
+    path.write_bytes(found[:132] + ob + b1 + found[132:])
+    with pytest.raises(SlideError, match="File Meta Information holds a sequence"):
+        read_header(path)

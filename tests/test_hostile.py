@@ -68,7 +68,8 @@ QUICK = {"ifd-self-loop", "subifd-chain-loop", "value-offset-wraps-32bit", "tile
          "ndpi-props-50MB-value", "ndpi-props-non-utf8", "mrxs-slidedat-10^6-sections",
          "mrxs-datafile-dotdot", "mrxs-datafile-symlink", "mrxs-index-page-loop-hier",
          "mrxs-tile-record-1GB-past-eof", "dicom-sequence-1000-deep",
-         "dicom-pixeldata-length-4GB", "dicom-non-utf8-AE-AS-CS-DA-DT-TM-UR", "fifo-x.svs",
+         "dicom-pixeldata-length-4GB", "dicom-non-utf8-AE-AS-CS-DA-DT-TM-UR",
+         "dicom-file-meta-element-in-data-set", "fifo-x.svs",
          "symlink-loop", "dev-zero", "empty-file"}
 QUICK_IN_PLACE = {"ifd-self-loop", "tile-over-metadata", "jpeg-tile-COM-length-0",
                   "mrxs-datafile-dotdot", "mrxs-kept-record-1GB-past-eof"}

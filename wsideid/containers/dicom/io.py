@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -47,9 +49,10 @@ def read_header(path: Path) -> tuple[pydicom.Dataset, int]:
     planner's own checks decide about it (adapters/dicom_values.py), the same in every process."""
     try:
         with open(path, "rb") as fh, _warning_on_invalid_values():
-            check_file_meta(fh.read(FILE_META_MOST))
+            check_file_meta(fh)
             fh.seek(0)
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
+            check_no_file_meta_in_data_set(ds)
             start = fh.tell()
             syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
             if syntax is not None and not (isinstance(syntax, pydicom.uid.UID)
@@ -70,43 +73,47 @@ def read_header(path: Path) -> tuple[pydicom.Dataset, int]:
                          "while parsing)") from None
 
 
-# the File Meta Information read ahead of pydicom: its elements are a few short strings and
-# numbers (PS3.10 7.1); a group reaching past this is refused
-FILE_META_MOST = 132 + (1 << 20)
-LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-                   b"UT", b"UV"}   # 2 reserved bytes and a 4-byte length (PS3.5 7.1.2)
+FILE_META_MOST = 1 << 20     # a File Meta group longer than this is refused
 
 
-def check_file_meta(head: bytes) -> None:
-    """The File Meta Information group (0002) holds no sequence and no value of undefined
-    length (PS3.10 7.1 defines none). pydicom formats a (0002,0000) that is a sequence into a
-    log message, and that text grows exponentially with the sequence's nesting (an exception's
-    traceback is quoted at every level): a fuzzed 5 KB file took more than 24 GB of memory."""
-    if head[128:132] != b"DICM":
-        return          # pydicom refuses it (no preamble)
-    pos = 132
-    while pos + 8 <= len(head):
-        group, _ = struct.unpack_from("<HH", head, pos)
-        if group != 0x0002:
-            return
-        vr = head[pos + 4:pos + 6]
-        if vr.isalpha() and vr.isupper():       # explicit VR
-            if vr in LONG_LENGTH_VRS:
-                if pos + 12 > len(head):
-                    return
-                length, size = struct.unpack_from("<I", head, pos + 8)[0], 12
-            else:
-                length, size = struct.unpack_from("<H", head, pos + 6)[0], 8
-        else:                                   # implicit VR (non-conformant, read by pydicom)
-            length, size = struct.unpack_from("<I", head, pos + 4)[0], 8
-            vr = b""
-        if vr == b"SQ" or length == UNDEFINED:
-            raise SlideError("its File Meta Information holds a sequence or a value of "
-                             "undefined length (PS3.10 7.1 allows neither)")
-        pos += size + length
-    if pos < len(head) or len(head) < FILE_META_MOST:
-        return          # the group ended, or the file did (pydicom reports a cut file)
-    raise SlideError("its File Meta Information is longer than 1 MB")
+def check_file_meta(fh: BinaryIO) -> None:
+    """The File Meta Information group (0002), read the way pydicom reads it (its own reader:
+    explicit VR, then implicit VR as pydicom retries), holds no sequence and no value of
+    undefined length (PS3.10 7.1 defines neither) and is at most 1 MB. pydicom formats a
+    (0002,0000) that is a sequence into a log message, and that text grows exponentially with
+    the sequence's nesting (an exception's traceback is quoted at every level): a fuzzed 5 KB
+    file took more than 24 GB of memory. Elements are looked at raw, never formatted."""
+    from pydicom.filereader import read_dataset, read_preamble
+
+    try:
+        read_preamble(fh, False)
+    except Exception:  # noqa: BLE001 - no preamble: dcmread refuses the file itself
+        return
+    start = fh.tell()
+    for implicit in (False, True):
+        fh.seek(start)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")     # dcmread says what it has to say
+                group = read_dataset(fh, is_implicit_VR=implicit, is_little_endian=True,
+                                     stop_when=lambda tag, vr, length: tag >> 16 != 2)
+        except Exception:  # noqa: BLE001 - what this reading cannot parse, dcmread reports
+            continue
+        for element in group.elements():        # raw elements: nothing converted
+            if element.VR == "SQ" or element.length == UNDEFINED:
+                raise SlideError("its File Meta Information holds a sequence or a value of "
+                                 "undefined length (PS3.10 7.1 allows neither)")
+        if fh.tell() - start > FILE_META_MOST:
+            raise SlideError("its File Meta Information is longer than 1 MB")
+
+
+def check_no_file_meta_in_data_set(ds: pydicom.Dataset) -> None:
+    """Group 0002 belongs to the File Meta Information only (PS3.10 7.1); pydicom refuses to
+    write such an element in the data set later, as an internal error."""
+    stray = next((tag for tag in ds.keys() if tag.group == 0x0002), None)
+    if stray is not None:
+        raise SlideError(f"a File Meta Information element ({stray.group:04X},"
+                         f"{stray.element:04X}) is in the data set (PS3.10 7.1)")
 
 
 @contextmanager
