@@ -548,3 +548,29 @@ def test_a_label_or_overview_released_unread_says_so(tmp_path, options, expect):
     [line] = lines
     assert all(image in line for image in expect) and "CMU-1" not in line
     assert len(stderr) == 1 and stderr[0].endswith(line)
+
+
+def test_a_faint_code_on_a_large_kept_label_is_not_released(tmp_path):
+    """A QR code 4 grey levels from the ground of an 800 x 300 label, `--label keep`: the
+    label is dropped instead (and `--strict` refuses the slide); the value is in no output
+    byte. Before the fix the label was released as it was."""
+    import zxingcpp
+    from fixtures.svs import SvsSpec, write_svs
+
+    value = "LAB-FAINT-4711"
+    code = np.asarray(zxingcpp.create_barcode(value, zxingcpp.BarcodeFormat.QRCode)
+                      .to_image(scale=3, add_quiet_zones=True)).astype(float) / 255
+    label = np.full((300, 800), 200.0)
+    label[10:10 + code.shape[0], 10:10 + code.shape[1]] = 196 + 4 * code
+    label = np.repeat(label.astype(np.uint8)[:, :, None], 3, axis=2)
+    (tmp_path / "in").mkdir()
+    src = write_svs(tmp_path / "in" / "slide.svs", SvsSpec(plant=False, macro=False,
+                                                            label_pixels=label))
+    out = tmp_path / "out"
+    proc = run("deid", src, "-o", out, "--label", "keep", "--no-ocr", check=0)
+    assert "the label image" in proc.stderr and "dropped instead of kept" in proc.stderr
+    assert "label" not in openslide_pictures(only_output(out, ".svs"))
+    assert not found_needles(all_files(out), [value])
+    strict = run("deid", src, "-o", tmp_path / "strict", "--label", "keep", "--no-ocr",
+                 "--strict")
+    assert strict.returncode == 2 and "--strict" in strict.stderr

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import zxingcpp
-from PIL import Image
+from PIL import Image, ImageFilter
 
 try:
     from pyzbar import pyzbar as _pyzbar
@@ -116,6 +116,20 @@ def stretch(grey: np.ndarray) -> np.ndarray:
     if hi - lo < 1:
         return grey
     out = (grey.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def faint_stretch(grey: np.ndarray) -> np.ndarray | None:
+    """The image median-filtered over 3 x 3 pixels, then stretched so that its 0.01st..99.99th
+    percentiles span 0..255: a code a few grey levels from its ground that covers less than
+    1% of the image (where `stretch` sees only ground), under sensor noise (which the
+    median takes out without blurring the code's edges). None for an image of one grey
+    level."""
+    smooth = np.asarray(Image.fromarray(grey).filter(ImageFilter.MedianFilter(3)))
+    lo, hi = np.percentile(smooth, (0.01, 99.99))
+    if hi - lo < 1:
+        return None
+    out = (smooth.astype(np.float32) - lo) * (255.0 / (hi - lo))
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -502,6 +516,13 @@ def _read_enhanced(work: Variant, findings: Findings) -> None:
     findings.add(read_both(enhanced, findings.shape))
     findings.add(read_zxing(enhanced, findings.shape,
                             binarizer=zxingcpp.Binarizer.GlobalHistogram))
+    if not findings.codes:
+        faint = faint_stretch(work.image)
+        if faint is not None:
+            variant = Variant(faint, work.to_input)
+            findings.add(read_both(variant, findings.shape))
+            findings.add(read_zxing(variant, findings.shape,
+                                    binarizer=zxingcpp.Binarizer.GlobalHistogram))
 
 
 def _read_upright(work: Variant, region: Region, findings: Findings) -> None:
