@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -348,7 +349,7 @@ def deid(
         exporter = batch.Exporter(settings, outdir, namer, journal, executor, window,
                                   batch.Sink(planned=run.planned, finished=run.finished))
         run.exporter = exporter
-    except BaseException:
+    except BaseException as exc:
         # an early exit (an option or folder refused): the pool's workers, still starting,
         # are waited for, so that none of them dies noisily after this process
         if journal is not None:
@@ -358,6 +359,9 @@ def deid(
             client.close()
         elif executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        if isinstance(exc, KeyboardInterrupt):
+            error_line("interrupted before any slide was written; run the same command again")
+            raise typer.Exit(130) from None
         raise
     interrupted = False
     journal_failed = ""
@@ -1223,10 +1227,18 @@ def _sources(map_file: Path, outdir: Path) -> dict[str, Path]:
     return sources
 
 
+def _terminated(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     from .library_warnings import withhold_everywhere
 
     withhold_everywhere()
+    # SIGTERM (a batch scheduler's time limit, `kill`) ends a run as Ctrl-C does: the slides
+    # being written are abandoned cleanly, the pool is shut down, and the run says how far
+    # it got (a re-run finishes it); the default would end the process where it stands
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except InstallError as exc:
