@@ -350,3 +350,23 @@ def test_verification_replans_the_output_like_any_slide(tmp_path):
     ds.save_as(out, enforce_file_format=True)
     problems = verify(dicom, series, plan, written, Policy(), naming, None)
     assert any("InstitutionName is still present" in p for p in problems), problems
+
+
+def test_a_copy_of_an_instance_in_another_folder_refuses_its_series(tmp_path):
+    """Instances of one series spread over folders are one slide; a file copied into a second
+    folder is then the same instance twice, which was released twice under one
+    SOPInstanceUID (third stranger attack). The series is refused, the other one released."""
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    boxes = shared_slide("dicom/openslide-boxes")
+    for path in boxes.glob("*.dcm"):
+        shutil.copy(path, src / "a" / path.name)
+    shutil.copy(boxes / "boxes_0.dcm", src / "b" / "copy.dcm")
+    shutil.copy(shared_slide("dicom/highdicom-sm/sm_image.dcm"), src / "b" / "other.dcm")
+    key = tmp_path / "key"
+    proc = run("deid", src, "-o", tmp_path / "out", "--key-file", key)
+    assert proc.returncode == 1, proc.stderr
+    assert "are the same instance (one SOPInstanceUID)" in proc.stderr
+    released = [pydicom.dcmread(p) for p in (tmp_path / "out").rglob("*.dcm")]
+    assert len(released) == 1 and "SM" in str(released[0].Modality)

@@ -640,6 +640,14 @@ class DicomAdapter(Adapter):
             instances.append(Instance(number, path, ds, pixel_start, role))
         if len(series) > 1:
             raise SlideError("instances of more than one series were given as one slide")
+        seen: dict[str, int] = {}
+        for inst in instances:
+            uid = str(inst.header.get("SOPInstanceUID", ""))
+            if uid and uid in seen:
+                # a copy of a file in another folder: released twice under one UID otherwise
+                raise SlideError(f"instances {seen[uid]} and {inst.number} are the same instance "
+                                 "(one SOPInstanceUID); remove the copy")
+            seen[uid] = inst.number
         return DicomSeries(_shaped(instances))
 
     def fingerprint(self, slide: DicomSeries) -> bytes:
