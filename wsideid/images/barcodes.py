@@ -494,7 +494,7 @@ def _closer_search(work: Variant, findings: Findings, faint: bool = True) -> Non
     # far always gets the enhanced look (when faint codes are looked for).
     if (findings.codes or not faint) and not unexplained(regions):
         return
-    _read_enhanced(work, findings)
+    _read_enhanced(work, findings, faint)
     if blocks is None or not unexplained(regions):
         return
     for region in unexplained(bar_like_regions(blocks, work.image.shape))[:MAX_SKEWED]:
@@ -509,17 +509,17 @@ def _area(box: Box) -> int:
     return (box[2] - box[0]) * (box[3] - box[1])
 
 
-def _read_enhanced(work: Variant, findings: Findings) -> None:
+def _read_enhanced(work: Variant, findings: Findings, faint: bool = True) -> None:
     """Stage 3: the whole image stretched, scaled up if small, with both binarisers."""
     factor = min(2.0, (ENHANCED_MAX_PIXELS / work.image.size) ** 0.5)
     enhanced = scaled(Variant(stretch(work.image), work.to_input), factor if factor >= 1.5 else 1)
     findings.add(read_both(enhanced, findings.shape))
     findings.add(read_zxing(enhanced, findings.shape,
                             binarizer=zxingcpp.Binarizer.GlobalHistogram))
-    if not findings.codes:
-        faint = faint_stretch(work.image)
-        if faint is not None:
-            variant = Variant(faint, work.to_input)
+    if faint and not findings.codes:
+        stretched = faint_stretch(work.image)
+        if stretched is not None:
+            variant = Variant(stretched, work.to_input)
             findings.add(read_both(variant, findings.shape))
             findings.add(read_zxing(variant, findings.shape,
                                     binarizer=zxingcpp.Binarizer.GlobalHistogram))
