@@ -98,8 +98,9 @@ def run_atheris(name: str, seconds: float) -> int:
     import wsideid
 
     # every module of the package instrumented (a parser missing from a hand-kept list is
-    # fuzzed blind: libFuzzer then sees no coverage beyond the target function)
-    with atheris.instrument_imports(include=["wsideid"]):
+    # fuzzed blind: libFuzzer then sees no coverage beyond the target function), and the
+    # Python libraries they import with them (pydicom's parser is what dicom_header fuzzes)
+    with atheris.instrument_imports():
         for module in pkgutil.walk_packages(wsideid.__path__, "wsideid."):
             if not module.name.endswith("__main__"):
                 importlib.import_module(module.name)
