@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep-tree", action="store_true", help="reuse bench/out/batch-tree")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of wsideid: its `deid --jobs 2` is timed in the "
+                             "same rounds (run by this interpreter, its package first on the path)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not (args.keep_tree and TREE.exists()):
@@ -151,6 +154,10 @@ def main() -> None:
         "deid --jobs 1": lambda: timed(wsideid + ["--jobs", "1"], env),
         "deid --jobs 2": lambda: timed(wsideid + ["--jobs", "2"], env),
     }
+    if args.baseline is not None:
+        compile_package(args.baseline)
+        variants["baseline --jobs 2"] = lambda: timed(
+            wsideid + ["--jobs", "2"], {**env, "PYTHONPATH": str(args.baseline.resolve())})
     samples: dict[str, list[float]] = {name: [] for name in variants}
     cold = True
     for r in range(args.rounds):
@@ -168,7 +175,9 @@ def main() -> None:
     for name, xs in samples.items():
         print(f"  {name:14s} median {med[name]:6.2f} s  range {min(xs):.2f}-{max(xs):.2f}  "
               f"samples {' '.join(f'{x:.2f}' for x in xs)}  {size / 1e6 / med[name]:.0f} MB/s")
-    for name in ("deid --jobs 1", "deid --jobs 2"):
+    for name in ("deid --jobs 1", "deid --jobs 2", "baseline --jobs 2"):
+        if name not in med:
+            continue
         print(f"  {name}: {med[name] / med['cp -r']:.2f}x cp -r, "
               f"{med[name] / med['cp -r + sync']:.2f}x cp -r + sync, "
               f"{med[name] / med['copy + fsync each']:.2f}x copy + fsync each")
