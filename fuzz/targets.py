@@ -109,7 +109,7 @@ def ndpi_properties(data: bytes) -> None:
     inside the picture."""
     from types import SimpleNamespace
 
-    from wsideid.adapters.ndpi import ADAPTER, LINE
+    from wsideid.adapters.ndpi import ADAPTER, LINE, property_values
     from wsideid.errors import SlideError
     from wsideid.images.overview import ndpi_barcode_boxes
     from wsideid.policy import Policy
@@ -124,8 +124,7 @@ def ndpi_properties(data: bytes) -> None:
     for line in LINE.split(kept)[::2]:
         if line and line not in lines and line.partition("=")[0] + "=" not in text:
             raise Finding(f"a kept line not in the input: {line[:60]!r}")
-    properties = dict(line.split("=", 1) for line in LINE.split(text)[::2] if "=" in line)
-    for x0, y0, x1, y1 in ndpi_barcode_boxes(properties, (300, 800, 3)):
+    for x0, y0, x1, y1 in ndpi_barcode_boxes(property_values(text), (300, 800, 3)):
         if not (0 <= x0 <= x1 <= 800 and 0 <= y0 <= y1 <= 300):
             raise Finding(f"a barcode box outside the macro: {(x0, y0, x1, y1)}")
 

@@ -272,7 +272,7 @@ def test_sigterm_ends_a_batch_as_ctrl_c_does(tmp_path, svs, delay):
     _, stderr = proc.communicate(timeout=60)
     # progress lines (not a terminal) and warnings start with "wsideid: "; nothing else may
     assert all(line.startswith("wsideid: ") for line in stderr.splitlines()), stderr
-    if proc.returncode != 0:     # a fast machine may finish first
+    if delay < 1 or proc.returncode != 0:     # later, a fast machine may finish first
         assert proc.returncode == 130, stderr
         assert [line for line in stderr.splitlines() if line.startswith("wsideid: error:")] \
             == [stderr.splitlines()[-1]] and "interrupted" in stderr.splitlines()[-1], stderr

@@ -270,36 +270,33 @@ def test_a_tag_the_image_needs_in_the_wrong_type_refuses_the_slide(tmp_path):
                                           if p.name != "wsideid-report.json"]
 
 
-def test_ndpi_property_keys_under_kept_prefixes_cannot_carry_names(tmp_path):
+def deid_ndpi_with_properties(tmp_path: Path, lines: str) -> tuple[Path, str]:
+    """The real NDPI with `lines` added to its property text (tag 65449) in every IFD,
+    de-identified: the output folder and the released property text."""
     src = copy_of(tmp_path, "ndpi/test3-DAPI-2-387.ndpi")
     with tifffile.TiffFile(src) as tf:
         text = tf.pages[0].tags[65449].value
-    planted = text.replace("slide.tickness=0", "slide.tickness=0\r\nroi.JaneQuackenbush=1,2,3,4\r\n"
-                           "PSHV.Zebulon=170\r\nAHEX[9].DrWho=00FF")
+    planted = text.replace("slide.tickness=0", "slide.tickness=0\r\n" + lines)
     for ifd in range(6):
         set_text(src, ifd, 65449, planted)
     out, _ = deid(src, tmp_path)
-    no_leak(out, ["JaneQuackenbush", "Zebulon", "DrWho"])
     [dst] = released(out)
     with tifffile.TiffFile(dst) as tf:
-        kept = tf.pages[0].tags[65449].value
+        return out, tf.pages[0].tags[65449].value
+
+
+def test_ndpi_property_keys_under_kept_prefixes_cannot_carry_names(tmp_path):
+    out, kept = deid_ndpi_with_properties(
+        tmp_path, "roi.JaneQuackenbush=1,2,3,4\r\nPSHV.Zebulon=170\r\nAHEX[9].DrWho=00FF")
+    no_leak(out, ["JaneQuackenbush", "Zebulon", "DrWho"])
     assert "roi.slide.macro=" in kept and "PSHV.ploidy=" in kept   # the format's own keys stay
 
 
 def test_ndpi_keys_a_pattern_keeps_whose_name_announces_an_identifier_go(tmp_path):
-    src = copy_of(tmp_path, "ndpi/test3-DAPI-2-387.ndpi")
-    with tifffile.TiffFile(src) as tf:
-        text = tf.pages[0].tags[65449].value
     # made of the catalog's key words, under `roi.*`, holding only numbers (attack r09)
-    planted = text.replace("slide.tickness=0", "slide.tickness=0\r\nroi.barcode.no=48151623\r\n"
-                           "roi.slide.name=20240517")
-    for ifd in range(6):
-        set_text(src, ifd, 65449, planted)
-    out, _ = deid(src, tmp_path)
+    out, kept = deid_ndpi_with_properties(
+        tmp_path, "roi.barcode.no=48151623\r\nroi.slide.name=20240517")
     no_leak(out, ["48151623", "20240517"])
-    [dst] = released(out)
-    with tifffile.TiffFile(dst) as tf:
-        kept = tf.pages[0].tags[65449].value
     assert "roi.slide.macro=" in kept and "roi.barcode.macro=" in kept   # listed exactly: kept
     [slide] = json.loads((out / "wsideid-report.json").read_text())["slides"]
     planted_keys = ("ndpi:roi.barcode.no", "ndpi:roi.slide.name")

@@ -306,7 +306,7 @@ def deid(
             if found.released:
                 raise typer.Exit(0)
             no_slides(inputs, found)
-        executor, window = _one_slide_inline(executor, window, client, found, jobs)
+        executor, window = _one_slide_inline(executor, window, client, found)
         options = {**policy.options(), "in_place": in_place, "mapping": bool(mapping)}
         settings = Settings(policy, keyring, Target(None if in_place else outdir))
         namer = Namer(keyring, mapping)
@@ -374,6 +374,8 @@ def deid(
     except JournalError as exc:
         journal_failed = exc.strerror
     finally:
+        # the slides are done or abandoned: a late SIGTERM must not cut the report short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         run.stop()
         if client is not None:
             client.close()     # its executor goes with it (pending tasks are released)
@@ -419,16 +421,16 @@ def _executor(jobs: int, scheduler: str | None, inputs: list[Path]):
     return batch.process_pool(workers, warm=1), 2 * workers, None
 
 
-def _one_slide_inline(executor, window: int, client, found, jobs: int):
+def _one_slide_inline(executor, window: int, client, found):
     """A folder that holds a single slide (a DICOM series, a MIRAX slide) runs in this process,
     as a single file does: workers would only add their start-up. Otherwise the rest of the
     pool's workers start now."""
-    if client is not None or isinstance(executor, (batch.InlineExecutor, type(None))):
+    if client is not None or executor is None or isinstance(executor, batch.InlineExecutor):
         return executor, window
     if len(found.items) + len(found.broken) <= 1:
         executor.shutdown(wait=False, cancel_futures=True)
         return batch.InlineExecutor(), 1
-    batch.warm_up(executor, (jobs or os.cpu_count() or 1) - 1)
+    batch.warm_up(executor, window // 2 - 1)     # the window is two slides per worker
     return executor, window
 
 
@@ -1250,6 +1252,10 @@ def main() -> None:
         if os.environ.get("WSIDEID_DEBUG"):
             raise
         sys.exit(EXIT_INPUT)
+    finally:
+        # the command is over: a SIGTERM during the interpreter's shutdown would print a
+        # KeyboardInterrupt or end the process by the signal after its work was done
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -71,9 +71,7 @@ class NdpiAdapter(TiffAdapter):
 
         if image.role != "macro":
             return []
-        text = slide.tiff.ifds[0].text(65449) or ""
-        properties = dict(line.split("=", 1) for line in LINE.split(text)[::2] if "=" in line)
-        return ndpi_label_box(properties, pixels)
+        return ndpi_label_box(property_values(slide.tiff.ifds[0].text(65449) or ""), pixels)
 
     def text_tag(self, ctx: TiffPlanning, ifd: Ifd, code: int,
                  text: str) -> tuple[str | None, list[Field]]:
@@ -147,6 +145,11 @@ class NdpiAdapter(TiffAdapter):
         node.tags[65426] = array_value(low.dtype, starts & 0xFFFFFFFF, bo)
         if high is not None:
             node.tags[65432] = array_value(high.dtype, starts >> 32, bo)
+
+
+def property_values(text: str) -> dict[str, str]:
+    """The NDPI property text (tag 65449) as key -> value (the last of a repeated key)."""
+    return dict(line.split("=", 1) for line in LINE.split(text)[::2] if "=" in line)
 
 
 def _key_value(line: str) -> tuple[str, str | None]:

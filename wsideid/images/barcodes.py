@@ -110,9 +110,10 @@ def _full_scale(a: np.ndarray) -> float:
     return max(peak, 1.0)
 
 
-def stretch(grey: np.ndarray) -> np.ndarray:
-    """Contrast stretched so that the 1st..99th percentiles span 0..255."""
-    lo, hi = np.percentile(grey, (1, 99))
+def stretch(grey: np.ndarray, percentiles: tuple[float, float] = (1, 99)) -> np.ndarray:
+    """Contrast stretched so that the given percentiles span 0..255 (the image itself when
+    they are less than a grey level apart)."""
+    lo, hi = np.percentile(grey, percentiles)
     if hi - lo < 1:
         return grey
     out = (grey.astype(np.float32) - lo) * (255.0 / (hi - lo))
@@ -126,11 +127,8 @@ def faint_stretch(grey: np.ndarray) -> np.ndarray | None:
     median takes out without blurring the code's edges). None for an image of one grey
     level."""
     smooth = np.asarray(Image.fromarray(grey).filter(ImageFilter.MedianFilter(3)))
-    lo, hi = np.percentile(smooth, (0.01, 99.99))
-    if hi - lo < 1:
-        return None
-    out = (smooth.astype(np.float32) - lo) * (255.0 / (hi - lo))
-    return np.clip(out, 0, 255).astype(np.uint8)
+    stretched = stretch(smooth, (0.01, 99.99))
+    return None if stretched is smooth else stretched
 
 
 # ---------------------------------------------------------------- coordinates
@@ -512,17 +510,18 @@ def _area(box: Box) -> int:
 def _read_enhanced(work: Variant, findings: Findings, faint: bool = True) -> None:
     """Stage 3: the whole image stretched, scaled up if small, with both binarisers."""
     factor = min(2.0, (ENHANCED_MAX_PIXELS / work.image.size) ** 0.5)
-    enhanced = scaled(Variant(stretch(work.image), work.to_input), factor if factor >= 1.5 else 1)
-    findings.add(read_both(enhanced, findings.shape))
-    findings.add(read_zxing(enhanced, findings.shape,
-                            binarizer=zxingcpp.Binarizer.GlobalHistogram))
+    _read_every_way(scaled(Variant(stretch(work.image), work.to_input),
+                           factor if factor >= 1.5 else 1), findings)
     if faint and not findings.codes:
         stretched = faint_stretch(work.image)
         if stretched is not None:
-            variant = Variant(stretched, work.to_input)
-            findings.add(read_both(variant, findings.shape))
-            findings.add(read_zxing(variant, findings.shape,
-                                    binarizer=zxingcpp.Binarizer.GlobalHistogram))
+            _read_every_way(Variant(stretched, work.to_input), findings)
+
+
+def _read_every_way(variant: Variant, findings: Findings) -> None:
+    """Both decoders, and zxing-cpp with its global-histogram binariser too."""
+    findings.add(read_both(variant, findings.shape))
+    findings.add(read_zxing(variant, findings.shape, binarizer=zxingcpp.Binarizer.GlobalHistogram))
 
 
 def _read_upright(work: Variant, region: Region, findings: Findings) -> None:

@@ -84,6 +84,7 @@ def check_file_meta(fh: BinaryIO) -> None:
     the sequence's nesting (an exception's traceback is quoted at every level): a fuzzed 5 KB
     file took more than 24 GB of memory. Elements are looked at raw, never formatted."""
     from pydicom.filereader import read_dataset, read_preamble
+    from pydicom.valuerep import VR
 
     try:
         read_preamble(fh, False)
@@ -105,6 +106,9 @@ def check_file_meta(fh: BinaryIO) -> None:
                                  "undefined length (PS3.10 7.1 allows neither)")
         if fh.tell() - start > FILE_META_MOST:
             raise SlideError("its File Meta Information is longer than 1 MB")
+        first = next(iter(group.elements()), None)
+        if first is None or first.VR in VR.__members__:
+            return      # pydicom retries as implicit only when the first VR is unknown
 
 
 def check_no_file_meta_in_data_set(ds: pydicom.Dataset) -> None:
