@@ -165,6 +165,30 @@ def test_j2k_tile_parts_are_walked_to_eoc():
         j2k.clean_j2k(zero[:-2])
 
 
+def test_encoder_comments_are_kept_only_in_the_encoders_own_shape():
+    """A Kakadu or OpenJPEG comment stays only with a version of the catalog's grammar and, for
+    Kakadu's layer statistics, numbers printed as Kakadu prints them: a record number or a date
+    shaped as a version, or put in as statistics, goes with the comment."""
+    base = _tiled_j2k()
+    part = _tile_parts(base)[2]
+
+    def with_comment(text: bytes) -> bytes:
+        com = _segment(0x64, b"\x00\x01" + text)
+        psot = struct.unpack_from(">I", base, part + 6)[0] + len(com)
+        return (base[:part + 6] + struct.pack(">I", psot) + base[part + 10:part + 12] + com
+                + base[part + 12:])
+
+    stats = b"Kdu-Layer-Info: log_2{Delta-D(MSE)/[2^16*Delta-L(bytes)]}, L(bytes)\n"
+    for real in (b"Kakadu-v6.0", b"Kakadu-v7.10.2\x00", b"Created by OpenJPEG version 2.5.0",
+                 stats + b"-256.0, 1.4e+004\n", stats + b" -54.5, 1.4e+004\n -50.1, 2.8e+004\n"):
+        kept = with_comment(real)
+        assert j2k.clean_j2k(kept) == (kept, [])
+    for planted in (b"Kakadu-v4815162342.20190314", b"Kakadu-v2019.03.14",
+                    b"Created by OpenJPEG version 4815162342", stats + b" 4815162342, 20190314\n",
+                    stats + b"-54.5, 1.4e+004" + b"\n-1.0, 1.0e+001" * 65):
+        assert j2k.clean_j2k(with_comment(planted)) == (base, [("COM", planted)])
+
+
 def test_the_j2k_screen_passes_plain_tiles_only(tmp_path):
     with tifffile.TiffFile(shared_slide(TCGA)) as tf, open(shared_slide(TCGA), "rb") as fh:
         page = tf.pages[0]

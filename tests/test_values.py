@@ -258,6 +258,66 @@ def test_icc_profile_is_rebuilt_from_its_colour_tags():
             icc.clean(broken)
 
 
+def _with_tag(profile: bytes, signature: bytes, data: bytes) -> bytes:
+    """The profile with one more tag, stored after the others."""
+    count = struct.unpack(">I", profile[128:132])[0]
+    table = profile[132:132 + 12 * count]
+    shift = 12   # the table grows by one entry: every stored tag moves
+    entries = b"".join(struct.pack(">4sII", table[i:i + 4], struct.unpack(">I", table[i + 4:i + 8])[0]
+                                   + shift, struct.unpack(">I", table[i + 8:i + 12])[0])
+                       for i in range(0, len(table), 12))
+    body = profile[132 + 12 * count:]
+    at = 132 + 12 * (count + 1) + len(body)
+    at += -at % 4
+    out = bytearray(profile[:128] + struct.pack(">I", count + 1) + entries
+                    + struct.pack(">4sII", signature, at, len(data)) + body)
+    out += bytes(at - len(out)) + data
+    out[0:4] = struct.pack(">I", len(out))
+    return bytes(out)
+
+
+def _lut8(text: bytes) -> bytes:
+    """A lut8Type A2B0 (ICC.1:2010 10.9) of three channels on a 2-point grid, its input tables
+    spelling `text` (a layout that checks out: only its bytes say otherwise)."""
+    identity = struct.pack(">9i", *(65536 if i % 4 == 0 else 0 for i in range(9)))
+    tables = bytes(range(256))
+    planted = (text * 4)[:256]
+    return (b"mft1\0\0\0\0" + bytes([3, 3, 2, 0]) + identity + planted + tables + tables
+            + bytes(range(0, 240, 10)) + tables * 3)
+
+
+def test_icc_lookup_tables_are_left_out_whatever_they_hold():
+    """A lookup table's shaper tables and grid are arbitrary bytes: a table spelling a name
+    is left out with every other lookup table, an identity one too (its letters 'abcd'... would
+    else match short removed values); a profile defined only by lookup tables is refused."""
+    from wsideid import icc
+
+    planted = _with_tag(_tcga_profile(), b"A2B0", _lut8(f"{NAME} {MRN} ".encode()))
+    identity = _with_tag(_tcga_profile(), b"B2A0", _lut8(bytes(range(256))))
+    for profile in (planted, identity):
+        cleaned = icc.clean(profile)
+        assert NAME.encode() not in cleaned.data and bytes(range(97, 123)) not in cleaned.data
+        assert cleaned.data == icc.clean(_tcga_profile()).data   # matrix and curves kept
+    lut_only = bytearray(_tcga_profile()[:128]) + struct.pack(">I", 1)
+    lut_only += struct.pack(">4sII", b"A2B0", 144, len(_lut8(b"x")))
+    lut_only += _lut8(NAME.encode())
+    lut_only[0:4] = struct.pack(">I", len(lut_only))
+    with pytest.raises(icc.IccError, match="lookup"):
+        icc.clean(bytes(lut_only))
+
+
+def test_svs_icc_profile_with_a_planted_lookup_table_keeps_its_matrix(tmp_path):
+    src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
+    add_tag(src, 0, 34675, 7, _with_tag(_tcga_profile(), b"A2B0",
+                                        _lut8(f"{NAME} {MRN} ".encode())))
+    out, hits = deid_and_search(src, tmp_path)
+    assert hits == {}
+    [dst] = released(out)
+    with tifffile.TiffFile(dst) as tf:
+        kept = tf.pages[0].tags[34675].value
+    assert kept[36:40] == b"acsp" and b"rTRC" in kept and b"A2B0" not in kept
+
+
 # -- end to end, format by format --------------------------------------------------------------
 
 def test_svs_kept_keys_binary_values_and_relaxed_options(tmp_path):
@@ -507,6 +567,24 @@ def test_dicom_codes_equipment_and_code_strings(tmp_path):
     assert ds.OpticalPathSequence[0].ICCProfile[36:40] == b"acsp"
     assert ds.OpticalPathSequence[0].IlluminationTypeCodeSequence[0].CodeMeaning == \
         "Brightfield illumination"
+
+
+def test_dicom_code_strings_without_defined_terms_keep_no_value(tmp_path):
+    """Sixteen capitals and digits hold a surname or a record number: a code string is kept
+    only from its element's defined terms (Laterality R or L), any other emptied."""
+    def edit(ds):
+        ds.add_new(0x00180015, "CS", "ZEBULON 47110815")   # BodyPartExamined
+        ds.add_new(0x00185101, "CS", "QUACKENBUSH")        # ViewPosition
+        ds.add_new(0x00200060, "CS", "MRN4711")            # Laterality
+        ds.add_new(0x00200062, "CS", "L")                  # ImageLaterality
+
+    folder = _dicom(tmp_path, edit)
+    out, hits = deid_and_search(folder, tmp_path, needles=NEEDLES + ["47110815", "MRN4711"])
+    assert hits == {}
+    [series] = released(out)
+    ds = pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True)
+    assert ds.get("ImageLaterality") == "L"
+    assert not ds.get("BodyPartExamined") and not ds.get("ViewPosition") and not ds.get("Laterality")
 
 
 def test_dicom_malformed_icc_profile_refuses_the_slide(tmp_path):

@@ -7,7 +7,9 @@ creation date, the profile ID, reserved bytes), in text tags (`desc`, `cprt`, `d
 never kept as it is: it is parsed, every colour-defining tag is checked against its type's
 layout, and a new profile is written from those tags alone, with `desc` and `cprt` holding
 fixed neutral text and every other header field that says nothing about colour zeroed.
-A profile that does not parse, or keeps nothing a colour engine can use, is refused.
+Lookup tables (A2Bn, B2An) are left out too: their grids and shaper tables are arbitrary
+bytes, where text cannot be told from colour. A profile that does not parse, or keeps no
+matrix and curves (or grey curve) a colour engine can use, is refused.
 
 Cleaning is idempotent: a cleaned profile cleans to the same bytes (verification re-plans
 the output and must find nothing left to do).
@@ -30,15 +32,14 @@ COLOUR_SPACES = {b"XYZ ", b"Lab ", b"Luv ", b"YCbr", b"Yxy ", b"RGB ", b"GRAY", 
 PCS = {b"XYZ ", b"Lab "}
 # Tags that define colour (ICC.1:2010 9.2), with the tag types each may have.
 CURVE_TYPES = {b"curv", b"para"}
-LUT_TYPES = {b"mft1", b"mft2", b"mAB ", b"mBA "}
 COLOUR_TAGS: dict[bytes, set[bytes]] = {
     b"rXYZ": {b"XYZ "}, b"gXYZ": {b"XYZ "}, b"bXYZ": {b"XYZ "},
     b"wtpt": {b"XYZ "}, b"bkpt": {b"XYZ "},
     b"rTRC": CURVE_TYPES, b"gTRC": CURVE_TYPES, b"bTRC": CURVE_TYPES, b"kTRC": CURVE_TYPES,
     b"chad": {b"sf32"},
-    **{f"{d}{n}".encode(): LUT_TYPES for d in ("A2B", "B2A") for n in range(3)},
 }
 MATRIX_TRC = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")
+LUT_TAGS = {f"{d}{n}".encode() for d in ("A2B", "B2A") for n in range(3)}
 PARAMETRIC_COUNTS = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}   # ICC.1:2010 10.18, Table 65
 ASCII_RUN = re.compile(rb"[\x20-\x7e]{5,}")
 UTF16_RUN = re.compile(rb"(?:\x00[\x20-\x7e]){5,}")
@@ -82,6 +83,11 @@ def clean(profile: bytes) -> Cleaned:
     texts: list[str] = []
     for signature, data in _tags(profile):
         allowed = COLOUR_TAGS.get(signature)
+        if signature in LUT_TAGS:
+            # a lookup table's grid and its shaper tables may hold any bytes: no layout check
+            # can tell a colour transform from text written into them
+            dropped.append(signature.hex())
+            continue
         if allowed is None:
             dropped.append(signature.hex())   # counted in reports, never shown as text
             texts += [t for t in _text_of(data) if t not in (NEUTRAL_DESCRIPTION, NEUTRAL_COPYRIGHT)]
@@ -92,9 +98,9 @@ def clean(profile: bytes) -> Cleaned:
             raise IccError(f"tag {signature.decode('ascii')} has an unexpected type")
         _check_tag(kind_of_data, data)
         kept[signature] = data
-    if not (all(s in kept for s in MATRIX_TRC) or b"kTRC" in kept
-            or any(s in kept for s in (b"A2B0", b"B2A0"))):
-        raise IccError("no colour-defining tags (matrix and curves, or lookup tables)")
+    if not (all(s in kept for s in MATRIX_TRC) or b"kTRC" in kept):
+        raise IccError("no colour-defining tags that can be checked (matrix and curves; lookup "
+                       "tables can hold any bytes)")
     kept[b"desc"] = _description(major, NEUTRAL_DESCRIPTION)
     kept[b"cprt"] = _copyright(major, NEUTRAL_COPYRIGHT)
     header = bytearray(HEADER)
@@ -141,10 +147,6 @@ def _check_tag(kind: bytes, data: bytes) -> None:
     elif kind in CURVE_TYPES:
         if _curve_size(data, 0) != len(data):
             raise IccError("curve of the wrong size")
-    elif kind in (b"mft1", b"mft2"):
-        _check_lut(kind, data)
-    else:
-        _check_lut_ab(kind, data)
 
 
 def _check_fixed(data: bytes) -> None:
@@ -178,100 +180,6 @@ def _curve_size(data: bytes, at: int) -> int:
         _check_fixed(data[at + 12:end])
         return end - at
     raise IccError("unknown curve type")
-
-
-def _check_lut(kind: bytes, data: bytes) -> None:
-    """lut8Type / lut16Type (10.9, 10.10): the size follows from the channel and grid counts."""
-    if len(data) < 48:
-        raise IccError("truncated lookup table")
-    inputs, outputs, points, pad = data[8:12]
-    if not (1 <= inputs <= 15 and 1 <= outputs <= 15) or pad or points < 2:
-        raise IccError("lookup table with impossible dimensions")
-    _check_fixed(data[12:48])
-    if kind == b"mft1":
-        size = 48 + 256 * inputs + points ** inputs * outputs + 256 * outputs
-    else:
-        if len(data) < 52:
-            raise IccError("truncated lookup table")
-        n, m = struct.unpack(">HH", data[48:52])
-        if not (2 <= n <= 4096 and 2 <= m <= 4096):
-            raise IccError("lookup table with impossible dimensions")
-        size = 52 + 2 * (n * inputs + points ** inputs * outputs + m * outputs)
-    if size != len(data):
-        raise IccError("lookup table of the wrong size")
-
-
-def _check_lut_ab(kind: bytes, data: bytes) -> None:
-    """lutAToBType / lutBToAType (10.12, 10.13): elements at offsets; every byte of the tag
-    belongs to the header or an element, but for zero padding to 4-byte boundaries."""
-    if len(data) < 32:
-        raise IccError("truncated lookup table")
-    inputs, outputs = data[8], data[9]
-    if not (1 <= inputs <= 15 and 1 <= outputs <= 15) or data[10:12] != b"\0\0":
-        raise IccError("lookup table with impossible dimensions")
-    b_off, matrix_off, m_off, clut_off, a_off = struct.unpack(">5I", data[12:32])
-    a_to_b = kind == b"mAB "
-    # curves: B at the output side of A2B and the input side of B2A (their channel counts)
-    b_count = outputs if a_to_b else inputs
-    a_count = inputs if a_to_b else outputs
-    spans = [(0, 32)]
-    if not b_off:
-        raise IccError("lookup table without B curves")
-    spans.append(_curves_span(data, b_off, b_count))
-    if matrix_off:
-        if matrix_off + 48 > len(data):
-            raise IccError("truncated matrix")
-        _check_fixed(data[matrix_off:matrix_off + 48])
-        spans.append((matrix_off, matrix_off + 48))
-    if m_off:
-        spans.append(_curves_span(data, m_off, b_count))
-    if clut_off:
-        spans.append(_clut_span(data, clut_off, inputs, outputs))
-    if a_off:
-        spans.append(_curves_span(data, a_off, a_count))
-    _check_coverage(data, spans)
-
-
-def _curves_span(data: bytes, at: int, count: int) -> tuple[int, int]:
-    start = at
-    for _ in range(count):
-        if at % 4:
-            raise IccError("curve not aligned")
-        at += _curve_size(data, at)
-        pad = -at % 4
-        if data[at:at + pad].strip(b"\0") and at < len(data):
-            raise IccError("padding between curves is not zero")
-        at += pad
-    return start, min(at, len(data))
-
-
-def _clut_span(data: bytes, at: int, inputs: int, outputs: int) -> tuple[int, int]:
-    if at + 20 > len(data):
-        raise IccError("truncated colour lookup table")
-    grid = data[at:at + 16]
-    precision = data[at + 16]
-    if precision not in (1, 2) or data[at + 17:at + 20] != b"\0\0\0" or grid[inputs:].strip(b"\0"):
-        raise IccError("colour lookup table with impossible dimensions")
-    cells = 1
-    for points in grid[:inputs]:
-        if points < 2:
-            raise IccError("colour lookup table with impossible dimensions")
-        cells *= points
-    end = at + 20 + cells * outputs * precision
-    if end > len(data):
-        raise IccError("truncated colour lookup table")
-    return at, end
-
-
-def _check_coverage(data: bytes, spans: list[tuple[int, int]]) -> None:
-    at = 0
-    for start, end in sorted(spans):
-        if start > at:
-            if start - at > 3 or data[at:start].strip(b"\0"):
-                raise IccError("bytes between the elements of a lookup table")
-        at = max(at, end)
-    if len(data) - at > 3 or data[at:].strip(b"\0"):
-        raise IccError("bytes after the elements of a lookup table")
 
 
 def _text_of(data: bytes) -> list[str]:

@@ -15,7 +15,6 @@ from functools import lru_cache
 from .. import catalog, icc
 
 # PS3.5 6.2: a code string is capitals, digits, space and underscore, 16 characters at most
-CS_SHAPE = re.compile(r"[A-Z0-9_ ]{0,16}")
 DS_SHAPE = re.compile(r" *[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)? *")
 IS_SHAPE = re.compile(r" *[+-]?\d{1,12} *")
 AS_SHAPE = re.compile(r"\d{3}[DWMY]")
@@ -127,9 +126,12 @@ def _code_string(keyword: str, values: list[str]) -> Verdict:
         if all(v in terms for v in values):
             return KEEP
         return Verdict("remove", why="not one of the standard's defined terms")
-    if all(CS_SHAPE.fullmatch(v) for v in values):
+    if not any(v.strip() for v in values):
         return KEEP
-    return Verdict("remove", why="not a code string (PS3.5: capitals, digits, space, underscore)")
+    # sixteen capitals and digits hold a surname or a record number as well as a code: a value
+    # is kept only from its element's defined terms; the element stays, empty (it may be
+    # required, Type 2)
+    return Verdict("replace", "", why="a code string with no defined terms to check it against")
 
 
 def _binary(elem, ds) -> Verdict:

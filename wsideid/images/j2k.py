@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import catalog
 from .segments import MalformedStream, walk_segments
 
 SOC, SOT, SOD, EOC = 0x4F, 0x90, 0x93, 0xD9
@@ -38,11 +39,15 @@ MAX_LEVELS = 32
 # Encoder comments that are known to hold nothing but the encoder's name or its rate-control
 # statistics (Kakadu writes one per codestream in Aperio J2K slides). Matched whole, so nothing
 # else can ride along; every other comment is removed.
+# The version is the catalog's (formats/types.toml: a long digit run or a date is none);
+# Kakadu prints each quality layer's statistics as "%6.1f, %8.1e" (a log2 slope and a byte
+# count), for at most a few dozen layers.
+VERSION = catalog.grammar_of("version").pattern.encode("ascii")
 SAFE_COMMENTS = (
     re.compile(rb"Kdu-Layer-Info: log_2\{Delta-D\(MSE\)/\[2\^16\*Delta-L\(bytes\)\]\}, L\(bytes\)"
-               rb"(\n *-?[0-9.]+, *[0-9.]+(e[+-]?[0-9]+)?)+\n?\x00?"),
-    re.compile(rb"Kakadu-v[0-9.]+\x00?"),
-    re.compile(rb"Created by OpenJPEG version [0-9.]+\x00?"),
+               rb"(\n *-?[0-9]{1,3}\.[0-9], *[0-9]\.[0-9]e[+-][0-9]{2,3}){1,64}\n?\x00?"),
+    re.compile(rb"Kakadu-v" + VERSION + rb"\x00?"),
+    re.compile(rb"Created by OpenJPEG version " + VERSION + rb"\x00?"),
     re.compile(rb"\x00*"),  # an empty comment carries nothing
 )
 
