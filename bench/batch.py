@@ -101,8 +101,12 @@ def tree_size(path: Path) -> int:
 
 
 def timed(cmd: list[str], env: dict | None = None) -> float:
+    """Wall time of `cmd`, run from bench/out: `python -m` puts the working folder first on
+    the path, so a run from a checkout's root would import that checkout's package whatever
+    PYTHONPATH says (the baseline would be this code)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                          cwd=OUT)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"failed: {cmd}: {proc.stderr.decode()[-2000:]}")
@@ -141,7 +145,7 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     size = tree_size(TREE)
     compile_package()
-    env = {**os.environ, "WSIDEID_KEY": KEY}
+    env = {**os.environ, "WSIDEID_KEY": KEY, "PYTHONPATH": str(ROOT)}
     dest = OUT / "batch-copy"
     wsideid = [sys.executable, "-m", "wsideid", "deid", str(TREE), "-o", str(dest)]
     variants = {

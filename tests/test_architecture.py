@@ -13,7 +13,7 @@ PACKAGE = ROOT / "wsideid"
 # Lowest first: a module may import its own layer and the layers below it.
 LAYERS = [
     ("core", ["errors", "model", "policy", "keyring", "catalog", "dates", "needles", "background",
-              "sampling", "formats", "icc", "library_warnings"]),
+              "sampling", "formats", "icc", "library_warnings", "buffers"]),
     ("images", ["images"]),
     ("containers", ["containers"]),
     ("adapters", ["adapters"]),

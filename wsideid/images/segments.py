@@ -26,6 +26,7 @@ import struct
 
 import numpy as np
 
+from ..buffers import scratch
 from ..errors import SlideError
 
 # Product comment NDP.scan writes into every level JPEG (OpenSlide's NDPI sample slides).
@@ -787,7 +788,6 @@ def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, scr
     if live.size == 0:
         return flags
     order = live[np.argsort(offs[live], kind="stable")]
-    buffer = np.empty(0, dtype=np.uint8)   # one window's memory, reused (never zero-filled)
     start = 0
     while start < len(order):
         base = int(offs[order[start]])
@@ -801,8 +801,7 @@ def screen_runs(fd: int, file_size: int, offs: np.ndarray, cnts: np.ndarray, scr
             flags[chunk] = [_screen_large(fd, int(offs[i]), int(cnts[i]), screen)
                             for i in chunk.tolist()]
         else:
-            if len(buffer) < hi - base:
-                buffer = np.empty(max(hi - base, min(WINDOW, 4 * len(buffer))), dtype=np.uint8)
+            buffer = scratch("screen_window", hi - base)
             flags[chunk] = screen(_read_into(fd, buffer, base, hi - base), offs[chunk] - base,
                                   cnts[chunk])
         start = stop

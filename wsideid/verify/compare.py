@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-import numpy as np
+from ..buffers import same_bytes, scratch
 
 BLOCK = 8 << 20
 
@@ -20,8 +20,7 @@ Piece = tuple[int, int, int, int]
 def first_difference(fd_a: int, fd_b: int, pieces: Iterable[Piece]) -> int | None:
     """The index of the first piece whose bytes differ between the two files (a piece cut
     short by the end of either file differs), or None when all are equal."""
-    # two blocks reused for every read: a new buffer per read costs its page faults
-    block_a, block_b = np.empty(BLOCK, np.uint8), np.empty(BLOCK, np.uint8)
+    block_a, block_b = scratch("compare_a", BLOCK), scratch("compare_b", BLOCK)
     for span in _spans(sorted(pieces, key=lambda p: p[1])):
         start_a, start_b = span[0][1], span[0][2]
         length = span[-1][1] + span[-1][3] - start_a
@@ -31,7 +30,7 @@ def first_difference(fd_a: int, fd_b: int, pieces: Iterable[Piece]) -> int | Non
             a, b = block_a[:n], block_b[:n]
             got_a = os.preadv(fd_a, [memoryview(a)], start_a + done)
             got_b = os.preadv(fd_b, [memoryview(b)], start_b + done)
-            if got_a != n or got_b != n or not np.array_equal(a, b):
+            if got_a != n or got_b != n or not same_bytes(a, b):
                 return _culprit(span, start_a, done, a[:got_a].tobytes(), b[:got_b].tobytes())
             done += n
     return None
