@@ -4,7 +4,7 @@ an OME-TIFF, a MIRAX slide and a DICOM series each), de-identified with `--jobs 
 every file before the next (as wsideid must, before it records a slide as released), in the
 same run.
 
-    python bench/batch.py [--slides 40] [--size-mb 100] [--rounds 3]
+    python bench/batch.py [--slides 40] [--size-mb 100] [--rounds 3] [--floor]
 
 Every timed command runs in a new process; as root the page cache is emptied before each
 (every run reads its input from disk), and the four variants are interleaved round by round,
@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another checkout of wsideid: its `deid --jobs 2` is timed in the "
                              "same rounds (run by this interpreter, its package first on the path)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time `deid --jobs 2` with the barcode search, and with every "
+                             "check, switched off (bench/checks_off: what the checks cost)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not (args.keep_tree and TREE.exists()):
@@ -162,6 +165,12 @@ def main() -> None:
         compile_package(args.baseline)
         variants["baseline --jobs 2"] = lambda: timed(
             wsideid + ["--jobs", "2"], {**env, "PYTHONPATH": str(args.baseline.resolve())})
+    if args.floor:
+        harness = {**env, "PYTHONPATH": f"{ROOT / 'bench' / 'checks_off'}{os.pathsep}{ROOT}"}
+        variants["no barcode search"] = lambda: timed(
+            wsideid + ["--jobs", "2"], {**harness, "WSIDEID_BENCH_SKIP": "barcodes"})
+        variants["no checks"] = lambda: timed(
+            wsideid + ["--jobs", "2"], {**harness, "WSIDEID_BENCH_SKIP": "barcodes,verify,reader"})
     samples: dict[str, list[float]] = {name: [] for name in variants}
     cold = True
     for r in range(args.rounds):
@@ -179,7 +188,8 @@ def main() -> None:
     for name, xs in samples.items():
         print(f"  {name:14s} median {med[name]:6.2f} s  range {min(xs):.2f}-{max(xs):.2f}  "
               f"samples {' '.join(f'{x:.2f}' for x in xs)}  {size / 1e6 / med[name]:.0f} MB/s")
-    for name in ("deid --jobs 1", "deid --jobs 2", "baseline --jobs 2"):
+    for name in ("deid --jobs 1", "deid --jobs 2", "baseline --jobs 2", "no barcode search",
+                 "no checks"):
         if name not in med:
             continue
         print(f"  {name}: {med[name] / med['cp -r']:.2f}x cp -r, "
