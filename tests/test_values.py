@@ -213,6 +213,45 @@ def test_a_removed_value_inside_a_kept_value_is_searched_for():
     assert targets == ["4711-0815", "Zebulon"]
 
 
+def test_numbers_with_the_digits_of_a_record_number_or_a_date_are_not_kept():
+    from wsideid import catalog
+
+    for planted in ("4815162342", "123456789", "20190314", "0004815162342", "1,20190314",
+                    "-4815162342.5"):
+        assert catalog.record_number_in(planted) and not catalog.has_type(planted, "numbers")
+    # what slides hold: sizes, counts, offsets in nanometres, long DICOM fractions, exponents
+    for real in ("46920", "-4563488", "99999999", "0.000243902439024", "1.4e+004", "25.691574",
+                 "46920,33014", "12345678"):
+        assert not catalog.record_number_in(real) and catalog.has_type(real, "numbers")
+
+
+def test_svs_numeric_keys_holding_a_record_number_or_a_date(tmp_path):
+    src = copy_of(tmp_path, "svs/CMU-1-Small-Region.svs")
+    with tifffile.TiffFile(src) as tf:
+        description = tf.pages[0].description
+    set_text(src, 0, 270, description.replace("Left = 25.691574", "Left = 4815162342")
+             .replace("StripeWidth = 2040", "StripeWidth = 19850412"))
+    out, hits = deid_and_search(src, tmp_path, needles=NEEDLES + ["4815162342"])
+    assert hits == {}
+    [dst] = released(out)
+    with tifffile.TiffFile(dst) as tf:
+        kept = tf.pages[0].description
+    assert "Top = 23.449873" in kept and "MPP = 0.4990" in kept
+
+
+def test_dicom_numbers_holding_a_record_number_or_a_date(tmp_path):
+    def edit(ds):
+        ds.SeriesNumber = "4815162342"
+        ds.AcquisitionNumber = "19850412"
+
+    folder = _dicom(tmp_path, edit)
+    out, hits = deid_and_search(folder, tmp_path, needles=NEEDLES + ["4815162342"])
+    assert hits == {}
+    [series] = released(out)
+    ds = pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True)
+    assert ds.InstanceNumber is not None and str(ds.get("SeriesNumber", "")) in ("", "None")
+
+
 # -- ICC profiles -----------------------------------------------------------------------------
 
 def _tcga_profile() -> bytes:

@@ -59,7 +59,30 @@ def has_type(value: str, kind: str) -> bool:
     """Whether a value to be kept looks like what its catalog says it is. A type without a
     grammar (`text`, the default) accepts nothing: free text is never kept."""
     pattern = grammar_of(kind)
-    return pattern is not None and bool(pattern.fullmatch(value))
+    return (pattern is not None and bool(pattern.fullmatch(value))
+            and not (kind in NUMERIC_TYPES and record_number_in(value)))
+
+
+NUMERIC_TYPES = ("number", "numbers")
+# the whole part of a number: digits that do not follow a decimal point (an exponent's digits
+# follow a sign and count, but are never nine)
+_WHOLE_PART = re.compile(r"(?<![\d.])\d+")
+
+
+def record_number_in(value: str) -> bool:
+    """Whether a number holds more whole digits than any measurement or count of a slide (nine
+    or more: a record, phone or social security number) or is an eight-digit calendar date
+    (19000101-20991231). Fractions are not bounded: a DICOM spacing has fifteen decimals."""
+    for run in _WHOLE_PART.findall(value):
+        digits = run.lstrip("0")
+        if len(digits) >= 9 or (len(digits) == 8 and _calendar_date(digits)):
+            return True
+    return False
+
+
+def _calendar_date(digits: str) -> bool:
+    year, month, day = int(digits[:4]), int(digits[4:6]), int(digits[6:])
+    return 1900 <= year <= 2099 and 1 <= month <= 12 and 1 <= day <= 31
 
 
 def type_word(kind: str) -> str:
@@ -109,7 +132,8 @@ class Entry:
 def entry_accepts(entry: Entry, value: str) -> bool:
     """Whether a value to be kept is what the entry says it is."""
     if entry.grammar is not None:
-        return bool(entry.grammar.fullmatch(value))
+        return (bool(entry.grammar.fullmatch(value))
+                and not (entry.type in NUMERIC_TYPES and record_number_in(value)))
     return has_type(value, entry.type)
 
 

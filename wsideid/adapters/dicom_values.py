@@ -90,9 +90,11 @@ def check(elem, ds) -> Verdict:
              "DT": DT_SHAPE, "UI": UI_SHAPE}.get(vr)
     if shape is None:
         return Verdict("remove", why=f"a {vr} value with no rule for what it holds")
-    if all(shape.fullmatch(v) for v in values if v):
-        return KEEP
-    return Verdict("remove", why=f"not a {vr} value")
+    if not all(shape.fullmatch(v) for v in values if v):
+        return Verdict("remove", why=f"not a {vr} value")
+    if vr in ("DS", "IS") and any(catalog.record_number_in(v) for v in values):
+        return Verdict("remove", why="a number with the digits of a record number or a date")
+    return KEEP
 
 
 def _text(keyword: str, values: list[str]) -> Verdict:
