@@ -281,6 +281,7 @@ def test_dry_run_shows_the_whole_plan(tree, tmp_path):
     proc = run("deid", tree, "-o", out, "--dry-run", "--key-file", tmp_path / "k.key")
     assert proc.returncode == 1       # the corrupt slide
     assert not out.exists()
+    assert not (tmp_path / "k.key").exists() and "a dry run creates none" in proc.stderr
     arrows = [line for line in proc.stdout.splitlines() if " -> " in line]
     assert len(arrows) == SLIDES_OK
     assert all(f"{out}/dir-" in line for line in arrows)
@@ -445,3 +446,15 @@ def test_journal_drops_a_line_cut_short_and_removes_temporary_files(tmp_path):
     third.open("key", "settings")
     assert third.done("job-1", "state-1") is None
     third.close()
+
+
+def test_a_slide_with_a_name_as_long_as_the_file_system_allows(tmp_path):
+    """A 250-byte file name is legal; the undo record an in-place run would keep beside it
+    could not be named, which must not fail a run that is not in place."""
+    folder = tmp_path / "in" / "case"
+    folder.mkdir(parents=True)
+    shutil.copy(SHARED_SLIDES / "svs" / "CMU-1-Small-Region.svs", folder / ("L" * 246 + ".svs"))
+    out = tmp_path / "out"
+    proc = run("deid", tmp_path / "in", "-o", out, "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert len([p for p in all_files(out) if p.suffix == ".svs"]) == 1

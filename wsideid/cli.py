@@ -154,11 +154,15 @@ def job_of(file: Path) -> Job:
     return Job((file,), adapter.name)
 
 
-def make_keyring(key_file: Path | None) -> Keyring:
+def make_keyring(key_file: Path | None, dry_run: bool = False) -> Keyring:
     """The run's keyring; a key that cannot be read, created or used is one error line
-    naming the key file (or WSIDEID_KEY)."""
+    naming the key file (or WSIDEID_KEY). A dry run creates no key file: a missing one gives
+    a key for this run only (and says so)."""
+    if dry_run and key_file is not None and not os.path.lexists(key_file):
+        warning_line(f"{key_file}: no such key file; a dry run creates none: the pseudonyms "
+                     "shown come from a key made for this dry run only")
     try:
-        return Keyring(load_key(key_file))
+        return Keyring(load_key(key_file, create=not dry_run))
     except ValueError as exc:
         fail(str(exc))
         raise
@@ -269,7 +273,7 @@ def deid(
                 fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
     check_paths(inputs, outdir, in_place, key_file=key_file, map_file=map_file,
                 report_file=report_file)
-    keyring = make_keyring(key_file)
+    keyring = make_keyring(key_file, dry_run)
     policy = make_policy(dates, keep_device_id, label, macro, keyring, retain_uids=retain_uids,
                          retain_institution=retain_institution,
                          retain_patient_characteristics=retain_patient_characteristics,

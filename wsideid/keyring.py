@@ -25,12 +25,16 @@ MIN_KEY = 16
 MAX_KEY_FILE = 4096
 
 
-def load_key(path: Path | None) -> bytes:
+def load_key(path: Path | None, create: bool = True) -> bytes:
     """The secret key: from the key file (created with a random key, readable by its owner
-    only, when missing), else from WSIDEID_KEY, else a fresh random key. Either must hold at
-    least 16 bytes. A problem is a ValueError (its message names the file or the variable)
-    or an OSError of the key file."""
+    only, when missing; with `create` False a missing file gives a fresh key, not written),
+    else from WSIDEID_KEY, else a fresh random key. Either must hold at least 16 bytes. A
+    problem is a ValueError (its message names the file or the variable) or an OSError of the
+    key file."""
     import stat
+
+    if path is not None and not create and not os.path.lexists(path):
+        return secrets.token_bytes(32)
 
     if path is None:
         env = os.environ.get("WSIDEID_KEY")

@@ -1,6 +1,7 @@
 """detect -> read -> plan -> write -> verify -> release, for one slide of any format."""
 from __future__ import annotations
 
+import errno
 import os
 
 from dataclasses import dataclass, replace
@@ -196,7 +197,12 @@ def recover(job: Job) -> bool:
 
     restored = False
     for path in job.paths:
-        record = undo_record_for(path)
-        if record.exists():
-            restored |= restore(record)
+        try:
+            present = undo_record_for(path).exists()
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            present = False     # a name too long for a record beside it: none was ever made
+        if present:
+            restored |= restore(undo_record_for(path))
     return restored
