@@ -355,6 +355,38 @@ def test_qc_page_in_headless_chromium(released, tmp_path):
     assert "DOE^JANE-MRN4711" in before.read_text()
 
 
+def test_report_names_what_no_run_released_and_overwrites_nothing_else(released, tree, tmp_path):
+    """The QC page of a folder holding a temporary file of an interrupted run (it may hold the
+    input's bytes) or a file put there by hand says the folder is not ready, and the command
+    lists them and exits 1. A page is never written over the map, the report, an input slide,
+    any other file, or the other page."""
+    work, key, out, proc = released
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    slide = next(p for p in all_files(copy) if p.suffix == ".svs")
+    (slide.parent / f".{slide.name}.x1y2.partial").write_bytes(b"DOE^JANE-MRN4711")
+    (slide.parent / "DOE^JANE notes.txt").write_text("MRN4711")
+    page = tmp_path / "qc.html"
+    proc2 = run("report", copy, "--html", page, check=None)
+    assert proc2.returncode == 1
+    assert "interrupted run" in proc2.stderr and "no wsideid run released this file" in proc2.stderr
+    assert 'class="alarm"' in page.read_text() and "MRN4711" not in page.read_text()
+    clean = run("report", out, "--html", tmp_path / "clean.html", check=None)
+    assert clean.returncode == 0 and 'class="alarm"' not in (tmp_path / "clean.html").read_text()
+    map_file = work / "map.csv"
+    kept = map_file.read_bytes()
+    an_input = next(p for p in all_files(tree) if p.suffix == ".svs")
+    other = tmp_path / "notes.txt"
+    other.write_text("not a page")
+    for args in (["--html", map_file], ["--html", out / "wsideid-report.json"], ["--html", other],
+                 ["--html", page, "--before", page, "--map", map_file],
+                 ["--html", page, "--before", an_input, "--map", map_file]):
+        refused = run("report", out, *args, check=None)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, args
+    assert map_file.read_bytes() == kept and other.read_text() == "not a page"
+    assert an_input.read_bytes()[:2] in (b"II", b"MM")
+
+
 def test_mapping_rules_and_folder_pseudonyms(tmp_path):
     from wsideid.keyring import Keyring
     from wsideid.names import Mapping, MappingError, Namer, read_mapping, stem

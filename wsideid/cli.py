@@ -1196,9 +1196,24 @@ def report_command(
             fail("--before needs the run's --map (to find the inputs)")
         if batch.inside(before, outdir):
             fail(f"{before}: the before page identifies patients: keep it outside the released folder {outdir}")
-    pages = [(html_file, lambda: qc.qc_page(doc, outdir))]
+        if _same_file(before, html_file):
+            fail(f"{before}: --before and --html name the same file (the QC page is shared, "
+                 "the before page identifies patients)")
+    sources = _sources(map_file, outdir) if before is not None else {}
+    protected = [(report_path, "the audit report"), (map_file, "the map"),
+                 *((source, "an input slide") for source in sources.values())]
+    for page in (html_file, before):
+        if page is not None:
+            _check_page_target(page, protected)
+    leftovers, foreign = qc.unreleased_files(doc, outdir, skip=(html_file,))
+    for path in leftovers:
+        error_line(f"{path}: a temporary file of an interrupted run (it may hold a slide's "
+                   "identifiers): run the same deid command again to finish it")
+    for path in foreign:
+        error_line(f"{path}: no wsideid run released this file")
+    pages = [(html_file, lambda: qc.qc_page(doc, outdir, unreleased=(len(leftovers), len(foreign))))]
     if before is not None:
-        pages.append((before, lambda: qc.before_page(doc, _sources(map_file, outdir))))
+        pages.append((before, lambda: qc.before_page(doc, sources)))
     for path, build in pages:
         try:
             text = build()
@@ -1212,6 +1227,33 @@ def report_command(
             fail(f"{path}: cannot write the page: {exc.strerror or exc}")
     out.print(f"{len(doc.get('slides', []))} slides: {html_file}" + (f", before: {before}" if before else ""),
               markup=False, highlight=False)
+    if leftovers or foreign:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _check_page_target(page: Path, protected: list[tuple[Path | None, str]]) -> None:
+    """A page is written over nothing but an earlier page of wsideid's: never over the report,
+    the map, an input slide or any other file."""
+    for other, what in protected:
+        if other is not None and _same_file(page, Path(other)):
+            fail(f"{page}: is {what}; a page is never written over it")
+    if page.is_symlink() or (page.exists() and not page.is_file()):
+        fail(f"{page}: not a regular file; a page is never written over it")
+    if page.exists():
+        try:
+            with open(page, "rb") as fh:
+                head = fh.read(512)
+        except OSError as exc:
+            fail(f"{page}: cannot be read: {exc.strerror or exc}")
+        if not (head.startswith(b"<!DOCTYPE html>") and b"<title>wsideid" in head):
+            fail(f"{page}: exists and is not a page wsideid wrote; it is not written over")
 
 
 def _sources(map_file: Path, outdir: Path) -> dict[str, Path]:

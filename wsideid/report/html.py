@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
 
 PICTURE_SIZE = 240
@@ -32,6 +33,7 @@ th { background: #fafafa; position: sticky; top: 2.6em; }
 td.pic img { max-width: 240px; max-height: 240px; border: 1px solid #ccc; display: block; }
 td.pic span { color: #999; }
 .status { font-weight: 600; padding: .1em .4em; border-radius: .3em; }
+.alarm { background: #fdd; border: 2px solid #b00; padding: .5em; margin: .5em 0; font-weight: 600; }
 .ok { background: #e6f4ea; color: #1e6b34; }
 .failed, .error { background: #fde7e7; color: #a11; }
 .warn { background: #fff4d6; color: #7a5a00; }
@@ -124,7 +126,32 @@ def _problem(entry: dict) -> bool:
     return entry.get("status") != "ok" or bool(entry.get("warnings"))
 
 
-def qc_page(report: dict, outdir: Path, picture=pictures) -> str:
+def unreleased_files(report: dict, outdir: Path, skip: tuple[Path, ...] = ()) -> tuple[list[Path], list[Path]]:
+    """Files under OUTDIR that no slide of the report accounts for: temporary files an
+    interrupted run left (they may hold a slide's identifiers) and any other file (copied in
+    by hand, or left by an earlier run the report does not cover). The run's own record
+    (.wsideid), the report and the `skip` paths are no slides' files."""
+    from ..batch import temporary
+
+    released = {e["path"] for e in report.get("slides", []) if e.get("status") == "ok" and e.get("path")}
+    # a MIRAX slide's data folder is named by its .mrxs file; a DICOM series is a folder
+    released |= {p[:-len(".mrxs")] for p in released if p.lower().endswith(".mrxs")}
+    own = {outdir / "wsideid-report.json", *skip}
+    leftovers, foreign = [], []
+    for folder, dirs, files in os.walk(outdir):
+        here = Path(folder)
+        if here == outdir:
+            dirs[:] = [d for d in dirs if d != ".wsideid"]
+        for name in files:
+            path = here / name
+            rel = path.relative_to(outdir).as_posix()
+            if path in own or any(rel == r or rel.startswith(r + "/") for r in released):
+                continue
+            (leftovers if temporary(name) else foreign).append(path)
+    return sorted(leftovers), sorted(foreign)
+
+
+def qc_page(report: dict, outdir: Path, picture=pictures, unreleased: tuple[int, int] = (0, 0)) -> str:
     """The QC page of OUTDIR's report: failures and slides with warnings first."""
     slides = sorted(report.get("slides", []), key=lambda e: (
         e.get("status") == "ok", not e.get("warnings"), e.get("path") or ""))
@@ -165,6 +192,12 @@ def qc_page(report: dict, outdir: Path, picture=pictures) -> str:
                          f"(sha256 {html.escape(v.get('sha256', '')[:12])})"
                          for k, v in report.get("catalogs", {}).items())
     summary = report.get("summary", {})
+    leftovers, foreign = unreleased
+    alarm = (f'<div class="alarm">The released folder is not ready: it holds {leftovers} '
+             f'temporary file(s) of an interrupted run (they may hold identifiers: run the same '
+             f'deid command again to finish it) and {foreign} file(s) no wsideid run released. '
+             f'`wsideid report` lists them on its error output.</div>'
+             if leftovers or foreign else "")
     others_table = (f"<h2>Files that are not slides (not copied)</h2><table><tbody>{others}"
                     "</tbody></table>" if others else "")
     return f"""<!DOCTYPE html>
@@ -174,7 +207,7 @@ def qc_page(report: dict, outdir: Path, picture=pictures) -> str:
 <style>{STYLE}</style><script>{SCRIPT}</script></head>
 <body>
 <h1>wsideid quality control</h1>
-<div class="meta">wsideid {html.escape(str(report.get('version', '')))}, report of
+{alarm}<div class="meta">wsideid {html.escape(str(report.get('version', '')))}, report of
 {html.escape(str(report.get('run', '')))}: <b>{summary.get('ok', 0)}</b> slides released,
 <b>{summary.get('failed', 0)}</b> failed, {len(report.get('not_slides', []))} files not slides
 (not copied).<br>Options: {options}<br>Catalogs: {catalogs}</div>
