@@ -410,7 +410,18 @@ def test_mapping_rules_and_folder_pseudonyms(tmp_path):
                       ("original,pseudonym\nA-1,P-1\nA-1,P-2\n", "two pseudonyms"),
                       ("original,pseudonym\nAB-12,X\nCD-34,XAB-12Y\n", "contains the original of line 2"),
                       ("original,pseudonym\nA-1,a/x\n", "slash"),
-                      ("original,pseudonym\nA-1,.hidden\n", "dot")]:
+                      ("original,pseudonym\nA-1,.hidden\n", "dot"),
+                      # the original spelled otherwise inside a pseudonym
+                      ("original,pseudonym\nMüller Hans,X\nB-2,\uff2düller Hans\n", "contains the original of line 2"),
+                      ("original,pseudonym\nMüller Hans,X\nB-2,MULLER_HANS-7\n", "contains the original of line 2"),
+                      # names that hide characters or that some system cannot hold
+                      ("original,pseudonym\nA-1,Mül\u200bler\n", "invisible"),
+                      ("original,pseudonym\nA-1,CASE\u202e1gpj.exe\n", "direction"),
+                      ("original,pseudonym\nA-1,CASE\x85X\n", "control"),
+                      ("original,pseudonym\nA-1,a:b*c?\n", "Windows"),
+                      ("original,pseudonym\nA-1,CON\n", "Windows"),
+                      ("original,pseudonym\nA-1,--in-place\n", "dash"),
+                      ("original,pseudonym\nA-1,wsideid-report.json\n", "audit report")]:
         with pytest.raises(MappingError, match=why):
             mapping(text)
     namer = Namer(ring, good)

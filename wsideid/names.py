@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,27 +94,63 @@ def read_mapping(path: Path) -> Mapping:
         if other is not None and other[0] != key:
             raise MappingError(f"lines {other[1]} and {number}: two originals mapped to one pseudonym")
         rows[key], where[key], owner[normal(pseudonym)] = pseudonym, number, (key, number)
-    lengths = sorted({len(k) for k in rows})
+    # an original inside a pseudonym, as written or spelled otherwise (fullwidth letters,
+    # accents dropped, invisible characters, punctuation or spaces between its letters)
+    skeletons = {skeleton(k): n for k, n in where.items() if len(skeleton(k)) >= MIN_SKELETON}
     for key, pseudonym in rows.items():
-        text = normal(pseudonym)
-        for start in range(len(text)):
-            for size in lengths:
-                if start + size > len(text):
-                    break
-                original = text[start:start + size]
-                if original in where:
-                    raise MappingError(f"line {where[key]}: the pseudonym contains the original "
-                                       f"of line {where[original]}")
+        for text, originals in ((normal(pseudonym), where), (skeleton(pseudonym), skeletons)):
+            line = _contained(text, originals)
+            if line is not None:
+                raise MappingError(f"line {where[key]}: the pseudonym contains the original "
+                                   f"of line {line}")
     digest = hashlib.sha256("\n".join(f"{k}\t{v}" for k, v in sorted(rows.items())).encode()).hexdigest()
     return Mapping(rows, digest)
 
 
+MIN_SKELETON = 4
+# besides letters and digits, what a pseudonym may hold: no slash, no character Windows
+# forbids in a name, no control, format (zero-width, bidirectional) or private character
+NAME_PUNCTUATION = frozenset(" -_.+()#,=@~")
+RESERVED_NAMES = {"wsideid-report.json"}   # what the tool writes into OUTDIR itself
+WINDOWS_DEVICES = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
+
+
+def skeleton(text: str) -> str:
+    """A name's letters and digits only: compatibility forms folded (fullwidth, ligatures),
+    accents dropped, case folded."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if c.isalnum()).casefold()
+
+
+def _contained(text: str, originals: dict[str, int]) -> int | None:
+    """The line of an original that occurs in `text`, or None."""
+    lengths = sorted({len(k) for k in originals})
+    for start in range(len(text)):
+        for size in lengths:
+            if start + size > len(text):
+                break
+            line = originals.get(text[start:start + size])
+            if line is not None:
+                return line
+    return None
+
+
 def unsafe_name(name: str) -> str | None:
-    """Why a pseudonym cannot be a file or folder name, or None."""
+    """Why a pseudonym cannot be a file or folder name on every system a release may reach,
+    or None."""
     if name in (".", "..") or name.startswith("."):
         return "starts with a dot"
-    if any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "holds a slash or a control character"
+    if any(c in name for c in "/\\"):
+        return "holds a slash"
+    if any(not (c.isalnum() or c in NAME_PUNCTUATION) for c in name):
+        return ("holds a character other than letters, digits, spaces and - _ . + ( ) # , = @ ~ "
+                "(a control, invisible or direction character, or one Windows forbids)")
+    if name.startswith("-"):
+        return "starts with a dash (commands would read it as an option)"
+    if name.endswith((".", " ")) or WINDOWS_DEVICES.fullmatch(name):
+        return "is a name Windows cannot hold (a device name, or a dot or space at its end)"
+    if name.casefold() in RESERVED_NAMES:
+        return "is the name of the audit report wsideid writes into OUTDIR"
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         return f"is longer than {MAX_NAME_BYTES} bytes"
     return None
