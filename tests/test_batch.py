@@ -501,3 +501,28 @@ def test_a_slide_with_a_name_as_long_as_the_file_system_allows(tmp_path):
     proc = run("deid", tmp_path / "in", "-o", out, "--jobs", "1")
     assert proc.returncode == 0, proc.stderr
     assert len([p for p in all_files(out) if p.suffix == ".svs"]) == 1
+
+
+def test_input_folders_of_different_names_going_into_one_folder_are_said(tmp_path):
+    """NFC and NFD spellings of one name are one name (one pseudonym, by design); the run says
+    that two input folders went into one released folder. Folders of one name in two inputs
+    are one case by design and are not mentioned."""
+    first, second = tmp_path / "in1", tmp_path / "in2"
+    for folder in (first / "M\u00fcller", first / "Mu\u0308ller", second / "M\u00fcller"):
+        folder.mkdir(parents=True)
+    write_svs(first / "M\u00fcller" / "a.svs", SvsSpec(width=768))
+    write_svs(first / "Mu\u0308ller" / "b.svs", SvsSpec(width=1024))
+    write_svs(second / "M\u00fcller" / "c.svs", SvsSpec(width=896))
+    out = tmp_path / "out"
+    proc = run("deid", first, second, "-o", out, "--jobs", "1", "--key-file", tmp_path / "k.key")
+    assert proc.returncode == 0, proc.stderr
+    [folder] = [p for p in out.iterdir() if p.is_dir() and p.name != ".wsideid"]
+    assert len(list(folder.glob("*.svs"))) == 3
+    warned = [line for line in proc.stderr.splitlines() if "input folders of different names" in line]
+    assert len(warned) == 1 and str(folder) in warned[0]
+    third = tmp_path / "in3" / "M\u00fcller"
+    third.mkdir(parents=True)
+    write_svs(third / "d.svs", SvsSpec(width=640))
+    same = run("deid", second, tmp_path / "in3", "-o", tmp_path / "out2", "--jobs", "1",
+               "--key-file", tmp_path / "k.key")
+    assert same.returncode == 0 and "input folders of different names" not in same.stderr

@@ -867,6 +867,19 @@ def _state(files) -> str:
     return "\n".join(sorted(out))
 
 
+def merged_folders(slides: list[Slide]) -> list[tuple[tuple[str, ...], list[str]]]:
+    """Released folders that input folders of different names go into: names equal once
+    Unicode-normalized (NFC and NFD spellings of one name), or given one pseudonym by the
+    mapping (`JOHN DOE/` and `john doe/`). Folders of one name go into one released folder by
+    design (a case's pseudonym is the same everywhere) and are not listed. Each: the released
+    folder and the input folder names."""
+    names: dict[tuple[str, ...], set[str]] = {}
+    for slide in slides:
+        for depth in range(1, len(slide.dest) + 1):
+            names.setdefault(slide.dest[:depth], set()).add(slide.item.parts[depth - 1])
+    return [(dest, sorted(found)) for dest, found in sorted(names.items()) if len(found) > 1]
+
+
 def preview(slide: Slide, settings: Settings):
     """A slide's naming and plan as a run would make them (dry run; nothing is written)."""
     policy = settings.policy

@@ -371,6 +371,7 @@ def deid(
     journal_failed = ""
     try:
         slides = exporter.plan(found.items, survey=not in_place)
+        _say_merged(slides, outdir)
         run.slides = slides
         exporter.run(slides)
     except KeyboardInterrupt:
@@ -442,6 +443,7 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
     """Every slide's source and destination, fields and images; nothing is written."""
     exporter = batch.Exporter(settings, outdir, namer, None, batch.InlineExecutor(), 1, batch.Sink())
     slides = exporter.plan(found.items, survey=True)
+    _say_merged(slides, outdir)
     code = input_code(found, len(slides))
     alone = is_alone(found, len(slides))
     base = outdir if outdir is not None else Path("OUTDIR")
@@ -465,6 +467,15 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
     for path, _, why in found.others:
         sys.stdout.write(one_line(f"{path}: {why}: not copied") + "\n")
     raise typer.Exit(code)
+
+
+def _say_merged(slides, outdir: Path | None) -> None:
+    """A warning for every released folder that input folders of different names go into."""
+    for dest, names in batch.merged_folders(slides):
+        where = "/".join(dest) if outdir is None else outdir.joinpath(*dest)
+        warning_line(f"{where}: input folders of different names go into this one folder (one "
+                     f"name once Unicode-normalized, or one pseudonym in the mapping): "
+                     f"{', '.join(repr(n) for n in names)}")
 
 
 def is_alone(found: batch.Found, slides: int) -> bool:
