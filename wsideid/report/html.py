@@ -144,8 +144,10 @@ def unreleased_files(report: dict, outdir: Path, skip: tuple[Path, ...] = ()) ->
             dirs[:] = [d for d in dirs if d != ".wsideid"]
         for name in files:
             path = here / name
-            rel = path.relative_to(outdir).as_posix()
-            if path in own or any(rel == r or rel.startswith(r + "/") for r in released):
+            rel = path.relative_to(outdir)
+            # the file itself, or a folder above it, is a released slide (set lookups: a
+            # release of tens of thousands of slides)
+            if path in own or any(p.as_posix() in released for p in (rel, *rel.parents)):
                 continue
             (leftovers if temporary(name) else foreign).append(path)
     return sorted(leftovers), sorted(foreign)
