@@ -526,3 +526,23 @@ def test_input_folders_of_different_names_going_into_one_folder_are_said(tmp_pat
     same = run("deid", second, tmp_path / "in3", "-o", tmp_path / "out2", "--jobs", "1",
                "--key-file", tmp_path / "k.key")
     assert same.returncode == 0 and "input folders of different names" not in same.stderr
+
+
+def test_a_slide_moved_to_another_case_between_runs_is_said(tmp_path):
+    """The journal keeps no paths; a slide whose files (names, sizes, times) were released
+    earlier from another folder is said to have moved, with the release that stays."""
+    tree = tmp_path / "in"
+    for case in ("CASE-A", "CASE-B"):
+        (tree / case).mkdir(parents=True)
+    write_svs(tree / "CASE-A" / "a.svs", SvsSpec(width=768))
+    write_svs(tree / "CASE-A" / "b.svs", SvsSpec(width=1024))
+    key, out = tmp_path / "k.key", tmp_path / "out"
+    run("deid", tree, "-o", out, "--key-file", key, "--jobs", "1")
+    again = run("deid", tree, "-o", out, "--key-file", key, "--jobs", "1")
+    assert "released by an earlier run from another folder" not in again.stderr
+    (tree / "CASE-A" / "b.svs").rename(tree / "CASE-B" / "b.svs")
+    moved = run("deid", tree, "-o", out, "--key-file", key, "--jobs", "1")
+    said = [line for line in moved.stderr.splitlines() if "from another folder" in line]
+    assert len(said) == 1 and "b.svs" in said[0]
+    old_release = Path(said[0].split(", as ", 1)[1].split(": if the slide moved", 1)[0])
+    assert old_release.parent.parent == out and old_release.exists()

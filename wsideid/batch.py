@@ -648,6 +648,8 @@ class Slide:
     item: Item
     job_id: str = ""
     state: str = ""
+    stamp: str = ""                 # its files' names, sizes and times (not where they are)
+    moved_from: str = ""            # the released path of the same files from another folder
     survey: dict = field(default_factory=dict)
     dest: tuple[str, ...] = ()
     name: str = ""                  # its released name when a mapping gives one
@@ -691,6 +693,7 @@ class Exporter:
             paths = "\0".join(sorted(str(p.resolve()) for p in slide.item.job.paths))
             slide.job_id = keyring.digest("job", os.fsencode(paths))
             slide.state = keyring.digest("state", os.fsencode(_state(slide.item.files)))
+            slide.stamp = keyring.digest("stamp", os.fsencode(_state(slide.item.files, folders=False)))
             record = self.journal.done(slide.job_id, slide.state) if self.journal else None
             if record is not None:
                 slide.survey = record.survey
@@ -705,6 +708,12 @@ class Exporter:
             run_tasks(self.executor, survey_task, sorted(todo, key=lambda t: -slides[t.index].item.size),
                       self.window * 4, lambda task, value: self._surveyed(slides[task.index], value))
         self._name(slides)
+        if self.journal is not None:
+            jobs = {s.job_id for s in slides}
+            for slide in slides:
+                if slide.outcome is None:
+                    other = self.journal.moved(slide.job_id, slide.stamp, jobs)
+                    slide.moved_from = (other.brief.get("path") or "") if other else ""
         return slides
 
     def _surveyed(self, slide: Slide, value) -> None:
@@ -814,7 +823,7 @@ class Exporter:
         slide.outcome = value
         if value.status == "ok" and value.outputs and self.journal is not None:
             stale = self.journal.append(Record(slide.job_id, slide.state, value.outputs,
-                                               slide.survey, value.entry))
+                                               slide.survey, value.entry, stamp=slide.stamp))
             value.entry = None          # the journal holds it from now on
             self._remove_stale(stale)
         self.sink.finished(slide)
@@ -856,14 +865,16 @@ class Exporter:
                 pass
 
 
-def _state(files) -> str:
+def _state(files, folders: bool = True) -> str:
+    """Each file's path (its name only without `folders`), size and time of last change."""
     out = []
     for path in files:
+        name = path.resolve() if folders else path.name
         try:
             st = path.stat()
-            out.append(f"{path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}")
+            out.append(f"{name}\t{st.st_size}\t{st.st_mtime_ns}")
         except OSError:
-            out.append(f"{path}\t-")
+            out.append(f"{name}\t-")
     return "\n".join(sorted(out))
 
 

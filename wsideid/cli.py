@@ -372,6 +372,11 @@ def deid(
     try:
         slides = exporter.plan(found.items, survey=not in_place)
         _say_merged(slides, outdir)
+        for slide in slides:
+            if slide.moved_from and outdir is not None:
+                warning_line(f"{slide.source}: the same file (name, size and time) was released "
+                             f"by an earlier run from another folder, as {outdir / slide.moved_from}: "
+                             "if the slide moved, that release is still there")
         run.slides = slides
         exporter.run(slides)
     except KeyboardInterrupt:

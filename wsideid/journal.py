@@ -75,9 +75,11 @@ class Record:
     run: str = ""
     offset: int = -1             # where its line starts in the journal
     brief: dict = field(default_factory=dict)
+    stamp: str = ""              # keyed digest of its files' names, sizes and times, not folders
 
     def line(self) -> str:
         return json.dumps({"type": "slide", "job": self.job, "state": self.state, "run": self.run,
+                           "stamp": self.stamp,
                            "survey": self.survey, "outputs": self.outputs, "entry": self.entry},
                           sort_keys=True, separators=(",", ":")) + "\n"
 
@@ -111,6 +113,7 @@ class Journal:
         self.path = self.state / JOURNAL
         self.run_id = secrets.token_hex(8)
         self.records: dict[str, Record] = {}
+        self._stamps: dict[str, list[str]] | None = None   # stamp -> jobs (Journal.moved)
         self._lock_fd: int | None = None
         self._fd: int | None = None
 
@@ -174,7 +177,8 @@ class Journal:
                 elif obj.get("type") == "slide":
                     self.records[obj["job"]] = Record(obj["job"], obj["state"], obj["outputs"],
                                                       obj.get("survey", {}), None, obj.get("run", ""),
-                                                      start, brief_of(obj.get("entry") or {}))
+                                                      start, brief_of(obj.get("entry") or {}),
+                                                      obj.get("stamp", ""))
         if end != os.fstat(self._fd).st_size:
             os.ftruncate(self._fd, end)
             os.fsync(self._fd)
@@ -234,6 +238,24 @@ class Journal:
             return None
         return record
 
+    def moved(self, job: str, stamp: str, jobs: set[str]) -> Record | None:
+        """An intact release of another input whose files have this slide's names, sizes and
+        times (`stamp`) and that is not among this run's `jobs`: the same slide released
+        earlier from another folder (moved since), or a copy of it elsewhere."""
+        if not stamp:
+            return None
+        if self._stamps is None:    # built once per run's planning (tens of thousands of slides)
+            self._stamps = {}
+            for record in self.records.values():
+                if record.stamp:
+                    self._stamps.setdefault(record.stamp, []).append(record.job)
+        for other in self._stamps.get(stamp, []):
+            record = self.records.get(other)
+            if (record is not None and record.stamp == stamp and other != job
+                    and other not in jobs and record.intact(self.outdir)):
+                return record
+        return None
+
     def append(self, record: Record) -> list[str]:
         """Record a released slide; returns the files an earlier release of the same slide
         (from other inputs: they changed) left under other names, which are its to remove."""
@@ -247,6 +269,7 @@ class Journal:
                                           f"{exc.strerror or exc}") from None
         record.offset, record.brief, record.entry = offset, brief_of(record.entry or {}), None
         self.records[record.job] = record
+        self._stamps = None
         if old is None:
             return []
         kept = {o[0] for r in self.records.values() for o in r.outputs}
