@@ -373,6 +373,14 @@ def test_report_names_what_no_run_released_and_overwrites_nothing_else(released,
     assert 'class="alarm"' in page.read_text() and "MRN4711" not in page.read_text()
     clean = run("report", out, "--html", tmp_path / "clean.html", check=None)
     assert clean.returncode == 0 and 'class="alarm"' not in (tmp_path / "clean.html").read_text()
+    # an earlier QC page inside the folder is the folder's own; a before page copied in is not
+    inside = tmp_path / "inside"
+    shutil.copytree(out, inside, symlinks=True)
+    shutil.copy(tmp_path / "clean.html", inside / "qc-earlier.html")
+    assert run("report", inside, "--html", inside / "qc.html", check=None).returncode == 0
+    (inside / "before-copy.html").write_text('<!DOCTYPE html>\n<title>wsideid: the inputs before '
+                                             'de-identification (identifying)</title>')
+    assert run("report", inside, "--html", inside / "qc.html", check=None).returncode == 1
     map_file = work / "map.csv"
     kept = map_file.read_bytes()
     an_input = next(p for p in all_files(tree) if p.suffix == ".svs")

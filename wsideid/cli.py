@@ -1257,19 +1257,15 @@ def _same_file(a: Path, b: Path) -> bool:
 def _check_page_target(page: Path, protected: list[tuple[Path | None, str]]) -> None:
     """A page is written over nothing but an earlier page of wsideid's: never over the report,
     the map, an input slide or any other file."""
+    from .report import html as qc
+
     for other, what in protected:
         if other is not None and _same_file(page, Path(other)):
             fail(f"{page}: is {what}; a page is never written over it")
     if page.is_symlink() or (page.exists() and not page.is_file()):
         fail(f"{page}: not a regular file; a page is never written over it")
-    if page.exists():
-        try:
-            with open(page, "rb") as fh:
-                head = fh.read(512)
-        except OSError as exc:
-            fail(f"{page}: cannot be read: {exc.strerror or exc}")
-        if not (head.startswith(b"<!DOCTYPE html>") and b"<title>wsideid" in head):
-            fail(f"{page}: exists and is not a page wsideid wrote; it is not written over")
+    if page.exists() and qc.page_kind(page) is None:
+        fail(f"{page}: exists and is not a page wsideid wrote; it is not written over")
 
 
 def _sources(map_file: Path, outdir: Path) -> dict[str, Path]:

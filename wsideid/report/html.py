@@ -149,8 +149,25 @@ def unreleased_files(report: dict, outdir: Path, skip: tuple[Path, ...] = ()) ->
             # release of tens of thousands of slides)
             if path in own or any(p.as_posix() in released for p in (rel, *rel.parents)):
                 continue
-            (leftovers if temporary(name) else foreign).append(path)
+            if temporary(name):
+                leftovers.append(path)
+            elif page_kind(path) != "qc":     # an earlier QC page: built from OUTDIR alone
+                foreign.append(path)
     return sorted(leftovers), sorted(foreign)
+
+
+def page_kind(path: Path) -> str | None:
+    """"qc" or "before" for a page wsideid wrote (its title, near the start), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return None
+    if not head.startswith(b"<!DOCTYPE html>"):
+        return None
+    if b"<title>wsideid QC" in head:
+        return "qc"
+    return "before" if b"<title>wsideid: the inputs before" in head else None
 
 
 def qc_page(report: dict, outdir: Path, picture=pictures, unreleased: tuple[int, int] = (0, 0)) -> str:
