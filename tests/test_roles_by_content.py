@@ -212,3 +212,28 @@ def test_likeness_refuses_what_is_not_the_slide(reference):
     assert resembles(reduced, slide)
     other = text_label(400, 300) if reference == "label" else np.full((75, 100, 3), 240, np.uint8)
     assert not resembles(other, slide)
+
+
+def _converted_roles(src: Path, out: Path) -> list[tuple[str, int, int]]:
+    proc = run("convert", src, "--to", "dicom", "-o", out, check=0)
+    assert proc.returncode == 0, proc.stderr
+    roles = []
+    for path in sorted(out.rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        roles.append((ds.ImageType[2], int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)))
+    return roles
+
+
+def test_convert_leaves_out_a_label_stored_as_the_thumbnail(tmp_path):
+    """wsidicomizer writes the thumbnail its reader shows: a conversion must leave it out
+    when the slide's thumbnail was dropped for not showing the slide (it was released as a
+    THUMBNAIL instance while the warning said dropped), and keep a true one."""
+    from fixtures.svs import SvsSpec
+    from fixtures.svs import write_svs as write_aperio
+
+    label = write_aperio(tmp_path / "slide.svs", SvsSpec(label=False, macro=False,
+                                                          thumbnail_pixels=text_label(384, 256)))
+    roles = _converted_roles(label, tmp_path / "out")
+    assert [r for r in roles if r[0] != "VOLUME"] == []
+    true = write_aperio(tmp_path / "true.svs", SvsSpec(label=False, macro=False))
+    assert ("THUMBNAIL", 384, 256) in _converted_roles(true, tmp_path / "out2")

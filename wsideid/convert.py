@@ -115,6 +115,7 @@ def _convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             written = WsiDicomizer.convert(
                 job.path, staging.path, include_label=extras.label in ("keep", "replace"),
                 include_overview=extras.overview in ("keep", "redact"),
+                include_thumbnail=extras.thumbnail == "keep",
                 include_confidential=False,
                 uid_generator=lambda: UID(next(uids)), metadata_post_processor=deidentify,
                 workers=1)
@@ -258,6 +259,7 @@ class Associated:
     their checks), the synthesized label, the source overview's blanked label area."""
     label: str = "drop"
     overview: str = "drop"
+    thumbnail: str = "drop"
     new: ReplaceImage | None = None
     area: RedactImage | None = None
     blanked: set[Path] = field(default_factory=set)
@@ -271,6 +273,11 @@ class Associated:
                 out.label = action
             elif image.role in ("macro", "overview"):
                 out.overview = action
+            elif image.role == "thumbnail":
+                # wsidicomizer writes the thumbnail its reader shows: it goes when the image
+                # the slide stores as thumbnail was dropped (a label photograph by content,
+                # a barcode on it)
+                out.thumbnail = action
         areas = {}
         for new in new_images:
             if isinstance(new, ReplaceImage):
@@ -334,19 +341,23 @@ class Associated:
         return warnings
 
     def verify(self, files: list[Path], pseudonym: str) -> list[str]:
-        """Every barcode of the converted LABEL and OVERVIEW decoded again, through wsidicom."""
+        """The label, overview and thumbnail the series holds, decoded again through wsidicom
+        (or the DICOM adapter): none that was to be left out, a replaced label decoding to the
+        pseudonym only, nothing decoding on any other, a redacted area uniform."""
         from .verify import associated as check
 
-        wanted = {}
-        if self.label in ("keep", "replace"):
-            wanted["label"] = check.Expected(replaced=self.label == "replace")
-        if self.overview in ("keep", "redact"):
-            wanted["overview"] = check.Expected(
-                area=self.area.regions if self.overview == "redact" else None)
-        if not wanted:
-            return []
-        pictures = check.reader_pictures(adapters.by_name("dicom-wsi"), files, set(wanted))
-        return check.check(pictures, wanted, pseudonym)
+        actions = {"label": self.label, "overview": self.overview, "thumbnail": self.thumbnail}
+        held = {role_of(read_header(f)[0]) for f in files} & set(actions)
+        problems = [f"the {role} image was to be left out but the series holds it"
+                    for role in sorted(held) if actions[role] == "drop"]
+        wanted = {role: check.Expected(
+                      replaced=actions[role] == "replace",
+                      area=self.area.regions if actions[role] == "redact" and self.area else None)
+                  for role in held if actions[role] != "drop"}
+        if wanted:
+            pictures = check.reader_pictures(adapters.by_name("dicom-wsi"), files, set(wanted))
+            problems += check.check(pictures, wanted, pseudonym)
+        return problems
 
 
 def _instance_picture(path: Path, header, start: int):
