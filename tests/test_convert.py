@@ -140,3 +140,14 @@ def test_convert_refuses_when_the_lossless_path_is_missing(tmp_path, monkeypatch
     assert list(out.iterdir()) == []
     result = conversion.convert(job, Policy(), Keyring(b"k" * 32), out, allow_transcode=True)
     assert result.output is not None and result.output.exists()
+
+
+def test_convert_refuses_date_modes_it_cannot_honour(tmp_path):
+    """wsidicomizer writes a placeholder acquisition date (1970-01-01): shifting it, or keeping
+    its year, released a made-up date marked as modified from the slide's."""
+    src = shared_slide("svs/CMU-1-Small-Region.svs")
+    for mode in ("shift", "keep-year"):
+        out = tmp_path / mode
+        proc = run("convert", src, "--to", "dicom", "-o", out, "--dates", mode, check=None)
+        assert proc.returncode == 2 and not out.exists()
+        assert len(proc.stderr.strip().splitlines()) == 1 and "scan date" in proc.stderr

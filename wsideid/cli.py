@@ -1011,6 +1011,12 @@ def convert(
 
     if to != "dicom":
         fail("--to: only dicom is supported")
+    if dates in ("shift", "keep-year"):
+        # wsidicomizer writes a placeholder acquisition date (1970-01-01), not the scan's:
+        # shifting or keeping its year would release a made-up date marked as the slide's
+        fail(f"--dates {dates}: the conversion does not carry the scan date into the DICOM "
+             "series; convert with dates removed (the default), or keep the slide's format "
+             "and use `wsideid deid`")
     for item in inputs:
         if item.is_dir() and (batch.inside(outdir, item) or batch.inside(item, outdir)):
             fail(f"{outdir}: the output folder and the input folder {item} must not hold one another")
