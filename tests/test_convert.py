@@ -151,3 +151,32 @@ def test_convert_refuses_date_modes_it_cannot_honour(tmp_path):
         proc = run("convert", src, "--to", "dicom", "-o", out, "--dates", mode, check=None)
         assert proc.returncode == 2 and not out.exists()
         assert len(proc.stderr.strip().splitlines()) == 1 and "scan date" in proc.stderr
+
+
+def test_convert_leaves_out_an_overview_that_does_not_decode_as_declared(tmp_path):
+    """wsidicomizer writes an OME-TIFF macro of several strips as its first strip alone under
+    a header declaring the whole image: redacting it was an internal error, keeping it
+    released a broken picture. Such an image is left out, said in a warning; if it is written
+    whole (a later wsidicomizer), it is redacted and decodes no code."""
+    import numpy as np
+    import zxingcpp
+    from fixtures import labels, ometiff
+
+    src = tmp_path / "codes.ome.tif"
+    ometiff.write_ome_tiff(src, label_pixels=labels.label_picture(600, 320, "QRCode"),
+                           macro_pixels=labels.overview_picture(900, 300, ends=("left", "right")))
+    out = tmp_path / "out"
+    proc = run("convert", src, "--to", "dicom", "-o", out, "--macro", "redact", check=None)
+    assert proc.returncode == 0, proc.stderr
+    assert "internal error" not in proc.stderr
+    for path in sorted(out.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if ds.ImageType[2] == "OVERVIEW":
+            frame = np.asarray(ds.pixel_array)
+            frame = frame[0] if frame.ndim == 4 else frame
+            assert frame.shape[:2] == (ds.Rows, ds.Columns)
+            assert zxingcpp.read_barcodes(frame) == []
+    left_out = "does not decode to the size its header declares" in proc.stderr
+    has_overview = any(pydicom.dcmread(p, stop_before_pixels=True).ImageType[2] == "OVERVIEW"
+                       for p in out.rglob("*.dcm"))
+    assert left_out != has_overview

@@ -136,7 +136,8 @@ def _convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
         for f in files:
             _clean_frames(f, fields)
             _settle_write_stamps(f, policy, fields)
-        warnings += extras.replace_label(files, pseudonym) + extras.blank(files)
+        files, left_out = _leave_out_undecodable(files)
+        warnings += left_out + extras.replace_label(files, pseudonym) + extras.blank(files)
         plan = Plan("dicom-wsi", [], fields, warnings)
         problems = _verify(files, plan, policy, keyring, source_levels, job.path, allow_transcode,
                            extras.blanked)
@@ -358,6 +359,26 @@ class Associated:
             pictures = check.reader_pictures(adapters.by_name("dicom-wsi"), files, set(wanted))
             problems += check.check(pictures, wanted, pseudonym)
         return problems
+
+
+def _leave_out_undecodable(files: list[Path]) -> tuple[list[Path], list[str]]:
+    """A label, overview or thumbnail that wsidicomizer wrote but that does not decode to the
+    size its header declares is left out of the series (as `deid` drops an image it cannot
+    check), with a warning."""
+    from .adapters.dicom import Instance, instance_pixels
+
+    kept, warnings = [], []
+    for f in files:
+        header, start = read_header(f)
+        role = role_of(header)
+        if role in ("label", "overview", "thumbnail") and \
+                instance_pixels(Instance(0, f, header, start, role)) is None:
+            f.unlink()
+            warnings.append(f"the converted {role} ({f.name}) does not decode to the size its "
+                            "header declares: left out")
+            continue
+        kept.append(f)
+    return kept, warnings
 
 
 def _instance_picture(path: Path, header, start: int):

@@ -591,6 +591,10 @@ def instance_pixels(inst: Instance):
                     tiles.append(imagecodecs.imread(padded_frame(fh.read(n))))
                 except Exception:  # noqa: BLE001 - a codec imagecodecs lacks
                     return None
+    # every frame is Rows x Columns (PS3.3 C.7.6.3): one of another size is no picture of
+    # what the header declares (wsidicomizer once wrote an OME macro's first strip alone)
+    if not tiles or any(tile.shape[:2] != (rows, cols) for tile in tiles):
+        return None
     across = -(-width // cols)
     canvas = np.zeros((height, width) + tiles[0].shape[2:], tiles[0].dtype)
     for i, tile in enumerate(tiles):
