@@ -180,3 +180,18 @@ def test_convert_leaves_out_an_overview_that_does_not_decode_as_declared(tmp_pat
     has_overview = any(pydicom.dcmread(p, stop_before_pixels=True).ImageType[2] == "OVERVIEW"
                        for p in out.rglob("*.dcm"))
     assert left_out != has_overview
+
+
+def test_convert_keeps_a_label_that_passes_its_checks(tmp_path):
+    """The LABEL instance's LabelText and BarcodeValue are written present and empty (Type 2);
+    the re-plan of the written series took the empty elements for values still to remove, so
+    `--label keep` always failed verification."""
+    from fixtures.svs import SvsSpec, write_svs
+
+    src = write_svs(tmp_path / "plain.svs", SvsSpec(macro=False))
+    out = tmp_path / "out"
+    proc = run("convert", src, "--to", "dicom", "-o", out, "--label", "keep", "--no-ocr", check=None)
+    assert proc.returncode == 0, proc.stderr
+    labels = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.rglob("*.dcm")]
+    labels = [ds for ds in labels if ds.ImageType[2] == "LABEL"]
+    assert len(labels) == 1 and labels[0].LabelText == "" and labels[0].BarcodeValue == ""

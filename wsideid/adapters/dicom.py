@@ -186,6 +186,10 @@ class DicomPlanner:
                 del ds[elem.tag]
                 continue
             if tag in ALWAYS_REMOVE:
+                if not _text(elem).strip():   # present and empty (Type 2 in a LABEL): says nothing
+                    fields.append(Field(f"dicom:{elem.keyword}", path, "", "keep",
+                                        why="empty: the label text and barcode say nothing"))
+                    continue
                 fields.append(Field(f"dicom:{elem.keyword}", path, _text(elem), "remove",
                                     why="label text and barcode are removed from every instance"))
                 del ds[elem.tag]
