@@ -195,3 +195,15 @@ def test_convert_keeps_a_label_that_passes_its_checks(tmp_path):
     labels = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.rglob("*.dcm")]
     labels = [ds for ds in labels if ds.ImageType[2] == "LABEL"]
     assert len(labels) == 1 and labels[0].LabelText == "" and labels[0].BarcodeValue == ""
+
+
+def test_convert_refuses_jpeg_2000_levels_up_front(tmp_path):
+    """wsidicomizer writes Aperio JPEG 2000 tiles under a JPEG transfer syntax: the frames'
+    check refused them as 'outside the codec's grammar', blaming the slide. Refused up front,
+    saying why and what to use instead."""
+    from fixtures.svs import SvsSpec, write_svs
+
+    src = write_svs(tmp_path / "j2k.svs", SvsSpec(codec="j2k"))
+    proc = run("convert", src, "--to", "dicom", "-o", tmp_path / "out", check=None)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "JPEG 2000" in proc.stderr and "wsideid deid" in proc.stderr

@@ -80,7 +80,14 @@ def _convert(job: Job, policy: Policy, keyring: Keyring, outdir: Path,
             raise SlideError("MIRAX images cannot become DICOM tiles unchanged (camera images "
                              "overlap and do not form a regular tile grid): pass "
                              "--allow-transcode to accept re-encoded tiles")
-        source_levels = [_sampled_tiles(slide, img) for img in adapter.stored_levels(slide)]
+        stored = adapter.stored_levels(slide)
+        if any("jp2000" in img.compression or "jpeg2000" in img.compression for img in stored):
+            # wsidicomizer (0.26) writes Aperio's JPEG 2000 tiles under a JPEG transfer syntax;
+            # the frames would then be nothing their header says
+            raise SlideError("cannot convert: its levels are JPEG 2000, which wsidicomizer does "
+                             "not carry into DICOM correctly; de-identify it as it is with "
+                             "`wsideid deid`")
+        source_levels = [_sampled_tiles(slide, img) for img in stored]
         fp = adapter.fingerprint(slide)
         naming = adapter.naming(slide, keyring)
         # the label, overview and thumbnail, looked at as `deid` does
