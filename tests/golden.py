@@ -166,6 +166,7 @@ def _tree(folder: Path, work: Path) -> dict[str, str]:
                     continue
                 record.pop("run")
                 record.pop("state")
+                record.pop("stamp", None)   # a keyed digest of the input files' times
                 record.pop("job")        # a keyed digest of the input paths (a temporary folder)
                 record["outputs"] = [o[:2] for o in record["outputs"]]
                 records.append(record)
