@@ -96,10 +96,20 @@ def test_convert_generated_ndpi_and_ome_subifd_pyramid_keep_every_stored_level(t
 
 
 def test_convert_without_pixel_spacing_says_so(tmp_path):
-    """The TCGA J2K SVS has no MPP, which the converter needs: one clear line, nothing left."""
+    """An SVS without MPP, which the converter needs: one clear line, nothing left."""
+    import re
+
+    from fixtures.svs import SvsSpec, write_svs
+    from tiffpatch import set_text
+
+    src = write_svs(tmp_path / "no-mpp.svs", SvsSpec(label=False, macro=False))
+    with tifffile.TiffFile(src) as tf:
+        descriptions = [page.description for page in tf.pages]
+    for index, text in enumerate(descriptions):
+        if "MPP" in text:
+            set_text(src, index, 270, re.sub(r"\|MPP = [0-9.]+", "", text))
     out = tmp_path / "out"
-    proc = run("convert", shared_slide("svs/tcga-cr-7395-01a-01-ts1.svs"), "--to", "dicom",
-               "-o", out, check=2)
+    proc = run("convert", src, "--to", "dicom", "-o", out, check=2)
     assert proc.stderr.count("wsideid: error:") == 1 and "no MPP, the pixel spacing" in proc.stderr
     assert [p.name for p in out.iterdir()] == ["wsideid-report.json"]
 
