@@ -371,7 +371,8 @@ def deid(
     journal_failed = ""
     try:
         slides = exporter.plan(found.items, survey=not in_place)
-        _say_merged(slides, outdir)
+        if outdir is not None:
+            _say_merged(slides, outdir)
         for slide in slides:
             if slide.moved_from and outdir is not None:
                 warning_line(f"{slide.source}: the same file (name, size and time) was released "
@@ -448,7 +449,8 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
     """Every slide's source and destination, fields and images; nothing is written."""
     exporter = batch.Exporter(settings, outdir, namer, None, batch.InlineExecutor(), 1, batch.Sink())
     slides = exporter.plan(found.items, survey=True)
-    _say_merged(slides, outdir)
+    if not settings.target.in_place:
+        _say_merged(slides, outdir)
     code = input_code(found, len(slides))
     alone = is_alone(found, len(slides))
     base = outdir if outdir is not None else Path("OUTDIR")
@@ -475,9 +477,10 @@ def _dry_run(found, settings: Settings, namer: Namer, outdir: Path | None) -> No
 
 
 def _say_merged(slides, outdir: Path | None) -> None:
-    """A warning for every released folder that input folders of different names go into."""
+    """A warning for every released folder that input folders of different names go into
+    (a dry run without -o names it below OUTDIR)."""
     for dest, names in batch.merged_folders(slides):
-        where = "/".join(dest) if outdir is None else outdir.joinpath(*dest)
+        where = (outdir or Path("OUTDIR")).joinpath(*dest)
         warning_line(f"{where}: input folders of different names go into this one folder (one "
                      f"name once Unicode-normalized, or one pseudonym in the mapping): "
                      f"{', '.join(repr(n) for n in names)}")
