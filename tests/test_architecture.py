@@ -21,7 +21,7 @@ LAYERS = [
     ("pipeline", ["pipeline", "convert", "associated"]),
     ("batch", ["batch", "journal", "names"]),
     ("report", ["report"]),
-    ("cli", ["cli", "__main__"]),
+    ("cli", ["cli", "__main__", "interrupt"]),
 ]
 
 

@@ -19,7 +19,8 @@ from rich.table import Table
 from . import adapters, batch
 from . import needles as needle_search
 from .containers.output import Target
-from .errors import InstallError, SlideError
+from .errors import INTERRUPTED, InstallError, SlideError
+from .interrupt import exit_interrupted, terminated
 from .journal import Busy, Journal, JournalError, Mismatch, Record, exclusive
 from .keyring import Keyring, load_key
 from .model import Job, Result
@@ -364,7 +365,7 @@ def deid(
         elif executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         if isinstance(exc, KeyboardInterrupt):
-            error_line("interrupted before any slide was written; run the same command again")
+            _say_interrupted()
             raise typer.Exit(130) from None
         raise
     interrupted = False
@@ -1296,8 +1297,13 @@ def _sources(map_file: Path, outdir: Path) -> dict[str, Path]:
     return sources
 
 
-def _terminated(signum: int, frame) -> None:
-    raise KeyboardInterrupt
+_said_interrupted = False
+
+
+def _say_interrupted() -> None:
+    global _said_interrupted
+    _said_interrupted = True
+    error_line(INTERRUPTED)
 
 
 def main() -> None:
@@ -1307,9 +1313,19 @@ def main() -> None:
     # SIGTERM (a batch scheduler's time limit, `kill`) ends a run as Ctrl-C does: the slides
     # being written are abandoned cleanly, the pool is shut down, and the run says how far
     # it got (a re-run finishes it); the default would end the process where it stands
-    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGTERM, terminated)
     try:
         app()
+    except KeyboardInterrupt:
+        # an interrupt outside a command's own handling (while the command line is built, or
+        # a second one while the first is being answered): one line, as Ctrl-C anywhere else
+        if not _said_interrupted:
+            error_line(INTERRUPTED)
+        exit_interrupted()
+    except SystemExit as exc:
+        if exc.code == 130:     # the command answered an interrupt (see exit_interrupted)
+            exit_interrupted()
+        raise
     except InstallError as exc:
         error_line(f"installation: {exc}")
         sys.exit(EXIT_INPUT)

@@ -22,3 +22,7 @@ class InstallError(Exception):
 class OutputError(Exception):
     """The output cannot be written (read-only or full folder, a failing report write): not
     the input's fault (exit code 2). The message names what failed."""
+
+
+# what an interrupt (Ctrl-C, SIGTERM) before any slide was written says
+INTERRUPTED = "interrupted before any slide was written; run the same command again"
