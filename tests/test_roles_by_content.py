@@ -237,3 +237,11 @@ def test_convert_leaves_out_a_label_stored_as_the_thumbnail(tmp_path):
     assert [r for r in roles if r[0] != "VOLUME"] == []
     true = write_aperio(tmp_path / "true.svs", SvsSpec(label=False, macro=False))
     assert ("THUMBNAIL", 384, 256) in _converted_roles(true, tmp_path / "out2")
+    # the verification decodes every picture the series holds, and refuses one the plan left
+    # out (should wsidicomizer write it anyway)
+    from wsideid.convert import Associated
+
+    files = sorted((tmp_path / "out2").rglob("*.dcm"))
+    assert Associated(thumbnail="keep").verify(files, "wsi-x") == []
+    assert Associated(thumbnail="drop").verify(files, "wsi-x") == [
+        "the thumbnail image was to be left out but the series holds it"]

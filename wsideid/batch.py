@@ -692,8 +692,9 @@ class Exporter:
         for slide in slides:
             paths = "\0".join(sorted(str(p.resolve()) for p in slide.item.job.paths))
             slide.job_id = keyring.digest("job", os.fsencode(paths))
-            slide.state = keyring.digest("state", os.fsencode(_state(slide.item.files)))
-            slide.stamp = keyring.digest("stamp", os.fsencode(_state(slide.item.files, folders=False)))
+            state, stamp = _state(slide.item.files)
+            slide.state = keyring.digest("state", os.fsencode(state))
+            slide.stamp = keyring.digest("stamp", os.fsencode(stamp))
             record = self.journal.done(slide.job_id, slide.state) if self.journal else None
             if record is not None:
                 slide.survey = record.survey
@@ -865,17 +866,19 @@ class Exporter:
                 pass
 
 
-def _state(files, folders: bool = True) -> str:
-    """Each file's path (its name only without `folders`), size and time of last change."""
-    out = []
+def _state(files) -> tuple[str, str]:
+    """Each file's size and time of last change, after its path (the state: the same input
+    unchanged) and after its name only (the stamp: the same files in another folder)."""
+    state, stamp = [], []
     for path in files:
-        name = path.resolve() if folders else path.name
         try:
             st = path.stat()
-            out.append(f"{name}\t{st.st_size}\t{st.st_mtime_ns}")
+            facts = f"{st.st_size}\t{st.st_mtime_ns}"
         except OSError:
-            out.append(f"{name}\t-")
-    return "\n".join(sorted(out))
+            facts = "-"
+        state.append(f"{path.resolve()}\t{facts}")
+        stamp.append(f"{path.name}\t{facts}")
+    return "\n".join(sorted(state)), "\n".join(sorted(stamp))
 
 
 def merged_folders(slides: list[Slide]) -> list[tuple[tuple[str, ...], list[str]]]:

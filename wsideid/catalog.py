@@ -59,8 +59,13 @@ def has_type(value: str, kind: str) -> bool:
     """Whether a value to be kept looks like what its catalog says it is. A type without a
     grammar (`text`, the default) accepts nothing: free text is never kept."""
     pattern = grammar_of(kind)
-    return (pattern is not None and bool(pattern.fullmatch(value))
-            and not (kind in NUMERIC_TYPES and record_number_in(value)))
+    return pattern is not None and _shaped(pattern, kind, value)
+
+
+def _shaped(pattern: re.Pattern, kind: str, value: str) -> bool:
+    """The value matches the pattern whole, and a number of a numeric type holds no record
+    number or date."""
+    return bool(pattern.fullmatch(value)) and not (kind in NUMERIC_TYPES and record_number_in(value))
 
 
 NUMERIC_TYPES = ("number", "numbers")
@@ -132,8 +137,7 @@ class Entry:
 def entry_accepts(entry: Entry, value: str) -> bool:
     """Whether a value to be kept is what the entry says it is."""
     if entry.grammar is not None:
-        return (bool(entry.grammar.fullmatch(value))
-                and not (entry.type in NUMERIC_TYPES and record_number_in(value)))
+        return _shaped(entry.grammar, entry.type, value)
     return has_type(value, entry.type)
 
 

@@ -374,11 +374,7 @@ def deid(
         slides = exporter.plan(found.items, survey=not in_place)
         if outdir is not None:
             _say_merged(slides, outdir)
-        for slide in slides:
-            if slide.moved_from and outdir is not None:
-                warning_line(f"{slide.source}: the same file (name, size and time) was released "
-                             f"by an earlier run from another folder, as {outdir / slide.moved_from}: "
-                             "if the slide moved, that release is still there")
+            _say_moved(slides, outdir)
         run.slides = slides
         exporter.run(slides)
     except KeyboardInterrupt:
@@ -485,6 +481,15 @@ def _say_merged(slides, outdir: Path | None) -> None:
         warning_line(f"{where}: input folders of different names go into this one folder (one "
                      f"name once Unicode-normalized, or one pseudonym in the mapping): "
                      f"{', '.join(repr(n) for n in names)}")
+
+
+def _say_moved(slides, outdir: Path) -> None:
+    """A warning for every slide whose files an earlier run released from another folder."""
+    for slide in slides:
+        if slide.moved_from:
+            warning_line(f"{slide.source}: the same file (name, size and time) was released "
+                         f"by an earlier run from another folder, as {outdir / slide.moved_from}: "
+                         "if the slide moved, that release is still there")
 
 
 def is_alone(found: batch.Found, slides: int) -> bool:

@@ -251,8 +251,8 @@ class Journal:
                     self._stamps.setdefault(record.stamp, []).append(record.job)
         for other in self._stamps.get(stamp, []):
             record = self.records.get(other)
-            if (record is not None and record.stamp == stamp and other != job
-                    and other not in jobs and record.intact(self.outdir)):
+            if (record is not None and other != job and other not in jobs
+                    and record.intact(self.outdir)):
                 return record
         return None
 

@@ -96,7 +96,8 @@ def read_mapping(path: Path) -> Mapping:
         rows[key], where[key], owner[normal(pseudonym)] = pseudonym, number, (key, number)
     # an original inside a pseudonym, as written or spelled otherwise (fullwidth letters,
     # accents dropped, invisible characters, punctuation or spaces between its letters)
-    skeletons = {skeleton(k): n for k, n in where.items() if len(skeleton(k)) >= MIN_SKELETON}
+    skeletons = {s: n for s, n in ((skeleton(k), n) for k, n in where.items())
+                 if len(s) >= MIN_SKELETON}
     for key, pseudonym in rows.items():
         for text, originals in ((normal(pseudonym), where), (skeleton(pseudonym), skeletons)):
             line = _contained(text, originals)

@@ -197,12 +197,13 @@ def recover(job: Job) -> bool:
 
     restored = False
     for path in job.paths:
+        record = undo_record_for(path)
         try:
-            present = undo_record_for(path).exists()
+            present = record.exists()
         except OSError as exc:
             if exc.errno != errno.ENAMETOOLONG:
                 raise
             present = False     # a name too long for a record beside it: none was ever made
         if present:
-            restored |= restore(undo_record_for(path))
+            restored |= restore(record)
     return restored
